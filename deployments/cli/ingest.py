@@ -1,0 +1,110 @@
+"""``labpipe ingest``: scan a share, simulate one, list and clear stuck jobs, populate by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+NAME = "ingest"
+app = typer.Typer(help="The ADAMACS ingest lifecycle.", no_args_is_help=True)
+
+
+def _database():
+    from labpipe.flows.common import lab_database
+
+    return lab_database()
+
+
+def _bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    task = progress.add_task(description, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+@app.command()
+def scan(
+    root: Path = typer.Argument(..., exists=True, file_okay=False, help="Share root holding the user folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON report."),
+    dry_run: bool = typer.Option(False, help="Only parse; insert nothing."),
+) -> None:
+    """Parse every folder under ROOT and insert what is new; report accepted and rejected folders."""
+    from dataclasses import asdict
+
+    from labpipe.ingest.run import ingest_share
+    from labpipe.ingest.share import scan_share
+
+    parsed = scan_share(root)
+    if dry_run:
+        report = {
+            "sessions": [s.as_json() for s in parsed.sessions],
+            "rejected": [asdict(r) for r in parsed.rejected],
+            "inserted": 0,
+            "skipped": 0,
+        }
+    else:
+        progress, update = _bar("ingest")
+        with progress:
+            report = ingest_share(_database(), root, scan=parsed, progress=update).as_json()
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        typer.echo(f"{len(report['sessions'])} sessions accepted, {len(report['rejected'])} folders rejected, "
+                   f"{report['inserted']} inserted, {report['skipped']} skipped")
+        for r in report["rejected"]:
+            typer.echo(f"  rejected {r['path']}: {r['reason']}")
+    if report.get("status") == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Argument(..., help="Folder to write the simulated share into."),
+    sessions_per_user: int = typer.Option(2),
+    scans_per_session: int = typer.Option(1),
+    light: bool = typer.Option(False, help="Metadata files only (for throughput tests)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a realistic simulated share (several users, setups, real .tif/.mp4/.csv files, malformed folders)."""
+    from labpipe.ingest.simulate import simulate_share
+
+    sim = simulate_share(out, sessions_per_user=sessions_per_user, scans_per_session=scans_per_session, light=light, seed=seed)
+    typer.echo(f"{len(sim.sessions)} sessions and {len(sim.malformed)} malformed folders under {out}")
+
+
+@app.command()
+def jobs(
+    clear: bool = typer.Option(False, help="Clear stuck and failed jobs so they are retried."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Jobs reserved by dead workers or failed, in every ingest population."""
+    from labpipe.db.jobs import clear_jobs, job_problems
+    from labpipe.ingest.populate import population_tables
+
+    tables = population_tables(_database())
+    problems = job_problems(tables)
+    if as_json:
+        typer.echo(json.dumps([p.as_json() for p in problems], indent=1))
+    else:
+        for p in problems:
+            typer.echo(f"{p.status:<6} {p.table}: {p.key} (host {p.host}, pid {p.pid}) {p.message}")
+        typer.echo(f"{len(problems)} stuck or failed jobs")
+    if clear:
+        typer.echo(f"cleared {clear_jobs(tables)} jobs; the next populate retries them")
+
+
+@app.command()
+def populate(
+    population: str = typer.Argument("imaging"),
+    max_calls: int = typer.Option(None),
+    share: Path = typer.Option(None, help="Share root; default: the storage layout's."),
+) -> None:
+    """Run one population worker in this process (the flow does the same on the cpu pool)."""
+    from labpipe.flows.common import layout
+    from labpipe.ingest.populate import run_population
+
+    result = run_population(_database(), population, share or layout().share, max_calls=max_calls)
+    typer.echo(json.dumps({"computed": result.computed, "errors": result.errors, "remaining": result.remaining}, indent=1))

@@ -1,0 +1,251 @@
+"""``labpipe seg``: validate and simulate tomograms, train nnU-Net models, segment one tomogram by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+NAME = "seg"
+app = typer.Typer(help="The cryo-ET segmentation lifecycle (nnU-Net v2, CryoMamba).", no_args_is_help=True)
+
+
+def _bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
+    task = progress.add_task(description, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _layout():
+    from labpipe.flows.common import layout
+
+    return layout().ensure()
+
+
+@app.command()
+def validate(
+    file: Path = typer.Argument(..., help="An MRC tomogram."),
+    voxel_size: float = typer.Option(None, help="Voxel size in Angstrom, if the header has none."),
+) -> None:
+    """Check FILE (header, size, finite values; memory-mapped) and print its metadata as JSON; exit 2 if bad."""
+    from labpipe.errors import LabpipeError
+    from labpipe.seg.mrc import validate_tomogram
+
+    progress, update = _bar(f"reading {file.name}")
+    try:
+        with progress:
+            info = validate_tomogram(file, voxel_size=voxel_size, progress=update)
+    except LabpipeError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(info.as_json(), indent=1))
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Argument(..., help="The tomogram to write (.mrc); labels go to <stem>_labels.mrc/.json."),
+    shape: tuple[int, int, int] = typer.Option((64, 128, 128), help="Z Y X voxels."),
+    voxel_size: float = typer.Option(20.0, help="Angstrom per voxel."),
+    vesicles: int = typer.Option(2),
+    particles: int = typer.Option(8),
+    snr: float = typer.Option(2.0, help="Signal-to-noise ratio (variance)."),
+    origin: tuple[float, float, float] = typer.Option((0.0, 0.0, 0.0), help="MRC origin X Y Z in Angstrom."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a synthetic tomogram (membranes, particles, missing wedge, noise) and its true labels."""
+    from labpipe.seg.simulate import as_json, simulate_tomogram, write_simulated
+
+    sim = simulate_tomogram(shape, voxel_size=voxel_size, vesicles=vesicles, particles=particles, snr=snr, seed=seed)
+    image, labels = write_simulated(out, sim, origin_xyz=origin)
+    summary = as_json(sim)
+    typer.echo(f"{image} ({summary['shape_zyx']} voxels of {voxel_size} A), labels {labels}: {summary['label_voxels']}")
+
+
+def _label_names(text: str | None) -> dict[int, str] | None:
+    if not text:
+        return None
+    try:
+        return {int(k): v for k, v in (item.split("=", 1) for item in text.split(","))}
+    except ValueError:
+        typer.echo(f"error: --labels {text!r}: expected 0=background,1=membrane,...", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(
+    name: str = typer.Option(..., "--name", help="Model name (stored under <models>/seg/NAME)."),
+    images: list[Path] = typer.Argument(None, help="Labelled tomograms (each with <stem>_labels.mrc)."),
+    simulate: int = typer.Option(0, help="Train on this many simulated tomograms instead of IMAGES."),
+    size: int = typer.Option(48, help="Edge of the simulated tomograms (voxels)."),
+    labels: str = typer.Option(None, help="Label names, e.g. 0=background,1=membrane (default: <stem>_labels.json)."),
+    network: str = typer.Option("tiny", help="tiny (seconds on a CPU) or default (nnU-Net's own plans)."),
+    trainer: str = typer.Option("nnUNetTrainerLabpipeShort", help="nnU-Net trainer; nnUNetTrainer for real models."),
+    epochs: int = typer.Option(1, help="Epochs of the short trainer."),
+    iterations: int = typer.Option(2, help="Iterations per epoch of the short trainer."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when torch sees a GPU)."),
+    overwrite: bool = typer.Option(False, help="Replace a model of the same name."),
+    publish: bool = typer.Option(True, help="Also publish to the lab's model registry."),
+) -> None:
+    """Prepare an nnU-Net dataset, run nnU-Net's planning/preprocessing and training (fold all), store the model."""
+    from labpipe.errors import LabpipeError
+    from labpipe.seg.nnunet import TrainingCase, cases_from_images, train_model
+    from labpipe.seg.simulate import LABELS, simulate_training_set
+    from labpipe.seg.tiles import resolve_device
+
+    roots = _layout()
+    try:
+        if simulate:
+            pairs = simulate_training_set(roots.tomograms / "training" / name, count=simulate, shape=(size,) * 3)
+            cases, names = [TrainingCase(a, b) for a, b in pairs], LABELS
+        elif images:
+            cases, names = cases_from_images(images, _label_names(labels))
+        else:
+            typer.echo("error: give labelled tomograms or --simulate N", err=True)
+            raise typer.Exit(2)
+        progress, update = _bar("epochs")
+        with progress:
+            report = train_model(
+                cases,
+                name=name,
+                layout=roots,
+                label_names=names,
+                network=network,
+                trainer=trainer,
+                epochs=epochs,
+                iterations=iterations,
+                device=device or resolve_device(None).split(":")[0],
+                overwrite=overwrite,
+                progress=update,
+                say=typer.echo,
+            )
+    except LabpipeError as exc:
+        _fail(exc)
+    registry_id = None
+    if publish:
+        from labpipe.flows.segment import publish_to_registry
+
+        registry_id = publish_to_registry(report.model, report.final_loss)
+    typer.echo(
+        f"model {name} in {report.model.folder} (plan+preprocess {report.plan_seconds:.0f} s, "
+        f"train {report.train_seconds:.0f} s, final loss {report.final_loss}); registry id {registry_id}"
+    )
+
+
+@app.command()
+def models() -> None:
+    """Models under <models>/seg/."""
+    from labpipe.seg.nnunet import list_models
+
+    for m in list_models(_layout()):
+        typer.echo(
+            f"{m.name:<20} {m.trainer} {m.network} patch {m.patch_size} voxel {m.voxel_size_zyx} A "
+            f"labels {list(m.labels)} trained {m.trained_at}"
+        )
+
+
+def _server_up() -> bool:
+    from labpipe.config import get_settings
+    from labpipe.deployments.platform import api_healthy
+
+    return api_healthy(get_settings().api_url)
+
+
+@app.command()
+def run(
+    file: Path = typer.Argument(..., help="The MRC tomogram to segment."),
+    model: str = typer.Option(..., "--model", help="Model name under <models>/seg/."),
+    run_name: str = typer.Option(None, "--run", help="Artifact folder name (default: <stem>-<model>)."),
+    workers: int = typer.Option(None, help="Dask workers (default: one per GPU, or cores/2 on a CPU)."),
+    step_size: float = typer.Option(0.5, help="Window step as a fraction of the patch."),
+    mirroring: bool = typer.Option(True, help="Test-time mirroring, as nnU-Net."),
+    device: str = typer.Option(None, help="cpu, cuda or cuda:N."),
+    voxel_size: float = typer.Option(None, help="Voxel size in Angstrom, if the header has none."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only validate and print the memory estimate."),
+    submit: bool = typer.Option(False, help="Run through the segment/tomogram deployment on the gpu pool instead."),
+) -> None:
+    """Segment FILE here, with a progress bar; artifacts land in <artifacts>/<run>/."""
+    from labpipe.compute import dask_client
+    from labpipe.errors import LabpipeError
+    from labpipe.flows.common import gpu_slot
+    from labpipe.flows.segment import _cluster
+    from labpipe.seg.segment import SegmentationCancelled, SegmentationJob, estimate_only, segment_tomogram
+    from labpipe.seg.tiles import resolve_device
+
+    job = SegmentationJob(
+        file.resolve(),
+        model,
+        run=run_name,
+        step_size=step_size,
+        mirroring=mirroring,
+        device=device,
+        voxel_size=voxel_size,
+        preview_every=0,
+    )
+    if submit:
+        from prefect.deployments import run_deployment
+
+        params = {
+            "tomogram": str(file.resolve()),
+            "model": model,
+            "run": run_name,
+            "workers": workers,
+            "step_size": step_size,
+            "mirroring": mirroring,
+            "device": device,
+            "voxel_size": voxel_size,
+        }
+        flow_run = run_deployment("segment/tomogram", parameters=params, timeout=0)
+        typer.echo(f"submitted {flow_run.name} ({flow_run.id}); follow it in the Prefect UI")
+        return
+    roots = _layout()
+    try:
+        resolved = resolve_device(device)
+        cluster, threads = _cluster(resolved, workers, None)
+        if dry_run:
+            estimate = estimate_only(job, roots, cluster.n_workers or 1)
+            typer.echo(json.dumps(estimate.as_json(), indent=1))
+            return
+        # one job per GPU: take a slot of the platform's gpu limit when its server runs
+        slot = gpu_slot(cluster.n_workers if resolved.startswith("cuda") else 1) if _server_up() else None
+        if slot is None:
+            typer.echo("note: no Prefect server answers, so the gpu concurrency limit is not applied", err=True)
+        progress, update = _bar(f"windows of {file.name}")
+        with slot or _nothing(), dask_client(cluster) as client, progress:
+            result = segment_tomogram(
+                job,
+                roots,
+                client=client,
+                threads_per_task=threads,
+                progress=update,
+                say=lambda text: progress.console.print(text),
+            )
+    except SegmentationCancelled as exc:
+        _fail(exc)
+    except LabpipeError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written to the artifact folder", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps({k: v for k, v in result.as_json().items() if k not in ("memory",)}, indent=1))
+
+
+class _nothing:  # noqa: N801 - a do-nothing context manager
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""One demo module per lifecycle (see labpipe.deployments.demo)."""

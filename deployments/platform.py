@@ -1,0 +1,348 @@
+"""``labpipe up / down / status``: the Prefect side of labpipe on one host.
+
+``up`` starts (or reuses) the embedded database and a Prefect server, creates
+the work pools ``cpu``, ``gpu`` and ``backup``, the global concurrency limit
+``gpu`` (one slot per GPU, at least 1), registers every block type in
+labpipe.blocks with ``default`` documents, deploys deployments/prefect.yaml and
+starts one process worker per pool. Everything it starts is recorded under
+``$LABPIPE_HOME/run`` so ``down`` stops exactly that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from labpipe.config import Settings
+from labpipe.db.embedded import EmbeddedPostgres
+from labpipe.deployments import PREFECT_FILE, PROJECT_ROOT
+from labpipe.deployments.processes import ManagedProcess
+from labpipe.errors import ConfigError, ToolError
+from labpipe.layout import Layout
+
+POOLS = {
+    "cpu": "CPU work on the main server: ingest, populations, radio conversion/calibration/imaging, VM flows.",
+    "gpu": "GPU work: segmentation, training, pose estimation. On a host without a GPU it runs on the CPU.",
+    "backup": "The backup host: database dumps, rsync pulls, borg, rclone archive, retention.",
+}
+
+
+def count_gpus() -> int:
+    """GPUs visible through nvidia-smi (0 when there is none or no driver)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def bin_path(tool: str) -> str:
+    """A console script of this virtualenv (prefect, labpipe), falling back to PATH."""
+    candidate = Path(sys.executable).parent / tool
+    return str(candidate) if candidate.exists() else (shutil.which(tool) or tool)
+
+
+def platform_env(settings: Settings) -> dict[str, str]:
+    """Environment of every process ``up`` starts (server, workers, and so every flow run)."""
+    env = dict(os.environ)
+    env.update(
+        LABPIPE_HOME=str(settings.home),
+        LABPIPE_PROJECT_ROOT=str(PROJECT_ROOT),
+        PREFECT_API_URL=settings.api_url,
+        PREFECT_HOME=str(settings.home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_HOST=settings.prefect_host,
+        PREFECT_SERVER_API_PORT=str(settings.prefect_port),
+        PREFECT_UI_API_URL=settings.api_url,
+        MPLBACKEND="Agg",
+        MPLCONFIGDIR=str(settings.home / "mpl"),
+    )
+    if settings.prefect_database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = settings.prefect_database_url.get_secret_value()
+    else:
+        # SQLite under several workers needs patience rather than "database is locked"
+        env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")
+        env.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "30")
+    return env
+
+
+def use_platform_env(settings: Settings) -> None:
+    """Point this process's Prefect client at the platform's server."""
+    os.environ.update({k: v for k, v in platform_env(settings).items() if k.startswith(("PREFECT_", "LABPIPE_"))})
+
+
+def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _processes(settings: Settings) -> dict[str, ManagedProcess]:
+    run, logs = settings.home / "run", settings.home / "logs"
+    names = ["prefect-server"] + [f"worker-{pool}" for pool in POOLS]
+    return {name: ManagedProcess(name, run, logs) for name in names}
+
+
+def start_server(settings: Settings, timeout: float = 120.0) -> str:
+    """Start a Prefect server unless one answers at the configured address; returns the API URL."""
+    if api_healthy(settings.api_url):
+        return settings.api_url
+    if settings.prefect_api_url:
+        raise ConfigError(settings.prefect_api_url, "no Prefect server answers there", "start it or unset LABPIPE_PREFECT_API_URL")
+    with socket.socket() as probe:
+        if probe.connect_ex((settings.prefect_host, settings.prefect_port)) == 0:
+            raise ConfigError(
+                f"{settings.prefect_host}:{settings.prefect_port}",
+                "the port is taken by something that is not a Prefect server",
+                "set LABPIPE_PREFECT_PORT",
+            )
+    server = _processes(settings)["prefect-server"]
+    server.start([bin_path("prefect"), "server", "start"], env=platform_env(settings))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api_healthy(settings.api_url):
+            return settings.api_url
+        if not server.running():
+            break
+        time.sleep(0.5)
+    tail = server.log_file.read_text()[-3000:] if server.log_file.exists() else ""
+    raise ToolError("prefect server", f"did not become healthy at {settings.api_url}:\n{tail}")
+
+
+def ensure_pools(client, gpus: int) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    limits = {"cpu": max(2, os.cpu_count() or 1), "gpu": max(1, gpus), "backup": 2}
+    for name, description in POOLS.items():
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", description=description, concurrency_limit=limits[name])
+            )
+        except ObjectAlreadyExists:
+            client.update_work_pool(name, WorkPoolUpdate(description=description, concurrency_limit=limits[name]))
+
+
+def ensure_gpu_limit(client, gpus: int) -> int:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    slots = max(1, gpus)
+    client.upsert_global_concurrency_limit_by_name("gpu", slots)
+    if client.read_global_concurrency_limit_by_name("gpu") is None:  # pragma: no cover - older servers
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=slots))
+    return slots
+
+
+def block_modules() -> list[str]:
+    """labpipe.blocks and every module in it (one per lifecycle that has blocks)."""
+    import labpipe.blocks as package
+
+    return [package.__name__] + [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+
+
+def register_blocks(settings: Settings) -> list[str]:
+    """Register every labpipe block type and save ``default`` documents where none exist yet."""
+    from prefect.blocks.core import Block
+
+    from labpipe.blocks import DaskCluster, LabDatabase, StorageLayout
+
+    registered = []
+    for module_name in block_modules():
+        module = importlib.import_module(module_name)
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Block) and obj.__module__ == module_name:
+                obj.register_type_and_schema()
+                registered.append(obj.get_block_type_slug())
+    defaults = {
+        StorageLayout: lambda: StorageLayout(**Layout.default(settings.home).model_dump()),
+        LabDatabase: lambda: LabDatabase(url=settings.database_url, schema_prefix=settings.schema_prefix),
+        DaskCluster: lambda: DaskCluster(address=settings.dask_address),
+    }
+    for cls, make in defaults.items():
+        try:
+            cls.load("default")
+        except (ValueError, Exception):
+            make().save("default", overwrite=True)
+    return registered
+
+
+def deploy_all(settings: Settings) -> None:
+    """``prefect deploy --all`` of deployments/prefect.yaml, from the project root."""
+    result = subprocess.run(
+        [bin_path("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
+        cwd=PROJECT_ROOT,
+        env=platform_env(settings),
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ToolError("prefect deploy", (result.stdout + result.stderr)[-4000:])
+
+
+def set_schedules_active(client, active: bool) -> int:
+    changed = 0
+    for deployment in client.read_deployments():
+        for schedule in deployment.schedules:
+            if schedule.active != active:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=active)
+                changed += 1
+    return changed
+
+
+def start_workers(settings: Settings, gpus: int) -> dict[str, int]:
+    pids = {}
+    host = socket.gethostname()
+    for pool in POOLS:
+        env = platform_env(settings)
+        if pool == "gpu" and gpus == 0:
+            env["LABPIPE_DEVICE"] = "cpu"  # honest: this host has no GPU, gpu flows run on the CPU
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        cmd = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}@{host}"]
+        pids[pool] = _processes(settings)[f"worker-{pool}"].start(cmd, env=env, cwd=PROJECT_ROOT)
+    return pids
+
+
+def wait_for_workers(pools, timeout: float = 120.0) -> dict[str, bool]:
+    """Wait until each pool has an ONLINE worker (they start in a few seconds, longer on a busy host)."""
+    from prefect.client.orchestration import get_client
+
+    online: dict[str, bool] = {}
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            online = {
+                pool: any(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool)) for pool in pools
+            }
+            if all(online.values()) or time.monotonic() > deadline:
+                return online
+            time.sleep(1.0)
+
+
+@dataclass
+class UpReport:
+    api_url: str
+    ui_url: str
+    database: str
+    gpus: int
+    gpu_slots: int
+    blocks: list[str] = field(default_factory=list)
+    workers: dict[str, int] = field(default_factory=dict)
+
+
+def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = False) -> UpReport:
+    from prefect.client.orchestration import get_client
+
+    Layout.default(settings.home).ensure()
+    database = "configured server"
+    if settings.database_url is None:
+        database = EmbeddedPostgres(settings.home / "pg").start().url
+    api_url = start_server(settings)
+    use_platform_env(settings)
+    gpus = settings.gpus if settings.gpus is not None else count_gpus()
+    with get_client(sync_client=True) as client:
+        ensure_pools(client, gpus)
+        slots = ensure_gpu_limit(client, gpus)
+    blocks = register_blocks(settings)
+    deploy_all(settings)
+    with get_client(sync_client=True) as client:
+        set_schedules_active(client, not pause_schedules)
+    pids = start_workers(settings, gpus) if workers else {}
+    if pids:
+        offline = [pool for pool, ok in wait_for_workers(pids).items() if not ok]
+        if offline:
+            logs = ", ".join(str(_processes(settings)[f"worker-{p}"].log_file) for p in offline)
+            raise ToolError("prefect worker", f"pools {offline} have no online worker after 120 s", f"see {logs}")
+    return UpReport(api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids)
+
+
+def down(settings: Settings, *, keep_database: bool = False) -> list[str]:
+    """Stop workers, then the server, then the embedded database; returns what was stopped."""
+    stopped = []
+    processes = _processes(settings)
+    for name in [n for n in processes if n.startswith("worker-")] + ["prefect-server"]:
+        if processes[name].stop():
+            stopped.append(name)
+    if not keep_database and settings.database_url is None and EmbeddedPostgres(settings.home / "pg").stop():
+        stopped.append("embedded-postgres")
+    return stopped
+
+
+def _schedule_text(schedule) -> str:
+    if getattr(schedule, "interval", None) is not None:
+        return f"every {int(schedule.interval.total_seconds())} s"
+    if getattr(schedule, "cron", None):
+        return f"cron {schedule.cron}"
+    return str(schedule)
+
+
+def status(settings: Settings, recent: int = 10) -> dict:
+    """Pools, workers, deployments and recent runs, as plain data."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    if not api_healthy(settings.api_url):
+        return {"server": f"not running at {settings.api_url}"}
+    use_platform_env(settings)
+    with get_client(sync_client=True) as client:
+        pools = []
+        for pool in client.read_work_pools():
+            workers = client.read_workers_for_work_pool(pool.name)
+            pools.append(
+                {
+                    "pool": pool.name,
+                    "status": str(pool.status.value if pool.status else ""),
+                    "concurrency": pool.concurrency_limit,
+                    "workers": [
+                        {"name": w.name, "status": str(w.status.value), "last_heartbeat": str(w.last_heartbeat_time)}
+                        for w in workers
+                    ],
+                }
+            )
+        flow_names = {}
+        deployments = []
+        for d in sorted(client.read_deployments(), key=lambda d: (str(d.flow_id), d.name)):
+            if d.flow_id not in flow_names:
+                flow_names[d.flow_id] = client.read_flow(d.flow_id).name
+            deployments.append(
+                {
+                    "name": d.name,
+                    "full_name": f"{flow_names[d.flow_id]}/{d.name}",
+                    "pool": d.work_pool_name,
+                    "schedules": [_schedule_text(s.schedule) for s in d.schedules if s.active],
+                    "paused": d.paused,
+                }
+            )
+        started = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])))
+        runs = [
+            {
+                "name": r.name,
+                "state": r.state.name if r.state else "",
+                "start": str(r.start_time or r.expected_start_time),
+                "deployment_id": str(r.deployment_id or ""),
+            }
+            for r in client.read_flow_runs(flow_run_filter=started, limit=recent, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+        ]
+        limit = client.read_global_concurrency_limit_by_name("gpu")
+    return {
+        "server": settings.api_url,
+        "ui": settings.api_url.removesuffix("/api"),
+        "gpu_limit": limit.limit if limit else None,
+        "pools": pools,
+        "deployments": deployments,
+        "recent_runs": runs,
+    }

@@ -1,0 +1,101 @@
+"""Safe file moves and writes: a final location never holds half a product."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from labpipe.errors import ConflictError
+
+CHUNK = 4 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it into place.
+
+    Works for files and folders. On error the temporary is removed and
+    ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    work = tmp / (final.name + suffix)
+    try:
+        yield work
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(work, final)
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(final)
+
+
+def atomic_write_text(final: Path, text: str) -> Path:
+    return atomic_write_bytes(final, text.encode())
+
+
+def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -> str:
+    """Move ``source`` to ``dest`` without ever overwriting a different file.
+
+    Returns the SHA-256 of the moved content. If ``dest`` already holds the same
+    bytes the source is removed (the move already happened, e.g. before a
+    crash); if it holds different bytes a ``ConflictError`` is raised and
+    nothing is touched. Across file systems the copy goes to a temporary name
+    beside ``dest``, is verified, then renamed.
+    """
+    source, dest = Path(source), Path(dest)
+    digest = checksum or sha256_file(source)
+    if dest.exists():
+        if sha256_file(dest) != digest:
+            raise ConflictError(
+                dest, "a different file of the same name is already there", f"rename {source} or resolve by hand"
+            )
+        source.unlink()
+        return digest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, dest)  # atomic, fails if dest appeared meanwhile
+        source.unlink()
+        return digest
+    except FileExistsError:
+        return move_file_safely(source, dest, checksum=digest)
+    except OSError:
+        pass  # another file system, or links unsupported
+    with atomic_path(dest) as tmp:
+        shutil.copy2(source, tmp)
+        if sha256_file(tmp) != digest:
+            raise ConflictError(source, "copy does not match the source checksum", "check the disk and retry")
+    source.unlink()
+    return digest

@@ -1,0 +1,1 @@
+"""The ADAMACS ingest lifecycle: share folders -> DataJoint sessions, scans, files and tasks."""

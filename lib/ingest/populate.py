@@ -1,0 +1,66 @@
+"""Worker populations of the ingest lifecycle: which tables, in which order, on which pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labpipe.db.connect import LabDatabase
+from labpipe.ingest.schema import tables
+
+# population -> computed tables in dependency order
+POPULATIONS: dict[str, tuple[str, ...]] = {
+    "imaging": ("MotionCorrection", "Segmentation"),
+    "mocap": ("MocapRecording",),
+}
+
+
+@dataclass
+class PopulateResult:
+    population: str
+    computed: dict[str, int] = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+    remaining: dict[str, int] = field(default_factory=dict)
+
+
+def population_tables(db: LabDatabase, population: str | None = None) -> list:
+    t = tables(db)
+    names = POPULATIONS[population] if population else [n for names in POPULATIONS.values() for n in names]
+    return [getattr(t, name) for name in names]
+
+
+def run_population(
+    db: LabDatabase, population: str, share: Path, *, max_calls: int | None = None, progress=None
+) -> PopulateResult:
+    """``populate(reserve_jobs=True)`` each table of the population; errors are recorded, not raised.
+
+    Several workers may run this at once: the jobs table hands each key to one of them.
+    """
+    if population not in POPULATIONS:
+        raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
+    result = PopulateResult(population)
+    for table in population_tables(db, population):
+        outcome = table.populate(
+            reserve_jobs=True,
+            suppress_errors=True,
+            max_calls=max_calls,
+            make_kwargs={"share": str(share)},
+            display_progress=False,
+        )
+        result.computed[table.__name__] = int(outcome.get("success_count", 0))
+        for key, message in _errors(outcome):
+            result.errors.append({"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message})
+        result.remaining[table.__name__] = len(table.key_source - table.proj())
+        if progress:
+            progress(len(result.computed), len(POPULATIONS[population]))
+    return result
+
+
+def _errors(outcome) -> list[tuple[dict, str]]:
+    """(key, message) pairs from what ``populate`` returns."""
+    items = outcome.get("error_list", [])
+    pairs = []
+    for item in items:
+        key, error = item if isinstance(item, tuple) else (item, "")
+        pairs.append((dict(key) if isinstance(key, dict) else {"key": str(key)}, str(error)[:1000]))
+    return pairs

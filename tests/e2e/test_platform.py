@@ -1,0 +1,78 @@
+"""The whole platform as users run it: `labpipe up`, a deployment run by a worker process, `labpipe down`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from labpipe.db.connect import LabDatabase
+from labpipe.db.embedded import EmbeddedPostgres
+from labpipe.ingest.schema import tables
+from labpipe.ingest.simulate import simulate_share
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _labpipe(env, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "labpipe.deployments.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_up_run_a_deployment_status_and_down(tmp_path):
+    port = _free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LABPIPE_"))}
+    env.update(LABPIPE_HOME=str(home), LABPIPE_PREFECT_PORT=str(port), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    up = _labpipe(env, "up", "--pause-schedules")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
+        status = json.loads(_labpipe(env, "status", "--json").stdout)
+        pools = {p["pool"]: p for p in status["pools"]}
+        assert set(pools) >= {"cpu", "gpu", "backup"} and status["gpu_limit"] >= 1
+        for pool in ("cpu", "gpu", "backup"):
+            assert [w["status"] for w in pools[pool]["workers"]] == ["ONLINE"], pools[pool]
+        assert {"share", "imaging", "mocap", "lab"} <= {d["name"] for d in status["deployments"]}
+        assert all(not d["schedules"] for d in status["deployments"])  # --pause-schedules
+
+        sim = simulate_share(home / "data" / "share", sessions_per_user=1)
+        run_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        run = subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "prefect"),
+                "deployment",
+                "run",
+                "ingest/share",
+                "--watch",
+                "--watch-timeout",
+                "300",
+            ],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=360,
+        )
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
+        db = LabDatabase(EmbeddedPostgres(home / "pg").start(), home / "data" / "blobs", "labpipe")
+        assert len(tables(db).Session()) == len(sim.sessions)
+        recent = json.loads(_labpipe(env, "status", "--json").stdout)["recent_runs"]
+        assert any(r["state"] == "Completed" and r["name"].startswith("ingest") for r in recent)
+    finally:
+        down = _labpipe(env, "down")
+    assert "worker-cpu" in down.stdout and "prefect-server" in down.stdout and "embedded-postgres" in down.stdout
+    assert "not running" in _labpipe(env, "status", "--json").stdout
+    assert not list((home / "run").glob("*.pid"))

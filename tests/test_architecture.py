@@ -1,0 +1,67 @@
+"""The house rules that hold the layers apart, checked on the code itself."""
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "lib").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_lib_never_imports_prefect_or_flows(path):
+    bad = {n for n in _imports(path) if n.split(".")[0] == "prefect" or n.startswith(("labpipe.flows", "labpipe.deployments", "labpipe.blocks"))}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: lib/ is the domain and must not"
+
+
+def test_every_package_folder_is_installed_under_labpipe():
+    import setuptools  # noqa: F401 - setup.py's find_packages
+
+    namespace: dict = {}
+    code = (ROOT / "setup.py").read_text().replace("setup(packages=packages, package_dir=FOLDERS)", "")
+    exec(compile(code, "setup.py", "exec"), namespace)  # noqa: S102 - our own setup.py
+    expected = set()
+    for root, folder in namespace["FOLDERS"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            expected.add(".".join([root, *rel.parts]) if rel.parts else root)
+    assert expected == set(namespace["packages"])
+    for name in sorted(expected):
+        importlib.import_module(name)
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: f"{d['entrypoint'].split(':')[1]}/{d['name']}")
+def test_deployments_point_at_flows_on_the_three_pools(deployment):
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert deployment["work_pool"]["name"] in {"cpu", "gpu", "backup"}
+    path, _ = deployment["entrypoint"].split(":")
+    assert (ROOT / path).exists() and path.startswith("flows/")
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    unknown = set(deployment.get("parameters", {})) - set(flow.parameters.properties)
+    assert not unknown, f"parameters {unknown} are not parameters of {flow.name}"
+
+
+def test_deployment_names_are_unique_per_flow():
+    seen = set()
+    for d in _deployments():
+        key = (d["entrypoint"], d["name"])
+        assert key not in seen, key
+        seen.add(key)
