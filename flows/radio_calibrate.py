@@ -1,0 +1,205 @@
+"""Radio calibration and imaging flows (DSA-110): calibrate (24 h K+BP+G, 1 h G), apply + image, mosaic.
+
+Deployments (deployments/prefect.yaml, cpu pool): ``radio-calibrate/daily`` (K+BP+G every 24 h),
+``radio-calibrate/hourly`` (G every hour), ``radio-image/groups`` (every 10 min: apply and image every
+converted group not imaged yet; a group with no valid calibration is held and raises the
+``labpipe.radio.calibration.missing`` event), ``radio-mosaic/nightly``. A calibration run releases
+the held groups its tables cover.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from labpipe.flows.common import (
+    Progress,
+    dask_settings,
+    lab_database,
+    layout,
+    load_block,
+    logger,
+    markdown_table,
+    png_markdown,
+    publish_markdown,
+)
+from labpipe.radio import calrun, mosaic, products, registry
+from labpipe.radio.calibrate import calibration_client
+from prefect import flow, task
+from prefect.events import emit_event
+
+
+def settings(name: str | None = "default") -> calrun.RadioCalSettings:
+    from labpipe.blocks.radio_calibrate import RadioCalibration
+
+    return load_block(RadioCalibration, name, calrun.RadioCalSettings())
+
+
+def converted_groups(radio_root: Path) -> list[Path]:
+    """Every group MS in the radio tree (science and calibrators), oldest first."""
+    found = [p for kind in ("calibrators", "science") for p in (radio_root / "ms" / kind).glob("*/*.ms")]
+    return sorted(found, key=lambda p: calrun.group_of(p))
+
+
+def _choose_group(radio_root: Path, cadence: str, db) -> Path | None:
+    """The newest group not yet solved at this cadence (calibrator transits first for 24 h)."""
+    solved = {r["table_name"].split("_")[0] for r in registry.tables(db).CalTable.to_dicts() if r["cadence"] == cadence}
+    groups = [p for p in converted_groups(radio_root) if calrun.group_of(p) not in solved]
+    if cadence == "24h":
+        transits = [p for p in groups if p.parent.parent.name == "calibrators"]
+        groups = transits or groups
+    return groups[-1] if groups else None
+
+
+@task(name="solve-group", task_run_name="solve-{cadence}-{ms.name}", retries=1, retry_delay_seconds=30)
+def solve_group_task(ms: Path, cadence: str, radio_root: Path, cal_block, db_block, layout_block) -> dict:
+    db = lab_database(db_block, layout_block)
+    with calibration_client(dask_settings()) as client:
+        report = calrun.solve_and_register(
+            db, radio_root, ms, cadence, settings(cal_block), client=client, progress=Progress(f"{cadence} solve units")
+        )
+    return {"group": report.group, "tables": report.tables, "timings": report.timings, "sources": report.n_sources}
+
+
+@task(name="apply-image", task_run_name="apply-image-{ms.name}")
+def apply_image_task(ms: Path, radio_root: Path, cal_block, db_block, layout_block) -> dict:
+    db = lab_database(db_block, layout_block)
+    report = calrun.apply_and_image(db, radio_root, ms, settings(cal_block), progress=Progress(f"CLEAN {ms.name}"))
+    if report.held:
+        logger().warning("group %s held: %s", report.group, report.reason)
+        emit_event(
+            event="labpipe.radio.calibration.missing",
+            resource={"prefect.resource.id": f"labpipe.radio.group.{report.group}", "prefect.resource.name": "radio"},
+            payload={"group": report.group, "ms": str(ms), "reason": report.reason},
+        )
+    return {"group": report.group, "held": report.held, "reason": report.reason, "images": report.images,
+            "qa": report.qa, "metrics": {k: v for k, v in report.metrics.items() if k != "sources"},
+            "timings": report.timings}  # fmt: skip
+
+
+def _qa_markdown(result: dict) -> str:
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    m = result["metrics"]
+    lines = [
+        f"## {result['group']}",
+        f"rms {m['rms_jy'] * 1e3:.2f} mJy/beam, dynamic range {m['dynamic_range']:.0f}, "
+        f'beam {m["beam_arcsec"]["bmaj"]:.0f}" x {m["beam_arcsec"]["bmin"]:.0f}", {m["n_sources"]} catalog sources: '
+        f'median flux ratio {m["flux_ratio_median"]:.3f}, median offset {m["offset_arcsec_median"]:.1f}" '
+        f"({'passed' if m['passed'] else 'FAILED'})",
+    ]
+    png = result["qa"].get("png")
+    if png:
+        fig = plt.figure(figsize=(12, 5.5))
+        fig.figimage(mpimg.imread(png), resize=True)
+        lines.append(png_markdown(fig, f"QA {result['group']}"))
+        plt.close(fig)
+    return "\n\n".join(lines)
+
+
+def _release_held(radio_root: Path, cal_block, db_block, layout_block) -> list[dict]:
+    db = lab_database(db_block, layout_block)
+    released = []
+    for group in registry.releasable(db):
+        result = apply_image_task(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
+        released.append(result)
+    return released
+
+
+@flow(name="radio-calibrate", flow_run_name="radio-calibrate-{cadence}", log_prints=True)
+def radio_calibrate(
+    cadence: Literal["24h", "1h"] = "24h",
+    ms: str | None = None,
+    cal_block: str | None = "default",
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """Solve the newest converted group (or ``ms``) at this cadence, register its tables, release held groups."""
+    radio_root = layout(layout_block).radio
+    db = lab_database(db_block, layout_block)
+    target = Path(ms) if ms else _choose_group(radio_root, cadence, db)
+    if target is None:
+        publish_markdown("No converted group to calibrate.", key=f"radio-calibrate-{cadence}", description="nothing")
+        return {"group": None}
+    solved = solve_group_task(target, cadence, radio_root, cal_block, db_block, layout_block)
+    released = _release_held(radio_root, cal_block, db_block, layout_block)
+    rows = [{"table": Path(t["path"]).name, "status": t["status"], **t["qa"], "reason": t["reason"]}
+            for t in solved["tables"].values()]  # fmt: skip
+    timings = ", ".join(f"{k} {v:.1f}" for k, v in solved["timings"].items())
+    publish_markdown(
+        f"# {cadence} calibration of `{solved['group']}`\n{solved['sources']} catalog sources in the model; "
+        f"seconds: {timings}\n\n" + markdown_table(rows) + f"\nReleased held groups: {[r['group'] for r in released]}",
+        key=f"radio-calibrate-{cadence}",
+        description=f"{cadence} calibration summary",
+    )
+    if not all(t["status"] == "active" for t in solved["tables"].values()):
+        raise RuntimeError(
+            f"calibration of {solved['group']} failed QA: {[t['reason'] for t in solved['tables'].values()]}"
+        )
+    return {**solved, "released": [r["group"] for r in released]}
+
+
+@flow(name="radio-image", flow_run_name="radio-image", log_prints=True)
+def radio_image(
+    ms: list[str] | None = None,
+    cal_block: str | None = "default",
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """Apply the valid calibration to every converted group not imaged yet (or ``ms``), image and QA it."""
+    radio_root = layout(layout_block).radio
+    db = lab_database(db_block, layout_block)
+    if ms:
+        todo = [Path(p) for p in ms]
+    else:
+        imaged = {p["group_id"] for p in products.products(db, kind="image")}
+        held = {g["group_id"] for g in registry.held_groups(db)}
+        todo = [p for p in converted_groups(radio_root) if calrun.group_of(p) not in imaged | held]
+    progress = Progress("groups applied and imaged")
+    results, failures = [], []
+    for i, path in enumerate(todo):
+        try:
+            results.append(apply_image_task(path, radio_root, cal_block, db_block, layout_block))
+        except Exception as exc:  # one bad group must not stop the others
+            logger().error("group %s failed: %s", path, exc)
+            failures.append({"ms": str(path), "error": str(exc)[:500]})
+        progress(i + 1, len(todo))
+    imaged_ok = [r for r in results if not r["held"]]
+    held_now = [{"group": r["group"], "reason": r["reason"]} for r in results if r["held"]]
+    parts = ["# radio-image", f"{len(imaged_ok)} imaged, {len(held_now)} held, {len(failures)} failed"]
+    parts += [_qa_markdown(r) for r in imaged_ok[-3:]]
+    parts += ["## held", markdown_table(held_now), "## failed", markdown_table(failures)]
+    publish_markdown("\n\n".join(parts), key="radio-image", description="calibrated images and their QA")
+    if failures:
+        raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
+    return {"imaged": [r["group"] for r in imaged_ok], "held": [h["group"] for h in held_now]}
+
+
+@flow(name="radio-mosaic", flow_run_name="radio-mosaic-{date}", log_prints=True)
+def radio_mosaic(
+    date: str | None = None, layout_block: str | None = "default", db_block: str | None = "default"
+) -> dict:
+    """Primary-beam-weighted linear mosaic of one night's images (default: yesterday, UTC)."""
+    radio_root = layout(layout_block).radio
+    db = lab_database(db_block, layout_block)
+    day = dt.date.fromisoformat(date) if date else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    rows = products.products(db, date=day, kind="image")
+    images = sorted({r["group_id"]: r for r in rows if r["subtype"] == "image"}.values(), key=lambda r: r["start_mjd"])
+    if not images:
+        publish_markdown(f"No images on {day}.", key="radio-mosaic", description="nothing to mosaic")
+        return {"mosaic": None}
+    prefixes = [Path(r["path"]).with_suffix("").with_suffix("") for r in images]
+    dec = next((r["detail"]["dec_deg"] for r in rows if r["subtype"] == "image.pbcor" and r.get("detail")), 0.0)
+    out = radio_root / "images" / "mosaics" / mosaic.mosaic_name(images[0]["group_id"], images[-1]["group_id"], dec)
+    result = mosaic.linear_mosaic(prefixes, out)
+    products.record_product(db, "mosaic", out, start_mjd=images[0]["start_mjd"], end_mjd=images[-1]["end_mjd"],
+                            detail={"n_images": result.n_images, "dec_deg": dec})  # fmt: skip
+    publish_markdown(
+        f"# mosaic {day}\n`{out}`: {result.n_images} images, {result.npix[1]} x {result.npix[0]} pixels, "
+        f"best noise {result.rms_jy * 1e3:.2f} mJy/beam",
+        key="radio-mosaic",
+        description="nightly mosaic",
+    )
+    return {"mosaic": str(out), "n_images": result.n_images}

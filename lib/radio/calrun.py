@@ -1,0 +1,266 @@
+"""The calibration-and-imaging steps of one group, as the flows, the demo and the benchmark run them.
+
+``solve_and_register``: solve a group (24 h: K+BP+G; 1 h: G with the active K and BP), write the
+tables to ``ms/calibrators/YYYY-MM-DD/<group>_<cadence>.{kcal,bpcal,gpcal}``, register them behind
+the QA gate, catalogue them. ``apply_and_image``: look the calibration up for the group's time
+(waiting for registrations in flight), hold the group when nothing valid exists, else apply into
+CORRECTED_DATA, image, write FITS, QA metrics and picture, and catalogue everything.
+Idempotent: re-running finds the finished products (and re-registers nothing already decided).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from labpipe.db.connect import LabDatabase
+from labpipe.errors import InvalidInput
+from labpipe.radio import calibrate, caltable, imaging, products, qa, registry, skymodel
+from labpipe.radio.calibrate import CalChain, CalibrationSettings, MsLayout
+from labpipe.radio.imaging import ImagingSettings
+from labpipe.radio.qa import QaSettings
+from labpipe.radio.registry import ValiditySettings
+from pydantic import BaseModel, Field
+
+
+class RadioCalSettings(BaseModel):
+    """Calibration, imaging, QA and validity settings of the radio calibration lifecycle."""
+
+    calibration: CalibrationSettings = Field(
+        default_factory=CalibrationSettings, description="Sky model, primary beam and StEFCal solve settings."
+    )
+    imaging: ImagingSettings = Field(
+        default_factory=ImagingSettings, description="Image size, cell, weighting and CLEAN settings."
+    )
+    qa: QaSettings = Field(default_factory=QaSettings, description="The QA gate a table must pass to be registered.")
+    validity: ValiditySettings = Field(
+        default_factory=ValiditySettings, description="Validity windows of the 24 h and 1 h tables."
+    )
+    registration_wait_s: float = Field(120.0, description="How long an apply waits for a registration in flight.")
+
+
+def group_of(ms: Path) -> str:
+    """The group id (ISO timestamp) of an MS named ``<group>.ms`` or ``<group>_24h.ms``."""
+    name = Path(ms).name.removesuffix(".ms")
+    return name.split("_")[0] if "_" in name and name[:4].isdigit() else name
+
+
+def date_of(group: str) -> str:
+    return group[:10]
+
+
+def catalog_path(radio_root: Path, settings: RadioCalSettings) -> Path:
+    """The sky catalog: the configured file, else ``static/catalogs/nvss.csv`` of the radio tree."""
+    if settings.calibration.sky.catalog:
+        return Path(settings.calibration.sky.catalog)
+    path = Path(radio_root) / "static" / "catalogs" / "nvss.csv"
+    if not path.exists():
+        raise InvalidInput(path, "no sky catalog", "put an NVSS extract there or set calibration.sky.catalog")
+    return path
+
+
+def table_path(radio_root: Path, group: str, cadence: str, kind: str) -> Path:
+    return Path(radio_root) / "ms" / "calibrators" / date_of(group) / f"{group}_{cadence}.{caltable.SUFFIX[kind]}"
+
+
+def image_prefix(radio_root: Path, group: str) -> Path:
+    return Path(radio_root) / "images" / "single" / date_of(group) / group
+
+
+def qa_dir(radio_root: Path, group: str) -> Path:
+    return Path(radio_root) / "images" / "qa" / date_of(group)
+
+
+@dataclass
+class SolveReport:
+    group: str
+    cadence: str
+    tables: dict[str, dict] = field(default_factory=dict)  # kind -> {path, status, reason, qa}
+    timings: dict[str, float] = field(default_factory=dict)
+    n_sources: int = 0
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.tables) and all(t["status"] == "active" for t in self.tables.values())
+
+
+def load_chain(found: registry.Lookup) -> CalChain:
+    """Read the tables a lookup returned."""
+    return CalChain(
+        k=caltable.read_table(Path(found.k["path"])) if found.k else None,
+        bp=caltable.read_table(Path(found.bp["path"])) if found.bp else None,
+        g=[caltable.read_table(Path(r["path"])) for r in found.g],
+    )
+
+
+def solve_and_register(
+    db: LabDatabase,
+    radio_root: Path,
+    ms: Path,
+    cadence: str,
+    settings: RadioCalSettings,
+    *,
+    client=None,
+    progress: Callable[[int, int], None] | None = None,
+    write_model: bool = True,
+) -> SolveReport:
+    """Solve one group at a cadence ('24h': K+BP+G, '1h': G on the active K+BP), write, QA, register."""
+    if cadence not in ("24h", "1h"):
+        raise InvalidInput(cadence, "unknown cadence", "use '24h' or '1h'")
+    t0 = time.perf_counter()
+    layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+    group = group_of(ms)
+    catalog = skymodel.read_catalog(catalog_path(radio_root, settings))
+    chain = None
+    if cadence == "1h":
+        found = registry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+        if found.bp is None:
+            raise InvalidInput(ms, "no active bandpass covers this group", "run the 24 h calibration first")
+        chain = load_chain(found)
+        chain.g = []
+    solution = calibrate.solve_group(
+        layout, catalog, settings.calibration, solve="KBPG" if cadence == "24h" else "G",
+        chain=chain, client=client, progress=progress,
+    )  # fmt: skip
+    report = SolveReport(group, cadence, timings=dict(solution.timings), n_sources=len(solution.field.catalog))
+    if write_model:
+        t1 = time.perf_counter()
+        calibrate.write_model(layout, solution)
+        report.timings["write_model_s"] = time.perf_counter() - t1
+    found_tables = [s for s in (solution.k, solution.bp, solution.g) if s is not None]
+    for sol in found_tables:
+        path = table_path(radio_root, group, cadence, sol.kind)
+        caltable.write_table(sol, layout, path)
+        report.tables[sol.kind] = _register(db, layout, sol, path, group, cadence, settings)
+        products.record_product(
+            db, "caltable", path, start_mjd=float(layout.times_mjd[0]), end_mjd=float(layout.times_mjd[-1]),
+            group_id=group, subtype=caltable.SUFFIX[sol.kind], detail={"status": report.tables[sol.kind]["status"]},
+        )  # fmt: skip
+    _cleanup(solution)
+    report.timings["total_s"] = time.perf_counter() - t0
+    return report
+
+
+def _register(db, layout: MsLayout, sol, path: Path, group: str, cadence: str, settings: RadioCalSettings) -> dict:
+    solve_mjd = layout.mid_mjd
+    start, end = registry.window(
+        sol.kind, solve_mjd, float(layout.times_mjd[0]), float(layout.times_mjd[-1]), settings.validity
+    )
+    figures = sol.qa()
+    name = path.name
+    registry.begin_registration(
+        db,
+        dict(
+            table_name=name, kind=sol.kind, cadence=cadence, path=str(path), ms_path=str(layout.path),
+            solve_mjd=solve_mjd, valid_start_mjd=start, valid_end_mjd=end,
+            flagged_fraction=figures["flagged_fraction"], median_snr=figures["median_snr"],
+            phase_scatter_deg=figures["phase_scatter_deg"],
+        ),
+    )  # fmt: skip
+    passed, reason = calibrate.passes_qa(sol, settings.calibration)
+    status = registry.finish_registration(db, name, passed, reason)
+    return {"path": str(path), "status": status, "reason": reason, "qa": figures}
+
+
+def _cleanup(solution) -> None:
+    import shutil
+
+    scratch = getattr(solution, "scratch", None)
+    if scratch and Path(scratch).name.startswith("labpipe-cal-"):
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class GroupReport:
+    group: str
+    held: bool = False
+    reason: str = ""
+    tables: list[str] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)
+    qa: dict[str, str] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def apply_and_image(
+    db: LabDatabase,
+    radio_root: Path,
+    ms: Path,
+    settings: RadioCalSettings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> GroupReport:
+    """Apply the calibration valid for this group, image it, QA it, catalogue it; hold it if none is valid."""
+    t0 = time.perf_counter()
+    layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+    group = group_of(ms)
+    report = GroupReport(group)
+    found = registry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+    if not found.complete:
+        missing = [k for k, v in (("BP", found.bp), ("G", found.g)) if not v]
+        report.held, report.reason = True, f"no valid {' and '.join(missing)} table covers MJD {layout.mid_mjd:.5f}"
+        registry.hold(db, group, str(ms), layout.mid_mjd, report.reason)
+        return report
+    report.tables = found.paths()
+    chain = load_chain(found)
+    t1 = time.perf_counter()
+    calibrate.apply_chain(layout, chain)
+    report.timings["apply_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    result = imaging.clean_image(layout, settings.imaging, settings.calibration.sky, progress=progress)
+    paths = imaging.write_fits(result, layout, image_prefix(radio_root, group))
+    report.timings["image_s"] = time.perf_counter() - t2
+    report.images = {k: str(v) for k, v in paths.items()}
+    metrics = _qa(layout, paths, radio_root, settings, result, report)
+    report.metrics = metrics
+    start, end = float(layout.times_mjd[0]), float(layout.times_mjd[-1])
+    products.record_product(db, "ms", ms, start_mjd=start, end_mjd=end, group_id=group, subtype="calibrated",
+                            detail={"tables": report.tables})  # fmt: skip
+    for kind, path in paths.items():
+        detail = {"ra_deg": result.ra0_deg, "dec_deg": result.dec0_deg} if kind == "image.pbcor" else None
+        products.record_product(db, "image", path, start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
+                                detail=detail)  # fmt: skip
+    for kind, path in report.qa.items():
+        summary = {k: metrics[k] for k in ("rms_jy", "dynamic_range", "n_sources", "flux_error_median", "passed")}
+        products.record_product(db, "qa", Path(path), start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
+                                detail=summary if kind == "metrics" else None)  # fmt: skip
+    if any(g["group_id"] == group for g in registry.held_groups(db)):
+        registry.release(db, group)
+    report.timings["total_s"] = time.perf_counter() - t0
+    return report
+
+
+def _qa(layout, paths, radio_root, settings, result, report: GroupReport) -> dict:
+    catalog = skymodel.read_catalog(catalog_path(radio_root, settings))
+    sky = settings.calibration.sky.model_copy(update={"max_sources": 100000, "min_beam": 0.05, "min_apparent_jy": 0.0})
+    expected = skymodel.select_sources(
+        catalog, layout.ra0_deg, layout.dec0_deg, layout.times_mjd, layout.all_freqs, layout.location(), sky
+    )
+    extra = {
+        "group": report.group,
+        "ms": str(layout.path),
+        "tables": report.tables,
+        "npix": result.npix,
+        "cell_arcsec": result.cell_deg * 3600,
+        "clean_components": result.n_components,
+        "major_cycles": result.n_major,
+        "timings": {**result.timings, **report.timings},
+    }
+    metrics = qa.image_metrics(paths, expected, settings.qa, extra)
+    figure = qa.qa_figure(paths, metrics, f"{report.group} (pbcor)")
+    report.qa = {
+        k: str(v) for k, v in qa.write_qa(metrics, figure, qa_dir(radio_root, report.group), report.group).items()
+    }
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return metrics
+
+
+def expected_gain_noise(layout: MsLayout, sefd_jy: float, model_flux_jy: float, n_samples: int) -> float:
+    """Thermal error of one antenna gain: sigma_vis / (|M| sqrt(N_ant - 1) sqrt(samples per solution))."""
+    sigma = sefd_jy / np.sqrt(2 * 244_140.625 * layout.integration_s)
+    return float(sigma / (model_flux_jy * np.sqrt(max(layout.n_ant - 1, 1)) * np.sqrt(max(n_samples, 1))))
