@@ -1,0 +1,410 @@
+"""Segmentation lifecycle flows (CryoMamba): nnU-Net v2 segments cryo-ET tomograms tile by tile.
+
+``segment`` (deployment ``segment/tomogram`` on the gpu pool): validate the MRC
+-> wait for a ``gpu`` slot (state "Queued") -> windows fanned out over Dask,
+logits accumulated, previews as image artifacts (state "Previewing") ->
+mask.mrc / mask.nii.gz / mask.nrrd / stats.json in ``artifacts/<run>/``.
+Cancelling the run from the UI stops it within seconds and leaves nothing in
+that folder (the run ends Cancelled).
+
+``train-seg-model`` (deployment ``train-seg-model/tiny``): an nnU-Net dataset
+from labelled tomograms (or simulated ones), nnU-Net's planning and
+preprocessing, training (fold all), the model under ``<models>/seg/<name>/``,
+also published to the lab's model registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from labpipe.compute import DaskSettings, dask_client
+from labpipe.errors import ConfigError
+from labpipe.flows.common import (
+    Progress,
+    dask_settings,
+    gpu_slot,
+    layout,
+    load_block,
+    logger,
+    markdown_table,
+    publish_markdown,
+)
+from labpipe.layout import Layout
+from labpipe.seg.mrc import TomogramInfo, validate_tomogram
+from labpipe.seg.nnunet import (
+    SHORT_TRAINER,
+    ModelInfo,
+    TrainingCase,
+    cases_from_images,
+    install_model,
+    load_model_info,
+    train_model,
+)
+from labpipe.seg.preview import Preview, preview_png
+from labpipe.seg.segment import (
+    SegmentationCancelled,
+    SegmentationJob,
+    SegmentationResult,
+    finished_run,
+    segment_tomogram,
+)
+from labpipe.seg.settings import SegmentationSettings
+from labpipe.seg.simulate import LABELS, simulate_training_set
+from labpipe.seg.tiles import resolve_device
+from prefect import flow, get_client, task
+from prefect.artifacts import create_image_artifact
+from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Running
+
+
+def seg_settings(name: str | None = "default") -> SegmentationSettings:
+    from labpipe.blocks.seg import SegmentationDefaults
+
+    return load_block(SegmentationDefaults, name, SegmentationSettings())
+
+
+def _artifact_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "segment"
+
+
+class RunState:
+    """Names the flow run's Running state (Queued, Running, Previewing) and notices a cancel request."""
+
+    def __init__(self, poll_every: float = 2.0) -> None:
+        self.run_id = self._current()
+        self.poll_every, self._last, self._cancelling = poll_every, 0.0, False
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _current():
+        try:
+            return flow_run.id
+        except MissingContextError:  # pragma: no cover - outside a run
+            return None
+
+    def name(self, name: str) -> None:
+        if not self.run_id:
+            return
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(self.run_id, Running(name=name), force=True)
+        except Exception as exc:  # a state label is cosmetic: never fail the run over it
+            logger().debug("could not name the run state %s: %s", name, exc)
+
+    def cancelling(self) -> bool:
+        """True once the run was cancelled in the UI/API (polled at most every ``poll_every`` seconds)."""
+        if not self.run_id or self._cancelling:
+            return self._cancelling
+        with self._lock:
+            if time.monotonic() - self._last < self.poll_every:
+                return False
+            self._last = time.monotonic()
+            try:
+                with get_client(sync_client=True) as client:
+                    state = client.read_flow_run(self.run_id).state
+                self._cancelling = bool(state and (state.is_cancelling() or state.is_cancelled()))
+            except Exception as exc:
+                logger().debug("could not read the run state: %s", exc)
+        return self._cancelling
+
+
+@task(name="validate-tomogram", task_run_name="validate-{path.name}")
+def validate_task(path: Path, voxel_size: float | None) -> TomogramInfo:
+    return validate_tomogram(path, voxel_size=voxel_size, progress=Progress(f"sections of {path.name} read"))
+
+
+def _publish_preview(run: str):
+    key = f"segment-preview-{_artifact_key(run)}"
+
+    def publish(preview: Preview, image) -> None:
+        png = base64.b64encode(preview_png(preview, image)).decode()
+        with contextlib.suppress(MissingContextError):
+            create_image_artifact(
+                image_url=f"data:image/png;base64,{png}",
+                key=key,
+                description=f"{run}: labels every {preview.factor}th voxel (XY | XZ | YZ central slices), "
+                f"{preview.tiles_done}/{preview.tiles_total} windows",
+            )
+
+    return publish
+
+
+def _cluster(job_device: str, workers: int | None, dask_block: str | None) -> tuple[DaskSettings, int | None]:
+    """Dask settings for the windows: one worker per GPU (resources GPU=1), or CPU workers sharing the cores."""
+    settings = dask_settings(dask_block)
+    if settings.address:
+        return settings, None
+    cores = os.cpu_count() or 1
+    if job_device.startswith("cuda"):
+        import torch
+
+        gpus = max(1, torch.cuda.device_count())
+        count = min(workers or gpus, gpus)
+        return settings.model_copy(update={"n_workers": count, "gpu_resources": 1, "threads_per_worker": 1}), None
+    count = workers or max(1, cores // 2)
+    return settings.model_copy(update={"n_workers": count, "threads_per_worker": 1}), max(1, cores // count)
+
+
+@task(name="segment-windows", task_run_name="segment-{job.run}")
+def segment_task(
+    job: SegmentationJob, info: TomogramInfo, workers: int | None, layout_block: str | None, dask_block: str | None
+):
+    roots = layout(layout_block)
+    device = resolve_device(job.device)
+    cluster, threads = _cluster(device, workers, dask_block)
+    state = RunState()
+    progress = Progress(f"windows of {job.run} predicted", key=f"segment-progress-{_artifact_key(job.run)}")
+    occupy = cluster.n_workers if device.startswith("cuda") and cluster.n_workers else 1
+    state.name("Queued")
+    with gpu_slot(occupy):
+        state.name("Running")
+        with dask_client(cluster) as client:
+            return segment_tomogram(
+                job,
+                roots,
+                client=client,
+                threads_per_task=threads,
+                progress=progress,
+                on_preview=_publish_preview(job.run),
+                on_phase=lambda phase: state.name("Previewing") if phase == "previewing" else None,
+                should_stop=state.cancelling,
+                say=logger().info,
+                info=info,
+            )
+
+
+def _summary(result: SegmentationResult, model: ModelInfo) -> str:
+    stats = result.stats
+    rows = [
+        {
+            "label": name,
+            "value": s["value"],
+            "voxels": s["voxels"],
+            "fraction": f"{s['fraction']:.4f}",
+            "volume nm^3": f"{s['volume_nm3']:.4g}",
+            "surface nm^2": "" if s["surface_area_nm2"] is None else f"{s['surface_area_nm2']:.4g}",
+        }
+        for name, s in stats["labels"].items()
+    ]
+    lines = [
+        f"# Segmentation `{result.run}`" + (" (already done, reused)" if result.skipped else ""),
+        f"Tomogram `{stats['tomogram']}`: {stats['shape_zyx']} voxels (ZYX) of "
+        f"{stats['voxel_size_zyx_angstrom']} Angstrom; model `{model.name}` ({model.trainer}, "
+        f"patch {model.patch_size}).",
+        f"{result.tiles} windows, step {stats['step_size']}, mirroring {stats['mirroring']}, "
+        f"device {stats.get('device')}, {stats.get('workers')} Dask worker(s); timings {result.seconds}.",
+        "",
+        markdown_table(rows),
+        "## Artifacts",
+        *[f"- `{path}`" for path in result.files.values()],
+    ]
+    return "\n".join(lines)
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    tomogram = Path(str(params.get("tomogram", "tomogram"))).stem
+    return f"segment-{params.get('run') or tomogram}-{params.get('model') or 'default'}"
+
+
+@flow(name="segment", flow_run_name=_run_name, log_prints=True)
+def segment(
+    tomogram: str,
+    model: str | None = None,
+    run: str | None = None,
+    step_size: float | None = None,
+    mirroring: bool | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    preview_every: float | None = None,
+    preview_factor: int | None = None,
+    voxel_size: float | None = None,
+    layout_block: str | None = "default",
+    dask_block: str | None = "default",
+    seg_block: str | None = "default",
+):
+    """Segment one tomogram (a path, or a name under the tomograms root) with a model under <models>/seg/.
+
+    Parameters left empty come from the ``labpipe segmentation`` block.
+    Returns the run's artifact paths and label statistics.
+    """
+    defaults = seg_settings(seg_block)
+    roots = layout(layout_block)
+    path = Path(tomogram) if Path(tomogram).is_absolute() else Path(roots.tomograms) / tomogram
+    job = SegmentationJob(
+        tomogram=path,
+        model=model or defaults.model,
+        run=run,
+        step_size=step_size if step_size is not None else defaults.step_size,
+        mirroring=mirroring if mirroring is not None else defaults.mirroring,
+        device=device or defaults.device,
+        preview_every=preview_every if preview_every is not None else defaults.preview_every,
+        preview_factor=preview_factor or defaults.preview_factor,
+        voxel_size=voxel_size,
+    )
+    job.run = job.run_name()
+    info = validate_task(path, voxel_size)
+    model_info = ensure_model(roots, job.model)
+    if (done := finished_run(job, roots)) is not None:
+        publish_markdown(_summary(done, model_info), key="segment-summary", description="segmentation run summary")
+        return {k: v for k, v in done.as_json().items() if k != "memory"}
+    try:
+        result = segment_task(job, info, workers or defaults.workers, layout_block, dask_block)
+    except SegmentationCancelled as exc:
+        publish_markdown(
+            f"# Segmentation `{job.run}`: cancelled\n{exc}",
+            key="segment-summary",
+            description="segmentation run summary",
+        )
+        return Cancelled(message=str(exc))
+    publish_markdown(_summary(result, model_info), key="segment-summary", description="segmentation run summary")
+    return {k: v for k, v in result.as_json().items() if k != "memory"}
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def registry_alias(name: str) -> str:
+    return f"seg-{name}"
+
+
+def ensure_model(roots: Layout, name: str) -> ModelInfo:
+    """The model from the models root, or fetched from the lab's model registry (alias ``seg-<name>``) into it."""
+    try:
+        return load_model_info(roots, name)
+    except ConfigError as missing:
+        try:
+            from labpipe.flows.training import model_registry
+
+            resolved = model_registry().resolve(registry_alias(name))
+        except Exception as exc:
+            logger().info("model %s is not in the registry either: %s", name, exc)
+            raise missing from None
+        logger().info("model %s fetched from the model registry (%s)", name, resolved.id)
+        return install_model(resolved.path, roots, name)
+
+
+def publish_to_registry(info: ModelInfo, final_loss: float | None) -> str | None:
+    """Publish a trained model to the lab's model registry; the models root keeps it either way."""
+    try:
+        from labpipe.flows.training import model_registry
+
+        entry = model_registry().publish(
+            Path(info.folder),
+            model_type="nnunet",
+            config={
+                "trainer": info.trainer,
+                "plans": info.plans,
+                "configuration": info.configuration,
+                "network": info.network,
+                "labels": info.labels,
+                "patch_size": info.patch_size,
+            },
+            training={
+                "dataset_hash": info.checkpoint_sha256[:12],
+                "epochs": info.epochs or 0,
+                "final_loss": final_loss,
+                "training_duration_sec": info.train_seconds or 0.0,
+            },
+            checkpoint="fold_all/checkpoint_final.pth",
+            alias=registry_alias(info.name),
+            tags=["segmentation", "cryo-et"],
+        )
+        return entry.id
+    except Exception as exc:  # the registry is a convenience here; the model is safe in the models root
+        logger().warning("model %s not published to the model registry: %s", info.name, exc)
+        return None
+
+
+@task(name="simulate-training-set", task_run_name="simulate-{count}-tomograms")
+def simulate_training_task(folder: Path, count: int, size: int, seed: int) -> list[tuple[str, str]]:
+    return [(str(a), str(b)) for a, b in simulate_training_set(folder, count=count, shape=(size,) * 3, seed=seed)]
+
+
+@task(name="train-nnunet", task_run_name="train-{name}")
+def train_task(name: str, cases: list[tuple[str, str]], label_names: dict, options: dict, layout_block) -> dict:
+    roots = layout(layout_block)
+    progress = Progress(f"epochs of {name}")
+    with gpu_slot():
+        report = train_model(
+            [TrainingCase(Path(a), Path(b)) for a, b in cases],
+            name=name,
+            layout=roots,
+            label_names={int(k): v for k, v in label_names.items()},
+            progress=progress,
+            say=logger().info,
+            **options,
+        )
+    return {
+        "model": report.model.as_json(),
+        "plan_seconds": report.plan_seconds,
+        "train_seconds": report.train_seconds,
+        "final_loss": report.final_loss,
+    }
+
+
+@flow(name="train-seg-model", flow_run_name="train-seg-model-{name}", log_prints=True)
+def train_seg_model(
+    name: str = "tiny",
+    images: list[str] | None = None,
+    simulate: int = 4,
+    size: int = 48,
+    network: str = "tiny",
+    trainer: str = SHORT_TRAINER,
+    epochs: int = 1,
+    iterations: int = 2,
+    device: str | None = None,
+    reuse: bool = True,
+    overwrite: bool = False,
+    publish: bool = True,
+    seed: int = 0,
+    layout_block: str | None = "default",
+) -> dict:
+    """Train an nnU-Net model on labelled tomograms (``images`` with ``<stem>_labels.mrc``) or simulated ones.
+
+    ``reuse``: a model of that name already trained is returned as it is.
+    """
+    roots = layout(layout_block)
+    if reuse and not overwrite:
+        try:
+            info = load_model_info(roots, name)
+            publish_markdown(
+                f"# Model `{name}` reused\n`{info.folder}`", key="train-seg-model", description="segmentation model"
+            )
+            return {"model": info.as_json(), "reused": True}
+        except ConfigError:
+            pass
+    if images:
+        cases, labels = cases_from_images([Path(i) for i in images])
+        pairs = [(str(c.image), str(c.labels)) for c in cases]
+    else:
+        pairs = simulate_training_task(Path(roots.tomograms) / "training" / name, simulate, size, seed)
+        labels = LABELS
+    device = device or ("cuda" if resolve_device(None).startswith("cuda") else "cpu")
+    options = {
+        "network": network,
+        "trainer": trainer,
+        "epochs": epochs,
+        "iterations": iterations,
+        "device": device,
+        "overwrite": overwrite,
+    }
+    result = train_task(name, pairs, {str(k): v for k, v in labels.items()}, options, layout_block)
+    info = ModelInfo(**result["model"])
+    registry_id = publish_to_registry(info, result["final_loss"]) if publish else None
+    publish_markdown(
+        f"# Model `{name}` trained\n{len(pairs)} tomograms, {info.trainer} ({info.network} network), "
+        f"patch {info.patch_size}, voxel size {info.voxel_size_zyx} A, on {device}.\n\n"
+        f"Planning + preprocessing {result['plan_seconds']:.0f} s, training {result['train_seconds']:.0f} s, "
+        f"final loss {result['final_loss']}.\n\nFolder `{info.folder}`; registry id `{registry_id}`.",
+        key="train-seg-model",
+        description="segmentation model",
+    )
+    return {**result, "registry_id": registry_id, "reused": False}

@@ -1,0 +1,1 @@
+"""nnU-Net trainer classes; this folder is what ``nnUNet_extTrainer`` points at."""

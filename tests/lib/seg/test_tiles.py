@@ -1,0 +1,95 @@
+"""Tiled prediction equals nnU-Net's own sliding window; previews are aligned, integer-downsampled labels.
+
+Uses the session's tiny model (real nnU-Net training on simulated data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from labpipe.errors import InvalidInput
+from labpipe.seg.mrc import open_volume, validate_tomogram, write_mrc
+from labpipe.seg.nnunet import trainer_environment
+from labpipe.seg.simulate import simulate_tomogram, write_simulated
+from labpipe.seg.tiles import LogitAccumulator, plan_tiles, predict_tile
+
+pytestmark = pytest.mark.slow  # the session model is trained by the first test that needs it
+
+
+def _nnunet_prediction(model, path: Path, mirroring: bool) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False
+    )
+    with trainer_environment():
+        predictor.initialize_from_trained_model_folder(model.folder, use_folds=tuple(model.folds))
+    info = validate_tomogram(path)
+    with open_volume(path) as data:
+        image = np.asarray(data, dtype=np.float32)[None]
+    return predictor.predict_single_npy_array(image, {"spacing": list(info.voxel_size_zyx)})
+
+
+def _tiled_prediction(model, path: Path, work: Path, mirroring: bool) -> tuple[np.ndarray, LogitAccumulator]:
+    info = validate_tomogram(path)
+    plan = plan_tiles(path, info, model, mirroring=mirroring)
+    accumulator = LogitAccumulator(work, plan)
+    # windows arrive out of order, as they do from Dask workers
+    order = list(range(len(plan.starts)))
+    np.random.default_rng(0).shuffle(order)
+    for index in order:
+        accumulator.offer(index, predict_tile(plan, plan.starts[index], "cpu", 1))
+    labels = np.zeros(info.shape_zyx, np.uint8)
+    return accumulator.write_labels(labels), accumulator
+
+
+def test_tiles_equal_nnunet_sliding_window_with_cropping_and_padding(tiny_model, tmp_path):
+    sim = simulate_tomogram((40, 30, 56), voxel_size=20.0, seed=21)
+    sim.volume[:4] = 0  # nnU-Net crops the zero slabs; Y (30) is smaller than the patch (32): nnU-Net pads
+    sim.volume[:, :, -6:] = 0
+    path, _ = write_simulated(tmp_path / "t.mrc", sim)
+    tiled, accumulator = _tiled_prediction(tiny_model, path, tmp_path / "work", mirroring=False)
+    assert accumulator.plan.bbox == ((4, 40), (0, 30), (0, 50))
+    assert accumulator.plan.padded_shape == (36, 32, 50)
+    reference = _nnunet_prediction(tiny_model, path, mirroring=False)
+    assert reference.shape == tiled.shape
+    agreement = float((reference == tiled).mean())
+    assert agreement >= 0.999, agreement
+    assert (tiled[:4] == 0).all() and (tiled[:, :, -6:] == 0).all()
+
+
+def test_tiles_equal_nnunet_with_test_time_mirroring(tiny_model, tmp_path):
+    path, _ = write_simulated(tmp_path / "m.mrc", simulate_tomogram((32, 32, 40), voxel_size=20.0, seed=22))
+    tiled, _ = _tiled_prediction(tiny_model, path, tmp_path / "work", mirroring=True)
+    reference = _nnunet_prediction(tiny_model, path, mirroring=True)
+    assert float((reference == tiled).mean()) >= 0.999
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_previews_are_the_labels_of_every_fth_voxel(tiny_model, tmp_path, factor):
+    path, _ = write_simulated(tmp_path / "p.mrc", simulate_tomogram((36, 44, 52), voxel_size=20.0, seed=23))
+    info = validate_tomogram(path)
+    plan = plan_tiles(path, info, tiny_model, mirroring=False)
+    accumulator = LogitAccumulator(tmp_path / "work", plan)
+    half = len(plan.starts) // 2
+    for index in range(half):
+        accumulator.offer(index, predict_tile(plan, plan.starts[index], "cpu", 1))
+    partial, pending = accumulator.labels_at(factor)
+    assert partial.shape == tuple(-(-n // factor) for n in info.shape_zyx)
+    assert pending.any() and not pending.all()
+    for index in range(half, len(plan.starts)):
+        accumulator.offer(index, predict_tile(plan, plan.starts[index], "cpu", 1))
+    final = accumulator.write_labels(np.zeros(info.shape_zyx, np.uint8))
+    preview, pending = accumulator.labels_at(factor)
+    assert not pending.any()
+    assert np.array_equal(preview, final[::factor, ::factor, ::factor])
+
+
+def test_voxel_size_far_from_the_models_is_refused(tiny_model, tmp_path):
+    path = write_mrc(tmp_path / "v.mrc", np.ones((40, 40, 40), np.float32), voxel_size_zyx=(10.0, 10.0, 10.0))
+    with pytest.raises(InvalidInput, match="nnU-Net would resample") as caught:
+        plan_tiles(path, validate_tomogram(path), tiny_model)
+    assert "binvol" in str(caught.value)
