@@ -1,0 +1,206 @@
+"""Pose estimation flows (ADAMACS GPU_SERVER workers, DeepLabCut 3): train a model, populate the pose table.
+
+Deployments (deployments/prefect.yaml, gpu pool): ``pose-train/labelled`` trains, evaluates and
+publishes a model from labelled frames; ``pose-estimation/worker`` is one worker of the
+population (start several; each video is analysed once, one at a time per GPU through the
+``gpu`` concurrency limit, which is only held while DeepLabCut runs, after preflight).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labpipe.flows.common import (
+    Progress,
+    gpu_slot,
+    lab_database,
+    layout,
+    load_block,
+    logger,
+    markdown_table,
+    png_markdown,
+    publish_markdown,
+)
+from labpipe.layout import Layout
+from labpipe.pose.models import PoseModelCard, RegistryModelStore
+from labpipe.pose.populate import PoseRunResult, preflight_tasks, run_population
+from labpipe.pose.schema import PoseContext
+from labpipe.pose.settings import PoseAnalysisSettings, PoseTrainingSettings
+from prefect import flow, task
+
+
+def model_store(registry_block: str | None, roots: Layout) -> RegistryModelStore:
+    """Pose models through the lab's model registry (the ``ModelStore`` block), runnable copies in scratch."""
+    from labpipe.blocks.registry import ModelStore
+    from labpipe.registry import ModelStoreSettings
+
+    settings = load_block(ModelStore, registry_block, ModelStoreSettings())
+    return RegistryModelStore(settings.open(roots), roots.scratch / "pose" / "projects")
+
+
+def pose_context(roots: Layout, store, settings: PoseAnalysisSettings, *, slot=None) -> PoseContext:
+    return PoseContext(
+        share=roots.share,
+        store=store,
+        staging=roots.scratch / "pose" / "analyses",
+        settings=settings,
+        slot=slot or gpu_slot,
+        extra_outputs=(roots.blobs,),
+    )
+
+
+def training_settings(block: str | None, overrides: dict | None) -> PoseTrainingSettings:
+    from labpipe.blocks.pose import PoseTraining
+
+    data = load_block(PoseTraining, block, PoseTrainingSettings()).model_dump()
+    data.update(overrides or {})
+    return PoseTrainingSettings.model_validate(data)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@task(name="check-labelled-frames", task_run_name="check-labelled-{labelled}")
+def check_labelled(labelled: Path, videos: Path | None) -> dict:
+    from labpipe.pose.labelled import load_labelled_set
+
+    return load_labelled_set(labelled, videos=videos).summary()
+
+
+@task(name="train-pose-network", task_run_name="train-{name}")
+def train_network_task(labelled: Path, videos: Path | None, name: str, workdir: Path, settings: PoseTrainingSettings):
+    from labpipe.pose.labelled import load_labelled_set
+    from labpipe.pose.train import train_model
+
+    labelled_set = load_labelled_set(labelled, videos=videos)
+    with gpu_slot():
+        return train_model(labelled_set, name, workdir, settings, progress=Progress(f"training {name}: epochs"))
+
+
+@task(name="publish-pose-model", task_run_name="publish-{trained.name}", retries=2, retry_delay_seconds=10)
+def publish_task(trained, registry_block: str | None, layout_block: str | None, db_block: str | None) -> dict:
+    from labpipe.pose.schema import tables
+
+    card = model_store(registry_block, layout(layout_block)).publish(trained)
+    record_model(tables(lab_database(db_block, layout_block)), card)
+    return card.__dict__
+
+
+def record_model(t, card: PoseModelCard) -> None:
+    """The model's row in the lab database, so results join to what the model was trained on."""
+    t.PoseModel.insert1(card.row(), skip_duplicates=True)
+
+
+def _training_summary(trained, card: dict) -> str:
+    e = trained.evaluation
+    rows = [
+        {"frames": "train", "count": e.train_frames, "mean error px": e.train_error_px},
+        {"frames": "test", "count": e.test_frames, "mean error px": e.test_error_px},
+    ]
+    facts = trained.labelled
+    return "\n".join(
+        [
+            f"# Pose model `{card['name']}` published as `{card['model_id']}`",
+            f"DeepLabCut {trained.card()['deeplabcut']}, backbone {trained.settings['backbone']}, "
+            f"{trained.epochs_trained} epochs in {trained.training_seconds} s on {trained.device} "
+            f"({'ImageNet' if trained.pretrained_backbone else 'random'} initialisation); "
+            f"reused from an earlier run: {', '.join(trained.reused) or 'nothing'}.",
+            f"Trained on {facts['labelled_frames']} labelled frames of {', '.join(facts['videos'])} "
+            f"({facts['resolution']} at {facts['fps']:g} fps): only such videos will be accepted.",
+            f"Bodyparts: {', '.join(facts['bodyparts'])}.\n",
+            "## Evaluation (DeepLabCut)\n",
+            markdown_table(rows),
+        ]
+    )
+
+
+@flow(name="pose-train", flow_run_name="pose-train-{name}", log_prints=True)
+def train_pose_model(
+    labelled: str,
+    name: str,
+    videos: str | None = None,
+    settings: dict | None = None,
+    training_block: str | None = "default",
+    registry_block: str | None = "default",
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """DeepLabCut project from labelled frames -> training dataset -> network -> evaluation -> registry."""
+    roots = layout(layout_block)
+    labelled_path = Path(labelled) if Path(labelled).is_absolute() else roots.share / labelled
+    videos_path = (Path(videos) if Path(videos).is_absolute() else roots.share / videos) if videos else None
+    summary = check_labelled(labelled_path, videos_path)
+    logger().info("labelled set: %s", summary)
+    trained = train_network_task(
+        labelled_path, videos_path, name, roots.models / "pose-training", training_settings(training_block, settings)
+    )
+    card = publish_task(trained, registry_block, layout_block, db_block)
+    publish_markdown(_training_summary(trained, card), key=f"pose-train-{name}".lower(), description="pose model")
+    return {**card, "evaluation": trained.evaluation.__dict__}
+
+
+# --- population ---------------------------------------------------------------------------------
+
+
+@task(name="preflight-pose-tasks", task_run_name="preflight-pose-tasks")
+def preflight_task(db_block, layout_block, registry_block, settings: PoseAnalysisSettings) -> list[dict]:
+    """Every pending task checked without GPU time; problems are reported now, before any worker waits."""
+    roots = layout(layout_block)
+    context = pose_context(roots, model_store(registry_block, roots), settings)
+    rows = preflight_tasks(lab_database(db_block, layout_block), context)
+    for row in rows:
+        for problem in row["problems"]:
+            logger().warning("task %s will be refused: %s", row["file_name"], problem)
+    return rows
+
+
+@task(name="populate-pose", task_run_name="populate-pose")
+def populate_task(max_calls, db_block, layout_block, registry_block, settings: PoseAnalysisSettings) -> PoseRunResult:
+    from labpipe.pose import dlc
+
+    roots = layout(layout_block)
+    db = lab_database(db_block, layout_block)
+    dlc.deeplabcut()  # the slow import happens before a GPU slot is taken
+    context = pose_context(roots, model_store(registry_block, roots), settings)
+    return run_population(db, context, max_calls=max_calls, progress=Progress("videos analysed"))
+
+
+@task(name="summarise-pose-run", task_run_name="summarise-pose-run")
+def summary_task(result: PoseRunResult, db_block, layout_block, preview_frames: int) -> str:
+    import matplotlib.pyplot as plt
+    from labpipe.pose.summary import preview_figure, result_rows, summary_markdown
+
+    roots = layout(layout_block)
+    db = lab_database(db_block, layout_block)
+    text = summary_markdown(result_rows(db, result.analysed), result.errors, result.remaining, markdown_table)
+    figure = preview_figure(db, roots.share, result.analysed, frames=preview_frames)
+    if figure is not None:
+        text += "\n## Frames with predicted points\n\n" + png_markdown(figure, "frames with predicted points")
+        plt.close(figure)
+    publish_markdown(text, key="pose-estimation-summary", description="pose estimation run")
+    return text
+
+
+@flow(name="pose-estimation", flow_run_name="pose-estimation-worker")
+def populate_pose(
+    max_calls: int | None = None,
+    analysis_block: str | None = "default",
+    registry_block: str | None = "default",
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """One worker of the pose population: preflight, then analyse tasks (each once) until none is left."""
+    from labpipe.blocks.pose import PoseAnalysis
+
+    settings = PoseAnalysisSettings.model_validate(
+        load_block(PoseAnalysis, analysis_block, PoseAnalysisSettings()).model_dump()
+    )
+    checked = preflight_task(db_block, layout_block, registry_block, settings)
+    result = populate_task(max_calls, db_block, layout_block, registry_block, settings)
+    summary_task(result, db_block, layout_block, settings.preview_frames)
+    return {
+        "analysed": len(result.analysed),
+        "errors": len(result.errors),
+        "remaining": result.remaining,
+        "refused_at_preflight": sum(1 for row in checked if row["problems"]),
+    }
