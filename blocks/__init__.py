@@ -9,11 +9,10 @@ Lifecycles add their blocks as modules here (``blocks/<lifecycle>.py``).
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
-
 from labpipe.compute import DaskSettings
 from labpipe.db.settings import DatabaseSettings
 from labpipe.layout import Layout
+from prefect.blocks.core import Block
 
 
 class StorageLayout(Block, Layout):

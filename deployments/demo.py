@@ -14,7 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 
 import typer
-
 from labpipe.config import Settings
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from labpipe.config import Settings
 from labpipe.db.embedded import EmbeddedPostgres
 from labpipe.deployments import PREFECT_FILE, PROJECT_ROOT
@@ -101,7 +100,9 @@ def start_server(settings: Settings, timeout: float = 120.0) -> str:
     if api_healthy(settings.api_url):
         return settings.api_url
     if settings.prefect_api_url:
-        raise ConfigError(settings.prefect_api_url, "no Prefect server answers there", "start it or unset LABPIPE_PREFECT_API_URL")
+        raise ConfigError(
+            settings.prefect_api_url, "no Prefect server answers there", "start it or unset LABPIPE_PREFECT_API_URL"
+        )
     with socket.socket() as probe:
         if probe.connect_ex((settings.prefect_host, settings.prefect_port)) == 0:
             raise ConfigError(
@@ -155,9 +156,8 @@ def block_modules() -> list[str]:
 
 def register_blocks(settings: Settings) -> list[str]:
     """Register every labpipe block type and save ``default`` documents where none exist yet."""
-    from prefect.blocks.core import Block
-
     from labpipe.blocks import DaskCluster, LabDatabase, StorageLayout
+    from prefect.blocks.core import Block
 
     registered = []
     for module_name in block_modules():
@@ -335,7 +335,9 @@ def status(settings: Settings, recent: int = 10) -> dict:
                 "start": str(r.start_time or r.expected_start_time),
                 "deployment_id": str(r.deployment_id or ""),
             }
-            for r in client.read_flow_runs(flow_run_filter=started, limit=recent, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+            for r in client.read_flow_runs(
+                flow_run_filter=started, limit=recent, sort=FlowRunSort.EXPECTED_START_TIME_DESC
+            )
         ]
         limit = client.read_global_concurrency_limit_by_name("gpu")
     return {

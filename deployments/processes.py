@@ -40,10 +40,16 @@ class ManagedProcess:
             return existing
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")
-        process = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid_file.write_text(f"{process.pid}\n{' '.join(cmd)}\n")
         return process.pid
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, task
-
 from labpipe.db.connect import dump_lab_database
 from labpipe.flows.common import Progress, lab_database, layout, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import ConsolidationReport, consolidate
 from labpipe.ingest.populate import PopulateResult, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
+from prefect import flow, task
 
 
 def _share_label() -> str:

@@ -35,12 +35,15 @@ def dask_client(settings: DaskSettings | None = None, **overrides) -> Iterator:
             yield client
         return
     resources = {"GPU": settings.gpu_resources} if settings.gpu_resources else None
-    with LocalCluster(
-        n_workers=settings.n_workers or os.cpu_count() or 1,
-        threads_per_worker=settings.threads_per_worker,
-        memory_limit=settings.memory_limit,
-        resources=resources,
-        processes=True,
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=settings.n_workers or os.cpu_count() or 1,
+            threads_per_worker=settings.threads_per_worker,
+            memory_limit=settings.memory_limit,
+            resources=resources,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -54,11 +54,10 @@ def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> Path:
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return Path(final)
 
 

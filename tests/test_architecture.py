@@ -23,7 +23,11 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "lib").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_lib_never_imports_prefect_or_flows(path):
-    bad = {n for n in _imports(path) if n.split(".")[0] == "prefect" or n.startswith(("labpipe.flows", "labpipe.deployments", "labpipe.blocks"))}
+    bad = {
+        n
+        for n in _imports(path)
+        if n.split(".")[0] == "prefect" or n.startswith(("labpipe.flows", "labpipe.deployments", "labpipe.blocks"))
+    }
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: lib/ is the domain and must not"
 
 

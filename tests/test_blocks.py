@@ -7,10 +7,9 @@ has no hosted documentation site (its docs are in the repository), so blocks car
 import importlib
 
 import pytest
+from labpipe.deployments.platform import block_modules
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
-
-from labpipe.deployments.platform import block_modules
 
 
 def _block_classes() -> list[type[Block]]:
@@ -18,7 +17,8 @@ def _block_classes() -> list[type[Block]]:
     for name in block_modules():
         module = importlib.import_module(name)
         found += [
-            obj for obj in vars(module).values()
+            obj
+            for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, Block) and obj.__module__ == name
         ]
     return found

@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 NAME = "db"
-app = typer.Typer(help="The lab database (embedded PostgreSQL unless LABPIPE_DATABASE_URL is set).", no_args_is_help=True)
+app = typer.Typer(
+    help="The lab database (embedded PostgreSQL unless LABPIPE_DATABASE_URL is set).", no_args_is_help=True
+)
 
 
 @app.command()

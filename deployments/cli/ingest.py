@@ -20,7 +20,9 @@ def _database():
 def _bar(description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    progress = Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
     task = progress.add_task(description, total=None)
     return progress, lambda done, total: progress.update(task, completed=done, total=total)
 
@@ -52,8 +54,10 @@ def scan(
     if as_json:
         typer.echo(json.dumps(report, indent=1, default=str))
     else:
-        typer.echo(f"{len(report['sessions'])} sessions accepted, {len(report['rejected'])} folders rejected, "
-                   f"{report['inserted']} inserted, {report['skipped']} skipped")
+        typer.echo(
+            f"{len(report['sessions'])} sessions accepted, {len(report['rejected'])} folders rejected, "
+            f"{report['inserted']} inserted, {report['skipped']} skipped"
+        )
         for r in report["rejected"]:
             typer.echo(f"  rejected {r['path']}: {r['reason']}")
     if report.get("status") == "failed":
@@ -71,7 +75,9 @@ def simulate(
     """Write a realistic simulated share (several users, setups, real .tif/.mp4/.csv files, malformed folders)."""
     from labpipe.ingest.simulate import simulate_share
 
-    sim = simulate_share(out, sessions_per_user=sessions_per_user, scans_per_session=scans_per_session, light=light, seed=seed)
+    sim = simulate_share(
+        out, sessions_per_user=sessions_per_user, scans_per_session=scans_per_session, light=light, seed=seed
+    )
     typer.echo(f"{len(sim.sessions)} sessions and {len(sim.malformed)} malformed folders under {out}")
 
 
@@ -107,4 +113,6 @@ def populate(
     from labpipe.ingest.populate import run_population
 
     result = run_population(_database(), population, share or layout().share, max_calls=max_calls)
-    typer.echo(json.dumps({"computed": result.computed, "errors": result.errors, "remaining": result.remaining}, indent=1))
+    typer.echo(
+        json.dumps({"computed": result.computed, "errors": result.errors, "remaining": result.remaining}, indent=1)
+    )

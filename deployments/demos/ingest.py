@@ -42,7 +42,8 @@ def run(ctx: DemoContext) -> DemoResult:
     rois = len(t.Segmentation.Roi())
     lines = [
         f"sessions in the database: {len(t.Session())}, scans {len(t.Scan())}, raw files {len(t.RawFile())}",
-        f"last ingest run: {last[0]['status'] if last else '?'}, rejected folders {last[0]['rejected'] if last else '?'}",
+        f"last ingest run: {last[0]['status'] if last else '?'}, "
+        f"rejected folders {last[0]['rejected'] if last else '?'}",
         f"imaging: {len(t.MotionCorrection())} stacks motion-corrected, {len(t.Segmentation())} segmented, {rois} ROIs",
         f"motion capture: {len(t.MocapRecording())} recordings parsed",
         f"objects under {roots.blobs}; dumps under {roots.dumps}",

@@ -4,7 +4,7 @@
 object store pointing at the blob root, and the schema names labpipe uses.
 """
 
-from labpipe.db.target import DatabaseTarget
 from labpipe.db.connect import LabDatabase, open_lab_database
+from labpipe.db.target import DatabaseTarget
 
 __all__ = ["DatabaseTarget", "LabDatabase", "open_lab_database"]

@@ -21,7 +21,11 @@ from labpipe.files import atomic_path
 
 
 def _pg_env(target: DatabaseTarget) -> dict:
-    return {**os.environ, "PGPASSWORD": target.password, "PGSSLMODE": "disable" if target.host.startswith("/") else "prefer"}
+    return {
+        **os.environ,
+        "PGPASSWORD": target.password,
+        "PGSSLMODE": "disable" if target.host.startswith("/") else "prefer",
+    }
 
 
 def _pg_args(target: DatabaseTarget) -> list[str]:
@@ -59,8 +63,15 @@ def dump_database(target: DatabaseTarget, schemas: list[str], dumps_root: Path, 
         if target.backend == "postgresql":
             schema_args = [arg for name in schemas for arg in ("-n", name)]
             _run(
-                [str(postgres_bin("pg_dump")), "-Fc", *_pg_args(target), *schema_args, "-f", str(tmp),
-                 target.dbname or "postgres"],
+                [
+                    str(postgres_bin("pg_dump")),
+                    "-Fc",
+                    *_pg_args(target),
+                    *schema_args,
+                    "-f",
+                    str(tmp),
+                    target.dbname or "postgres",
+                ],
                 env=_pg_env(target),
             )
         else:
@@ -78,8 +89,15 @@ def restore_dump(dump: Path, target: DatabaseTarget) -> None:
         raise DatabaseError(dump, "dump file not found")
     if dump.name.endswith(".pgdump"):
         _run(
-            [str(postgres_bin("pg_restore")), *_pg_args(target), "--no-owner", "--exit-on-error", "-d",
-             target.dbname or "postgres", str(dump)],
+            [
+                str(postgres_bin("pg_restore")),
+                *_pg_args(target),
+                "--no-owner",
+                "--exit-on-error",
+                "-d",
+                target.dbname or "postgres",
+                str(dump),
+            ],
             env=_pg_env(target),
         )
     else:

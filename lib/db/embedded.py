@@ -28,7 +28,9 @@ def _pgserver():
             import pgserver
             from pgserver._commands import POSTGRES_BIN_PATH
         except ImportError as exc:  # pragma: no cover - a dependency of labpipe
-            raise DatabaseError("pgserver", "the embedded PostgreSQL package is missing", "pip install pgserver") from exc
+            raise DatabaseError(
+                "pgserver", "the embedded PostgreSQL package is missing", "pip install pgserver"
+            ) from exc
     return pgserver, POSTGRES_BIN_PATH
 
 
@@ -54,7 +56,9 @@ class EmbeddedPostgres:
             tail = log_file.read_text()[-2000:] if log_file.exists() else ""
             raise DatabaseError(self.pgdata, f"embedded PostgreSQL did not start: {tail}", "see the log file") from exc
         info = server.get_postmaster_info()
-        target = DatabaseTarget(backend="postgresql", host=str(info.socket_dir), port=info.port or 5432, user="postgres", dbname="postgres")
+        target = DatabaseTarget(
+            backend="postgresql", host=str(info.socket_dir), port=info.port or 5432, user="postgres", dbname="postgres"
+        )
         self._ensure_database(target)
         return DatabaseTarget(**{**target.model_dump(), "dbname": EMBEDDED_DBNAME})
 

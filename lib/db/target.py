@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from pydantic import BaseModel
-
 from labpipe.errors import ConfigError
+from pydantic import BaseModel
 
 _SCHEMES = {
     "postgresql": "postgresql",

@@ -7,6 +7,7 @@ same name) and recorded with its setup in the scan's ``.origin.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -66,7 +67,9 @@ def consolidate(staging: Path, share: Path) -> ConsolidationReport:
                 rel = source.relative_to(setup_dir)
                 if len(rel.parts) < 4:
                     report.problems.append(
-                        Rejection(str(source), "expected <username>/<session folder>/<scan folder>/<file> under the setup")
+                        Rejection(
+                            str(source), "expected <username>/<session folder>/<scan folder>/<file> under the setup"
+                        )
                     )
                     continue
                 reason = _check_names(rel.parts)
@@ -90,7 +93,5 @@ def consolidate(staging: Path, share: Path) -> ConsolidationReport:
 def _remove_empty_dirs(top: Path) -> None:
     for dirpath, _, _ in sorted(os.walk(top), key=lambda item: -len(item[0])):
         if Path(dirpath) != top:
-            try:
+            with contextlib.suppress(OSError):  # not empty: a file is still there
                 os.rmdir(dirpath)
-            except OSError:
-                pass

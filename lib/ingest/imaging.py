@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from labpipe.errors import InvalidInput
+from scipy import ndimage
 
 
 def read_stack(path: Path) -> np.ndarray:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from labpipe.errors import InvalidInput
 
 
@@ -52,7 +51,7 @@ def read_motive_csv(path: Path) -> MocapRecordingData:
     markers = []
     for col in range(2, len(columns), 3):
         if columns[col : col + 3] != ["X", "Y", "Z"]:
-            raise InvalidInput(path, f"column {col}: expected X,Y,Z position triplets, got {columns[col:col + 3]}")
+            raise InvalidInput(path, f"column {col}: expected X,Y,Z position triplets, got {columns[col : col + 3]}")
         markers.append(names_row[col])
     data = []
     for line_no, row in enumerate(rows[header_end + 1 :], start=header_end + 2):

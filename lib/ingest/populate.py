@@ -49,7 +49,9 @@ def run_population(
         )
         result.computed[table.__name__] = int(outcome.get("success_count", 0))
         for key, message in _errors(outcome):
-            result.errors.append({"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message})
+            result.errors.append(
+                {"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message}
+            )
         result.remaining[table.__name__] = len(table.key_source - table.proj())
         if progress:
             progress(len(result.computed), len(POPULATIONS[population]))

@@ -102,7 +102,9 @@ def _scan_files(scan_dir: Path, rejected: list[Rejection], scan_rel: str) -> tup
             path = Path(dirpath) / name
             rel = path.relative_to(scan_dir).as_posix()
             if len(rel) > MAX_FILE_NAME:
-                rejected.append(Rejection(f"{scan_rel}/{rel}", f"path inside the scan longer than {MAX_FILE_NAME} characters"))
+                rejected.append(
+                    Rejection(f"{scan_rel}/{rel}", f"path inside the scan longer than {MAX_FILE_NAME} characters")
+                )
                 continue
             files.append(RawFileRecord(rel, path.stat().st_size, modality_of(path), known.get(rel)))
     return files, origin.get("setup")

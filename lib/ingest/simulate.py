@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from labpipe.ingest.naming import session_folder_name
 from labpipe.ingest.schema import SETUPS
 
@@ -59,9 +58,7 @@ def imaging_stack(
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     margin = 8
     centers = rng.uniform(margin, size - margin, (cells, 2))
-    while cells > 1 and np.min(
-        [np.hypot(*(a - b)) for i, a in enumerate(centers) for b in centers[i + 1 :]]
-    ) < 8:
+    while cells > 1 and np.min([np.hypot(*(a - b)) for i, a in enumerate(centers) for b in centers[i + 1 :]]) < 8:
         centers = rng.uniform(margin, size - margin, (cells, 2))
     spikes = rng.random((cells, frames)) < 0.06
     kernel = np.exp(-np.arange(20) / 4.0)
@@ -102,7 +99,7 @@ def write_motive_csv(path: Path, rng: np.random.Generator, frames: int = 120, ma
     lines = [
         f"Format Version,1.23,Take Name,sim,Capture Frame Rate,{rate},Export Frame Rate,{rate},Length Units,Meters",
         "",
-        ",," + ",".join("Marker,Marker,Marker".split(",") * markers),
+        ",," + ",".join(["Marker", "Marker", "Marker"] * markers),
         "Type,," + ",".join(["Marker"] * 3 * markers),
         "Name,," + ",".join(n for n in names for _ in range(3)),
         ",," + ",".join(["Position"] * 3 * markers),

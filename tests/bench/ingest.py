@@ -91,8 +91,12 @@ def prefect_overhead(tasks: int) -> dict:
     for i in range(tasks):
         work(i)
     direct_s = time.perf_counter() - t0
-    return {"tasks": tasks, "flow_s": round(flow_s, 2), "direct_s": round(direct_s, 4),
-            "prefect_overhead_ms_per_task": round(1000 * (flow_s - direct_s) / tasks, 2)}
+    return {
+        "tasks": tasks,
+        "flow_s": round(flow_s, 2),
+        "direct_s": round(direct_s, 4),
+        "prefect_overhead_ms_per_task": round(1000 * (flow_s - direct_s) / tasks, 2),
+    }
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ def _labpipe(lab_db, home, *args):
         PREFECT_API_URL="http://127.0.0.1:9/api",
         COLUMNS="300",  # rich wraps error boxes at the terminal width
     )
-    return subprocess.run([sys.executable, "-m", "labpipe.deployments.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "labpipe.deployments.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_scan_json_report_then_idempotent_rerun(lab_db, tmp_path):
@@ -35,7 +37,9 @@ def test_scan_json_report_then_idempotent_rerun(lab_db, tmp_path):
 
 def test_scan_dry_run_and_a_missing_root(lab_db, tmp_path):
     simulate_share(tmp_path / "share", sessions_per_user=1, light=True)
-    dry = json.loads(_labpipe(lab_db, tmp_path / "home", "ingest", "scan", str(tmp_path / "share"), "--json", "--dry-run").stdout)
+    dry = json.loads(
+        _labpipe(lab_db, tmp_path / "home", "ingest", "scan", str(tmp_path / "share"), "--json", "--dry-run").stdout
+    )
     assert dry["inserted"] == 0 and len(dry["sessions"]) == 3
     missing = _labpipe(lab_db, tmp_path / "home", "ingest", "scan", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr

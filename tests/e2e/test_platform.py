@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from labpipe.db.connect import LabDatabase
 from labpipe.db.embedded import EmbeddedPostgres
 from labpipe.ingest.schema import tables

@@ -3,8 +3,6 @@
 import uuid
 
 import pytest
-from prefect.client.orchestration import get_client
-
 from labpipe.blocks import LabDatabase, StorageLayout
 from labpipe.db.dump import create_empty_database, restore_dump
 from labpipe.db.target import DatabaseTarget
@@ -12,6 +10,7 @@ from labpipe.flows.ingest import dump_database, ingest, populate
 from labpipe.ingest.schema import tables
 from labpipe.ingest.simulate import simulate_share
 from labpipe.layout import Layout
+from prefect.client.orchestration import get_client
 
 
 @pytest.fixture
@@ -101,7 +100,14 @@ def test_dump_restores_on_mariadb_too(tmp_path):
 
 def test_database_url_parsing():
     t = DatabaseTarget.from_url("postgresql://lab:s%40cret@db.example:6543/lab")
-    assert (t.backend, t.host, t.port, t.user, t.password, t.dbname) == ("postgresql", "db.example", 6543, "lab", "s@cret", "lab")
+    assert (t.backend, t.host, t.port, t.user, t.password, t.dbname) == (
+        "postgresql",
+        "db.example",
+        6543,
+        "lab",
+        "s@cret",
+        "lab",
+    )
     assert "s@cret" not in t.url
     s = DatabaseTarget.from_url("postgresql://postgres@/labpipe?host=/run/pg")
     assert (s.host, s.dbname) == ("/run/pg", "labpipe")

@@ -27,7 +27,9 @@ def test_units_verify(unit, tmp_path):
     text = text.replace("User=labpipe", "User=root").replace("Group=labpipe", "Group=root")
     name = unit.name.replace("@.service", "@cpu.service")
     (tmp_path / unit.name).write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, cwd=tmp_path
+    )
     problems = [line for line in result.stderr.splitlines() if unit.name.split("@")[0] in line]
     assert result.returncode == 0 and not problems, result.stderr
 
@@ -36,7 +38,12 @@ def test_units_read_the_shared_environment_file():
     for unit in UNITS:
         assert "EnvironmentFile=/etc/labpipe/labpipe.env" in unit.read_text(), unit.name
     env = (ROOT / "infra" / "labpipe.env.example").read_text()
-    for name in ("LABPIPE_DATABASE_URL", "PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "DASK_SCHEDULER_ADDRESS"):
+    for name in (
+        "LABPIPE_DATABASE_URL",
+        "PREFECT_API_URL",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "DASK_SCHEDULER_ADDRESS",
+    ):
         assert re.search(rf"^{name}=", env, re.M), name
     assert not re.search(r"\b172\.2[56]\.", env), "lab IPs belong in the deployed env file, not the repository"
 

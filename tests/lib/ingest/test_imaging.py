@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import tifffile
-
 from labpipe.errors import InvalidInput
 from labpipe.ingest import imaging
 from labpipe.ingest.simulate import imaging_stack

@@ -3,7 +3,6 @@
 import datetime as dt
 
 import pytest
-
 from labpipe.ingest.run import ingest_share
 from labpipe.ingest.schema import tables
 from labpipe.ingest.simulate import simulate_share

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from labpipe.errors import InvalidInput
 from labpipe.ingest.mocap import read_motive_csv
 from labpipe.ingest.simulate import write_motive_csv

@@ -1,7 +1,6 @@
 import datetime as dt
 
 import pytest
-
 from labpipe.ingest.naming import FolderNameError, parse_scan_name, parse_session_name, session_folder_name
 
 TODAY = dt.date(2026, 11, 22)

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-
 from labpipe.db.jobs import clear_jobs, job_problems
 from labpipe.ingest.populate import population_tables, run_population
 from labpipe.ingest.run import ingest_share
@@ -33,7 +32,17 @@ def _worker_env(db, home):
 
 def _worker(db, home, share, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "labpipe.deployments.cli", "ingest", "populate", "imaging", "--share", str(share), *args],
+        [
+            sys.executable,
+            "-m",
+            "labpipe.deployments.cli",
+            "ingest",
+            "populate",
+            "imaging",
+            "--share",
+            str(share),
+            *args,
+        ],
         env=_worker_env(db, home),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
