@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from labpipe.procs import pid_alive
+
 
 class ManagedProcess:
     """A detached process in its own session, remembered by a pid file under ``run_dir``."""
@@ -23,13 +25,7 @@ class ManagedProcess:
             pid = int(self.pid_file.read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid if not _is_zombie(pid) else None
+        return pid if pid_alive(pid) else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -68,10 +64,3 @@ class ManagedProcess:
             os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return False

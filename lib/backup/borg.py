@@ -23,6 +23,7 @@ from labpipe.backup.proc import ToolResult, run_tool
 from labpipe.backup.settings import BackupPlan, BorgRepository
 from labpipe.errors import ConfigError, ConflictError, InvalidInput, ToolError
 from labpipe.files import atomic_write_text
+from labpipe.procs import pid_alive
 
 ProgressFn = Callable[[int, int], None]
 _PRUNE_LINE = re.compile(
@@ -102,19 +103,6 @@ class LockHolder:
 def this_host_id() -> str:
     """borg's host id for this machine (``hostname@node``), as written into lock rosters."""
     return os.environ.get("BORG_HOST_ID") or f"{socket.gethostname()}@{uuid.getnode()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def archive_name(prefix: str, when: dt.datetime | None = None) -> str:
@@ -333,7 +321,7 @@ class Borg:
         for kind in ("exclusive", "shared"):
             for host, pid, thread in data.get(kind, []):
                 same_host = host == me or host.split("@")[0] == my_name
-                state = ("running" if _pid_alive(int(pid)) else "dead") if same_host else "foreign"
+                state = ("running" if pid_alive(int(pid)) else "dead") if same_host else "foreign"
                 holders.append(LockHolder(host, int(pid), int(thread), state))
         exclusive = self.local_path / "lock.exclusive"
         if exclusive.is_dir() and not holders:
@@ -342,7 +330,7 @@ class Borg:
                 if match:
                     host, pid = match.group(1), int(match.group(2))
                     same_host = host == me or host.split("@")[0] == my_name
-                    state = ("running" if _pid_alive(pid) else "dead") if same_host else "foreign"
+                    state = ("running" if pid_alive(pid) else "dead") if same_host else "foreign"
                     holders.append(LockHolder(host, pid, int(match.group(3)), state))
         return holders
 

@@ -34,6 +34,7 @@ from typing import Literal
 from labpipe.db.connect import LabDatabase
 from labpipe.errors import ConflictError, LabpipeError
 from labpipe.files import atomic_write_text
+from labpipe.procs import pid_alive
 from labpipe.radio import instrument as inst
 from labpipe.radio.calibrators import DEFAULT_RADIUS_DEG, load_calibrators, transiting_calibrator
 from labpipe.radio.convert import ConversionResult, ConvertSettings, clean_staging, convert_group
@@ -312,26 +313,12 @@ def _finish(db: LabDatabase, group: str, worker: str, state: str, fields: dict, 
     return done
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: dead for our purpose
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def worker_is_dead(worker: str | None) -> bool:
     """True when ``worker`` ran on this host and its process no longer exists."""
     if not worker:
         return True
     host, _, pid = worker.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def recover_stuck(

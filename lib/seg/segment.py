@@ -29,6 +29,7 @@ import numpy as np
 from labpipe.errors import ConfigError, ConflictError, LabpipeError, ToolError
 from labpipe.files import atomic_path
 from labpipe.layout import Layout
+from labpipe.procs import pid_alive
 from labpipe.seg.artifacts import MASK_FILES, write_artifacts
 from labpipe.seg.memory import MemoryEstimate, check_memory, estimate_memory
 from labpipe.seg.mrc import TomogramInfo, open_volume, validate_tomogram
@@ -144,16 +145,6 @@ def existing_result(final: Path, provenance: dict) -> SegmentationResult | None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owners(layout: Layout, run: str) -> list[tuple[Path, dict]]:
     found = []
     for work in (Path(layout.scratch) / "seg").glob(f"{run}-*"):
@@ -170,7 +161,7 @@ def clean_stale(layout: Layout, run: str) -> list[Path]:
     """
     host, removed, live = socket.gethostname(), [], False
     for work, owner in _owners(layout, run):
-        dead = owner.get("host") == host and not _pid_alive(int(owner.get("pid", 0)))
+        dead = owner.get("host") == host and not pid_alive(int(owner.get("pid", 0)))
         if dead or time.time() - work.stat().st_mtime > 86400:
             shutil.rmtree(work, ignore_errors=True)
             removed.append(work)
