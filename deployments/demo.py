@@ -22,6 +22,7 @@ class DemoResult:
     lifecycle: str
     ok: bool
     lines: list[str] = field(default_factory=list)  # what it produced and where
+    seconds: float = 0.0
 
 
 @dataclass
@@ -65,7 +66,7 @@ def demo_modules() -> list:
     return sorted((m for m in modules if hasattr(m, "run")), key=lambda m: getattr(m, "ORDER", 100))
 
 
-def run_demo(settings: Settings, *, timeout: float = 1800, only: list[str] | None = None) -> bool:
+def run_demo(settings: Settings, *, timeout: float = 5400, only: list[str] | None = None) -> bool:
     from labpipe.deployments.platform import up
 
     typer.echo("labpipe demo: starting the platform ...")
@@ -78,14 +79,16 @@ def run_demo(settings: Settings, *, timeout: float = 1800, only: list[str] | Non
         if only and name not in only:
             continue
         typer.echo(f"\n== {name} ==")
+        began = time.monotonic()
         try:
             results.append(module.run(ctx))
         except Exception as exc:  # one lifecycle's failure must not hide the others' results
             typer.echo(traceback.format_exc())
             results.append(DemoResult(name, False, [f"demo failed: {exc}"]))
+        results[-1].seconds = time.monotonic() - began
     typer.echo("\n================ labpipe demo summary ================")
     for result in results:
-        typer.echo(f"[{'ok' if result.ok else 'FAILED'}] {result.lifecycle}")
+        typer.echo(f"[{'ok' if result.ok else 'FAILED'}] {result.lifecycle} ({result.seconds:.0f} s)")
         for line in result.lines:
             typer.echo(f"    {line}")
     typer.echo(f"\nThe server and workers stay up: open {report.ui_url} ; stop them with `labpipe down`.")

@@ -75,7 +75,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 @app.command()
 def demo(
-    timeout: float = typer.Option(1800, help="Seconds to wait for the demo's runs."),
+    timeout: float = typer.Option(5400, help="Seconds the whole demo may take (each run also has its own limit)."),
     only: list[str] = typer.Option(None, help="Run only these lifecycles' demos."),
 ) -> None:
     """``up``, simulated input for every lifecycle, their deployments run, and a summary."""
