@@ -562,6 +562,7 @@ class VmStore:
             "WHERE id = ANY(%s) AND state <> 'destroyed' RETURNING *",
             (reason, list(ids)),
         )
+        rows.sort(key=lambda row: row["id"])  # UPDATE ... RETURNING has no order; reports list VMs by id
         for row in rows:
             self.revoke_client_tokens(row["id"])
         return rows
