@@ -90,8 +90,9 @@ def _register_subcommands() -> None:
 
     for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
-        if isinstance(getattr(module, "app", None), typer.Typer):
-            app.add_typer(module.app, name=getattr(module, "NAME", module_info.name))
+        name = getattr(module, "NAME", module_info.name)
+        if name and isinstance(getattr(module, "app", None), typer.Typer):
+            app.add_typer(module.app, name=name)
 
 
 def main() -> None:

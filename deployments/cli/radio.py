@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import typer
+from labpipe.deployments.cli.radio_products import app as products_app
 
 NAME = "radio"
 app = typer.Typer(
-    help="The DSA-110 radio lifecycle: simulated instrument, streaming, conversion.", no_args_is_help=True
+    help="The DSA-110 radio lifecycle: simulated instrument, streaming, conversion, products.", no_args_is_help=True
 )
+app.add_typer(products_app, name="products")
 
 
 def _parse_corrupt(values: list[str]) -> dict[int, str]:

@@ -1,8 +1,9 @@
-"""``labpipe radio-products``: the radio products catalogue (MS, calibration tables, images, mosaics, QA).
+"""``labpipe radio products``: the radio products catalogue (MS, calibration tables, images, mosaics, QA).
 
-``labpipe radio-products --date 2025-10-13 [--kind image] [--group G] [--json]`` lists what the radio
-lifecycle wrote, from the database (no directory walking); ``labpipe radio-products --held`` lists
+``labpipe radio products --date 2025-10-13 [--kind image] [--group G] [--json]`` lists what the radio
+lifecycle wrote, from the database (no directory walking); ``labpipe radio products --held`` lists
 science groups waiting for a valid calibration, ``--tables`` the calibration registry.
+Mounted under ``labpipe radio`` by ``cli/radio.py``; NAME = None keeps it off the top level.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 
 import typer
 
-NAME = "radio-products"
+NAME = None  # a subcommand of `labpipe radio`, not a group of its own
 app = typer.Typer(help="Radio products catalogue and calibration registry.", invoke_without_command=True)
 
 

@@ -1,6 +1,6 @@
 """Products catalogue: every MS, calibration table, image, mosaic and QA record with its path and times.
 
-Rows live in ``<prefix>_radiocal.Product`` (declared with the registry), so ``labpipe radio-products
+Rows live in ``<prefix>_radiocal.Product`` (declared with the registry), so ``labpipe radio products
 --date D`` and notebooks find products without walking directories. Recording is idempotent on the path.
 """
 
