@@ -12,6 +12,7 @@ Prints progress, then as its last line one JSON object with folders_per_s and pr
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import tempfile
@@ -23,7 +24,10 @@ def _simulate(root: Path, sessions: int) -> None:
     from labpipe.ingest.simulate import simulate_share
 
     users = {f"user{i:02d}": "AB" for i in range(10)}
-    simulate_share(root, sessions_per_user=sessions // len(users), users=users, light=True, malformed=False, seed=1)
+    per_user = sessions // len(users)
+    # one session a day per user, ending yesterday: the parser rightly refuses dates in the future
+    start = dt.date.today() - dt.timedelta(days=per_user + 1)
+    simulate_share(root, sessions_per_user=per_user, users=users, light=True, malformed=False, seed=1, start=start)
 
 
 def throughput(sessions: int, work: Path) -> dict:
