@@ -78,10 +78,13 @@ def estimate_memory(plan, model, device: str, workers: int) -> MemoryEstimate:
     except AttributeError:  # architectures without the helper: nnU-Net's rule of thumb, 32 features per voxel
         features = 32 * math.prod(patch) * 4
     cuda = device.startswith("cuda")
+    from labpipe.seg.tiles import windows_per_task
+
+    batch = windows_per_task(patch)  # windows that go through the network together
     per_worker = (
         parameters * 4 * len(model.folds)
-        + features * (2 if cuda else 4)
-        + math.prod(patch) * (1 + 2 * plan.num_classes) * 4
+        + batch * features * (2 if cuda else 4)
+        + batch * math.prod(patch) * (1 + 2 * plan.num_classes) * 4
         + (CUDA_CONTEXT_BYTES if cuda else 0)
     )
     padded = math.prod(plan.padded_shape)

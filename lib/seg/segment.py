@@ -35,7 +35,7 @@ from labpipe.seg.memory import MemoryEstimate, check_memory, estimate_memory
 from labpipe.seg.mrc import TomogramInfo, open_volume, validate_tomogram
 from labpipe.seg.nnunet import ModelInfo, load_model_info
 from labpipe.seg.preview import Preview, choose_factor, downsample, write_preview_mrc
-from labpipe.seg.tiles import LogitAccumulator, TilePlan, plan_tiles, predict_tile, resolve_device
+from labpipe.seg.tiles import LogitAccumulator, TilePlan, plan_tiles, predict_tiles, resolve_device, windows_per_task
 
 
 class SegmentationCancelled(LabpipeError):
@@ -317,17 +317,26 @@ class _Previewer:
         return preview
 
 
+def _batches(plan) -> list[tuple[int, list]]:
+    """The windows in nnU-Net's order, cut into batches: (index of the first window, its starts)."""
+    size = windows_per_task(tuple(plan.patch_size))
+    return [(first, list(plan.starts[first : first + size])) for first in range(0, len(plan.starts), size)]
+
+
+def _cancelled(run: str, added: int, total: int) -> SegmentationCancelled:
+    return SegmentationCancelled(
+        run, f"cancelled after {added} of {total} windows", "nothing was written to the artifact folder"
+    )
+
+
 def _predict_all(plan, accumulator, client, device, threads, progress, previews, stop, run) -> None:
     total = len(plan.starts)
     if client is None:
-        for index, start in enumerate(plan.starts):
+        for first, starts in _batches(plan):
             if stop():
-                raise SegmentationCancelled(
-                    run,
-                    f"cancelled after {accumulator.added} of {total} windows",
-                    "nothing was written to the artifact folder",
-                )
-            accumulator.offer(index, predict_tile(plan, start, device, threads))
+                raise _cancelled(run, accumulator.added, total)
+            for offset, logits in enumerate(predict_tiles(plan, starts, device, threads)):
+                accumulator.offer(first + offset, logits)
             if progress:
                 progress(accumulator.added, total)
             previews.maybe(accumulator.added, total)
@@ -352,48 +361,48 @@ def _predict_on_dask(plan, accumulator, client, device, threads, progress, previ
         resources = {"GPU": 1}
     # the plan travels with each task (~1 KB without the window list): data scattered to a worker dies with it
     task_plan = dataclasses.replace(plan, starts=())
-    # a few windows per worker in flight: enough to keep them busy, few to cancel, little to buffer
-    window = 3 * max(1, len(workers))
+    batches = _batches(plan)
+    # two batches per worker in flight: one computing, one queued behind it; few to cancel, little to buffer
+    window = 2 * max(1, len(workers))
     inflight: dict = {}
     submitted = 0
     tag = uuid.uuid4().hex[:6]
     try:
         while accumulator.added < total:
-            while submitted < total and len(inflight) < window:
+            while submitted < len(batches) and len(inflight) < window:
+                first, starts = batches[submitted]
                 future = client.submit(
-                    predict_tile,
+                    predict_tiles,
                     task_plan,
-                    plan.starts[submitted],
+                    starts,
                     device,
                     threads,
-                    key=f"seg-{run}-{tag}-{submitted}",
+                    key=f"seg-{run}-{tag}-{first}",
                     resources=resources,
                     pure=False,
                 )
-                inflight[future] = submitted
+                inflight[future] = first
                 submitted += 1
             with contextlib.suppress(TimeoutError):
                 wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
             for future in [f for f in inflight if f.done()]:
-                index = inflight.pop(future)
+                first = inflight.pop(future)
                 try:
-                    accumulator.offer(index, future.result())
+                    result = future.result()
                 except KilledWorker as exc:
                     raise ToolError(
                         "Dask worker",
-                        f"workers kept dying predicting window {index} {plan.starts[index]} ({exc})",
+                        f"workers kept dying predicting windows from {first} {plan.starts[first]} ({exc})",
                         "a worker process was killed (host out of memory?); see the Dask worker logs, "
                         "then run again with fewer workers",
                     ) from None
+                for offset, logits in enumerate(result):
+                    accumulator.offer(first + offset, logits)
                 future.release()
             if progress:
                 progress(accumulator.added, total)
             if stop():
-                raise SegmentationCancelled(
-                    run,
-                    f"cancelled after {accumulator.added} of {total} windows",
-                    "nothing was written to the artifact folder",
-                )
+                raise _cancelled(run, accumulator.added, total)
             previews.maybe(accumulator.added, total)
     finally:
         if inflight:

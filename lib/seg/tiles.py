@@ -9,9 +9,9 @@ same steps are split so that each window is an independent task:
   box and the normalisation statistics nnU-Net would compute on the whole array;
 - :class:`TilePlan` holds the windows (nnU-Net's own ``compute_steps_for_sliding_window``)
   and the normalisation, small enough to ship to every Dask worker;
-- :func:`predict_tile` reads one window from the file, normalises it, runs the
-  network through nnU-Net's ``_internal_maybe_mirror_and_predict`` and returns
-  the Gaussian-weighted logits;
+- :func:`predict_tiles` reads a few windows from the file, normalises them, runs
+  them as one batch through nnU-Net's ``_internal_maybe_mirror_and_predict`` and
+  returns the Gaussian-weighted logits (:func:`windows_per_task` says how many);
 - :class:`LogitAccumulator` sums weighted logits and weights in memory-mapped
   float32 arrays (scratch), gives previews at any time and the final labels.
 
@@ -22,6 +22,7 @@ the two differ only where two classes are tied to within float16 rounding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -239,8 +240,9 @@ def read_window(data: np.ndarray, plan: TilePlan, start: tuple[int, ...]) -> np.
     return window
 
 
+@functools.lru_cache(maxsize=4)
 def gaussian(patch_size: tuple[int, ...]) -> np.ndarray:
-    """nnU-Net's Gaussian importance map (float16 values, as float32)."""
+    """nnU-Net's Gaussian importance map (float16 values, as float32); computed once per process and patch."""
     import torch
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
@@ -304,11 +306,29 @@ def load_predictor(model_folder: str, folds: tuple[str, ...], device: str, mirro
         return predictor
 
 
-def predict_tile(plan: TilePlan, start: tuple[int, ...], device: str = "cpu", threads: int | None = None) -> np.ndarray:
-    """Gaussian-weighted logits (classes, *patch) of the window at ``start``; runs in a Dask worker.
+BATCH_VOXELS = 1 << 19  # windows per network call: up to this many voxels (16 windows of 32^3, one of 128^3)
+MAX_BATCH = 16
 
-    Folds are averaged as nnU-Net does (their weighted sums divided by the
-    number of folds).
+
+def windows_per_task(patch_size: tuple[int, ...]) -> int:
+    """How many windows one task predicts in one batched network call.
+
+    Small patches (a CPU model's 32^3) pay more in per-call and per-task overhead than in
+    arithmetic, so they go through the network in batches; patches of 80^3 and up (every
+    real nnU-Net 3D model) go one at a time, as nnU-Net does, so GPU memory stays what
+    nnU-Net needs. nnU-Net's networks normalise per instance, so a batch gives each window
+    the logits it gets alone (to float rounding).
+    """
+    return max(1, min(MAX_BATCH, BATCH_VOXELS // max(1, math.prod(patch_size))))
+
+
+def predict_tiles(
+    plan: TilePlan, starts: list[tuple[int, ...]], device: str = "cpu", threads: int | None = None
+) -> np.ndarray:
+    """Gaussian-weighted logits ``(windows, classes, *patch)`` of the windows at ``starts``; runs in a Dask worker.
+
+    The windows go through the network as one batch (see :func:`windows_per_task`); folds
+    are averaged as nnU-Net does (their weighted sums divided by the number of folds).
     """
     import torch
 
@@ -317,9 +337,9 @@ def predict_tile(plan: TilePlan, start: tuple[int, ...], device: str = "cpu", th
     device = _worker_device(device)
     predictor = load_predictor(plan.model_folder, plan.folds, device, plan.mirroring, plan.ext_trainer)
     with open_volume(Path(plan.tomogram)) as data:
-        window = read_window(data, plan, start)
-    x = torch.from_numpy(window)[None, None].to(predictor.device)
-    weights = torch.from_numpy(gaussian(plan.patch_size)).to(predictor.device)
+        batch = np.stack([read_window(data, plan, tuple(start)) for start in starts])
+    x = torch.from_numpy(batch)[:, None].to(predictor.device)
+    weights = torch.from_numpy(gaussian(tuple(plan.patch_size))).to(predictor.device)
     autocast = torch.autocast("cuda", enabled=True) if predictor.device.type == "cuda" else contextlib.nullcontext()
     total = None
     try:
@@ -327,7 +347,7 @@ def predict_tile(plan: TilePlan, start: tuple[int, ...], device: str = "cpu", th
             for params in predictor.list_of_parameters:
                 if len(predictor.list_of_parameters) > 1:
                     predictor.network.load_state_dict(params)
-                logits = predictor._internal_maybe_mirror_and_predict(x)[0].float()
+                logits = predictor._internal_maybe_mirror_and_predict(x).float()
                 total = logits if total is None else total + logits
             total /= len(predictor.list_of_parameters)
             total *= weights
@@ -337,10 +357,16 @@ def predict_tile(plan: TilePlan, start: tuple[int, ...], device: str = "cpu", th
             torch.cuda.empty_cache()
         raise OutOfMemory(
             f"GPU memory ({device})",
-            f"out of memory predicting the {plan.patch_size} window at {start}: {str(exc).splitlines()[0]}",
+            f"out of memory predicting {len(starts)} {plan.patch_size} window(s) from {tuple(starts[0])}: "
+            f"{str(exc).splitlines()[0]}",
             HINT,
         ) from None
     return total.cpu().numpy()
+
+
+def predict_tile(plan: TilePlan, start: tuple[int, ...], device: str = "cpu", threads: int | None = None) -> np.ndarray:
+    """Gaussian-weighted logits ``(classes, *patch)`` of the one window at ``start``."""
+    return predict_tiles(plan, [start], device, threads)[0]
 
 
 # ---------------------------------------------------------------------------------------------- accumulation

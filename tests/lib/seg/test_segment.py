@@ -63,14 +63,15 @@ def test_cancelling_leaves_nothing_in_the_artifact_folder(tiny_model, seg_layout
     def stop() -> bool:
         return len(predicted) >= 3
 
-    real = tiles.predict_tile
+    real = tiles.predict_tiles
 
-    def counting(*args, **kwargs):
-        predicted.append(1)
-        return real(*args, **kwargs)
+    def counting(plan, starts, *args, **kwargs):
+        predicted.extend(starts)
+        return real(plan, starts, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("labpipe.seg.segment.predict_tile", counting)
+        patch.setattr("labpipe.seg.tiles.MAX_BATCH", 1)  # one window per call, so a stop can fall between windows
+        patch.setattr("labpipe.seg.segment.predict_tiles", counting)
         with pytest.raises(SegmentationCancelled, match="cancelled after 3 of"):
             segment_tomogram(_job(tomogram, tiny_model, "cancelled"), seg_layout, should_stop=stop)
     assert len(predicted) == 3
@@ -93,7 +94,7 @@ def test_gpu_out_of_memory_fails_with_a_hint(tiny_model, seg_layout, tomogram, m
 
 def test_memory_estimate_is_checked_before_any_window(tiny_model, seg_layout, tomogram, monkeypatch):
     called = []
-    monkeypatch.setattr("labpipe.seg.segment.predict_tile", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("labpipe.seg.segment.predict_tiles", lambda *a, **k: called.append(1))
     with pytest.raises(OutOfMemory, match=r"needs ~.* GiB \(1 worker\(s\)\) but 0.00 GiB is available"):
         segment_tomogram(_job(tomogram, tiny_model, "small"), seg_layout, available_memory=[1 << 20])
     assert called == []
@@ -131,7 +132,7 @@ def test_workers_that_keep_dying_fail_the_run_instead_of_hanging(tiny_model, seg
 
         os._exit(1)
 
-    monkeypatch.setattr("labpipe.seg.segment.predict_tile", dies)
+    monkeypatch.setattr("labpipe.seg.segment.predict_tiles", dies)
     started = time.monotonic()
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),

@@ -14,7 +14,7 @@ from labpipe.errors import InvalidInput
 from labpipe.seg.mrc import open_volume, validate_tomogram, write_mrc
 from labpipe.seg.nnunet import trainer_environment
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
-from labpipe.seg.tiles import LogitAccumulator, plan_tiles, predict_tile
+from labpipe.seg.tiles import LogitAccumulator, plan_tiles, predict_tile, predict_tiles, windows_per_task
 
 pytestmark = pytest.mark.slow  # the session model is trained by the first test that needs it
 
@@ -59,6 +59,18 @@ def test_tiles_equal_nnunet_sliding_window_with_cropping_and_padding(tiny_model,
     agreement = float((reference == tiled).mean())
     assert agreement >= 0.999, agreement
     assert (tiled[:4] == 0).all() and (tiled[:, :, -6:] == 0).all()
+
+
+@pytest.mark.parametrize("mirroring", [False, True])
+def test_a_batch_of_windows_gives_each_window_its_own_logits(tiny_model, tmp_path, mirroring):
+    path, _ = write_simulated(tmp_path / "b.mrc", simulate_tomogram((48, 48, 48), voxel_size=20.0, seed=23))
+    plan = plan_tiles(path, validate_tomogram(path), tiny_model, mirroring=mirroring)
+    starts = list(plan.starts[:5])
+    batched = predict_tiles(plan, starts, "cpu", 1)
+    alone = np.stack([predict_tile(plan, start, "cpu", 1) for start in starts])
+    assert batched.shape == (5, plan.num_classes, *plan.patch_size)
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-4 * float(np.abs(alone).max()))
+    assert windows_per_task((32, 32, 32)) == 16 and windows_per_task((128, 128, 128)) == 1
 
 
 def test_tiles_equal_nnunet_with_test_time_mirroring(tiny_model, tmp_path):
