@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -317,9 +318,14 @@ class _Previewer:
         return preview
 
 
-def _batches(plan) -> list[tuple[int, list]]:
-    """The windows in nnU-Net's order, cut into batches: (index of the first window, its starts)."""
-    size = windows_per_task(tuple(plan.patch_size))
+def _batches(plan, workers: int = 1) -> list[tuple[int, list]]:
+    """The windows in nnU-Net's order, cut into batches: (index of the first window, its starts).
+
+    At least four batches per worker, so that small volumes still spread over the workers and
+    show progress and previews while they run.
+    """
+    size = min(windows_per_task(tuple(plan.patch_size)), math.ceil(len(plan.starts) / (4 * max(1, workers))))
+    size = max(1, size)
     return [(first, list(plan.starts[first : first + size])) for first in range(0, len(plan.starts), size)]
 
 
@@ -361,7 +367,7 @@ def _predict_on_dask(plan, accumulator, client, device, threads, progress, previ
         resources = {"GPU": 1}
     # the plan travels with each task (~1 KB without the window list): data scattered to a worker dies with it
     task_plan = dataclasses.replace(plan, starts=())
-    batches = _batches(plan)
+    batches = _batches(plan, len(workers))
     # two batches per worker in flight: one computing, one queued behind it; few to cancel, little to buffer
     window = 2 * max(1, len(workers))
     inflight: dict = {}

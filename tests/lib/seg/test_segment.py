@@ -38,10 +38,11 @@ def _nothing_left(layout, run):
     assert not list((layout.scratch / "seg").glob(f"{run}-*"))
 
 
-def test_run_writes_artifacts_and_a_rerun_is_a_no_op(tiny_model, seg_layout, tomogram):
+def test_run_writes_artifacts_and_a_rerun_is_a_no_op(tiny_model, seg_layout, tomogram, monkeypatch):
     previews, phases = [], []
     job = _job(tomogram, tiny_model, "whole", preview_factor=4)
-    job.preview_every = 1e-9  # a preview after every window
+    job.preview_every = 1e-9  # a preview after every batch
+    monkeypatch.setattr("labpipe.seg.tiles.MAX_BATCH", 2)  # this small tomogram has 8 windows: 4 batches
     result = segment_tomogram(job, seg_layout, on_preview=lambda p, image: previews.append(p), on_phase=phases.append)
     folder = seg_layout.artifacts / "whole"
     assert sorted(p.name for p in folder.iterdir()) == ["mask.mrc", "mask.nii.gz", "mask.nrrd", "stats.json"]
