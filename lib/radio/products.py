@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from pathlib import Path
 
 from labpipe.db.connect import LabDatabase
@@ -16,6 +17,22 @@ from labpipe.radio.registry import _now, tables
 
 def product_id(path: Path | str) -> str:
     return hashlib.md5(str(Path(path)).encode()).hexdigest()
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinity replaced by None: JSON (and PostgreSQL's json type) has neither.
+
+    QA of an image with no measurable source has no median flux error; the record says null, not NaN.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # numpy scalars
+        return json_safe(value.item())
+    return value
 
 
 def _size(path: Path) -> int:
@@ -50,7 +67,7 @@ def record_product(
         end_mjd=float(end_mjd),
         created=_now(),
         size_bytes=_size(path),
-        detail=detail,
+        detail=json_safe(detail) if detail is not None else None,
     )
     t = tables(db)
     if t.Product & {"product_id": row["product_id"]}:

@@ -49,3 +49,13 @@ def test_a_bad_date_is_named(lab_db, tmp_path):
     result = _labpipe(lab_db, tmp_path / "home", "--date", "13/10/2025")
     assert result.returncode != 0
     assert "13/10/2025" in result.stderr and "YYYY-MM-DD" in result.stderr
+
+
+def test_qa_figures_that_are_not_numbers_are_recorded_as_null(lab_db, tmp_path):
+    """An image with no measurable source has NaN medians; PostgreSQL's json refuses NaN, so they become null."""
+    metrics = tmp_path / "2025-10-13T03:00:00.metrics.json"
+    metrics.write_text("{}")
+    detail = {"rms_jy": 0.03, "flux_error_median": float("nan"), "peak_jy": float("inf"), "sources": [float("nan")]}
+    record_product(lab_db, "qa", metrics, start_mjd=60961.125, end_mjd=60961.13, subtype="metrics", detail=detail)
+    rows = json.loads(_labpipe(lab_db, tmp_path / "home", "--kind", "qa", "--json").stdout)
+    assert rows[0]["detail"] == {"rms_jy": 0.03, "flux_error_median": None, "peak_jy": None, "sources": [None]}
