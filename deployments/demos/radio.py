@@ -1,6 +1,6 @@
 """Radio demo: a simulated DSA-110 streams groups into incoming/; the deployments group and convert them.
 
-Three small groups (6 antennas) centred on 3C286's transit arrive in two waves, with per-subband
+Three small groups (24 antennas) centred on 3C286's transit arrive in two waves, with per-subband
 timestamp jitter and one truncated subband file; ``radio-stream/incoming`` records and groups them,
 ``radio-convert/pending`` converts each into one MS: the transit group goes to ms/calibrators, the
 others to ms/science, the damaged subband flagged. The simulation's truth (gains, delays, bandpass,
@@ -25,7 +25,7 @@ def run(ctx: DemoContext) -> DemoResult:
     if not (tree.catalogs / "calibrators.csv").exists():
         write_calibrators(DEFAULT_CALIBRATORS, tree.catalogs / "calibrators.csv")
     truth = tree.root / "static" / "simulation"
-    options = dict(n_antennas=6, calibrator="3C286", jitter_s=30.0, truth_dir=truth, seed=11)
+    options = dict(n_antennas=24, calibrator="3C286", jitter_s=30.0, truth_dir=truth, seed=11)
     groups = simulate_stream(tree.incoming, 3, faults={2: GroupFaults(corrupt={9: "truncate"})}, **options)
     wave = [g.files for g in groups[2:]]
     for files in wave:  # the third group is still "on the wire": it arrives after the first pass

@@ -19,6 +19,11 @@ def _catalog(radio_root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _num(value, scale: float, spec: str) -> str:
+    """A QA figure for the summary; null (no measurable source) prints as n/a."""
+    return "n/a" if value is None else format(value * scale, spec)
+
+
 def run(ctx: DemoContext) -> DemoResult:
     import shutil
 
@@ -47,8 +52,10 @@ def run(ctx: DemoContext) -> DemoResult:
     for p in products.products(db, kind="qa"):
         if p["subtype"] == "metrics" and p.get("detail"):
             d = p["detail"]
-            lines.append(f"QA {p['group_id']}: rms {d['rms_jy'] * 1e3:.1f} mJy, DR {d['dynamic_range']:.0f}, "
-                         f"{d['n_sources']} sources, median flux error {d['flux_error_median']:.3f}")  # fmt: skip
+            lines.append(f"QA {p['group_id']}: rms {_num(d['rms_jy'], 1e3, '.1f')} mJy, "
+                         f"DR {_num(d['dynamic_range'], 1, '.0f')}, {d['n_sources']} sources, "
+                         f"median flux error {_num(d['flux_error_median'], 1, '.3f')}, "
+                         f"QA {'passed' if d.get('passed') else 'NOT passed'}")  # fmt: skip
     lines += [f"QA picture: {p}" for p in pngs]
     lines.append("held groups: " + (", ".join(g["group_id"] for g in registry.held_groups(db)) or "none"))
     ok = all(r.state and r.state.is_completed() for r in runs) and bool(images) and bool(pngs)
