@@ -593,14 +593,23 @@ def truth_path(truth_dir: Path, group: str) -> Path:
     return Path(truth_dir) / f"{group.replace(':', '')}.npz"
 
 
-def stream_catalog(path: Path, start: dt.datetime, n_groups: int, dec_deg: float, *, seed: int = 0) -> Path:
-    """One NVSS-like catalog covering every field a stream of ``n_groups`` from ``start`` sees, as CSV."""
+def stream_catalog(
+    path: Path, start: dt.datetime, n_groups: int, dec_deg: float, *, seed: int = 0, calibrator=None
+) -> Path:
+    """One NVSS-like catalog covering every field a stream of ``n_groups`` from ``start`` sees, as CSV.
+
+    A ``calibrator`` in the sky is in the catalog too, as the bright calibrators are in NVSS: a sky
+    model without the field's brightest source would drag every gain towards the faint rest.
+    """
     from astropy.time import Time
 
     times = Time([start + dt.timedelta(seconds=k * inst.GROUP_SECONDS) for k in (0, n_groups)], scale="utc")
     lsts = times.sidereal_time("apparent", inst.SITE_LON_DEG).deg
     span = (lsts[1] - lsts[0]) % 360.0
     sources = nvss_like_catalog((lsts[0] - 8, lsts[0] + span + 8), (dec_deg - 6, dec_deg + 6), seed=seed + 1000)
+    if calibrator is not None:
+        cal = find_calibrator(calibrator) if isinstance(calibrator, str) else calibrator
+        sources.append(calibrator_source(cal))
     return write_catalog(sources, path)
 
 
@@ -650,6 +659,7 @@ def simulate_stream(
             n_groups,
             group_options.get("pointing_dec_deg") or _calibrator_dec(cal) or 55.0,
             seed=seed,
+            calibrator=cal,
         )
     groups = []
     for k in range(n_groups):

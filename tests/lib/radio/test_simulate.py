@@ -159,6 +159,8 @@ def test_stream_shares_one_sky_and_centres_on_the_calibrator(tmp_path):
     assert all(g.pointing_dec_deg == pytest.approx(30.50916) for g in groups)
     names = {s.name for s in load_truth(groups[1].truth).sources}
     assert "3C286" in names
+    # the catalog a sky model is built from lists the calibrator, as NVSS does
+    assert "3C286" in {s.name for s in read_sources(groups[0].catalog)}
 
 
 def test_catalog_csv_round_trip_and_counts(tmp_path):
