@@ -365,11 +365,11 @@ def clean_image(
     for n_major in range(1, settings.max_major + 1):
         peak = float(np.max(np.abs(residual[clean_mask]))) if clean_mask.any() else 0.0
         threshold = settings.threshold_sigma * rms
-        if peak <= threshold or n_components >= settings.niter:
-            n_major -= 1
-            break
         if peak > 1.05 * previous_peak:  # diverging: keep the last good model
             model, residual = last_model, last_residual
+            break
+        if peak <= threshold or n_components >= settings.niter:
+            n_major -= 1
             break
         previous_peak, last_model, last_residual = peak, model.copy(), residual
         floor = max(threshold, (1 - settings.mgain) * peak, exterior * peak)
@@ -386,6 +386,12 @@ def clean_image(
             progress(n_major, settings.max_major)
         if done == 0:
             break
+    else:  # the last major cycle ran out of cycles unchecked: the same divergence guard
+        final_peak = float(np.max(np.abs(residual[clean_mask]))) if clean_mask.any() else 0.0
+        if final_peak > 1.05 * previous_peak:
+            model, residual = last_model, last_residual
+    if not np.isfinite(residual).all() or not np.isfinite(model).all():  # never publish a blown-up model
+        model, residual = np.zeros_like(model), dirty.copy()
     timings["clean_s"] = time.perf_counter() - t2
     kernel = gaussian_kernel(beam, cell_deg)
     restored = _convolve(model, kernel) + residual
