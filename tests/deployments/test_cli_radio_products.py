@@ -1,32 +1,11 @@
 """`labpipe radio products` as users run it: a real process on a real database."""
 
 import json
-import os
-import subprocess
-import sys
 
 from labpipe.radio.products import record_product
 
 
-def _labpipe(lab_db, home, *args):
-    env = dict(os.environ)
-    env.update(
-        LABPIPE_HOME=str(home),
-        LABPIPE_DATABASE_URL=lab_db.target.url,
-        LABPIPE_SCHEMA_PREFIX=lab_db.prefix,
-        PREFECT_API_URL="http://127.0.0.1:9/api",
-        COLUMNS="300",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "labpipe.deployments.cli", "radio", "products", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_products_are_listed_by_date_and_kind_from_the_database(lab_db, tmp_path):
+def test_products_are_listed_by_date_and_kind_from_the_database(lab_db, labpipe_cli, tmp_path):
     image = tmp_path / "images" / "single" / "2025-10-13" / "2025-10-13T03:00:00.image.pbcor.fits"
     image.parent.mkdir(parents=True)
     image.write_bytes(b"x" * 2880)
@@ -36,26 +15,26 @@ def test_products_are_listed_by_date_and_kind_from_the_database(lab_db, tmp_path
     record_product(lab_db, "image", image, start_mjd=60961.125, end_mjd=60961.13, group_id="2025-10-13T03:00:00")
     record_product(lab_db, "ms", ms, start_mjd=60962.125, end_mjd=60962.13, group_id="2025-10-14T03:00:00")
 
-    listed = _labpipe(lab_db, tmp_path / "home", "--date", "2025-10-13", "--json")
+    listed = labpipe_cli(tmp_path / "home", "radio", "products", "--date", "2025-10-13", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [(r["kind"], r["path"], r["size_bytes"]) for r in rows] == [("image", str(image), 2880)]
-    by_kind = json.loads(_labpipe(lab_db, tmp_path / "home", "--kind", "ms", "--json").stdout)
+    by_kind = json.loads(labpipe_cli(tmp_path / "home", "radio", "products", "--kind", "ms", "--json").stdout)
     assert [r["path"] for r in by_kind] == [str(ms)]
-    assert json.loads(_labpipe(lab_db, tmp_path / "home", "--tables", "--json").stdout) == []
+    assert json.loads(labpipe_cli(tmp_path / "home", "radio", "products", "--tables", "--json").stdout) == []
 
 
-def test_a_bad_date_is_named(lab_db, tmp_path):
-    result = _labpipe(lab_db, tmp_path / "home", "--date", "13/10/2025")
+def test_a_bad_date_is_named(lab_db, labpipe_cli, tmp_path):
+    result = labpipe_cli(tmp_path / "home", "radio", "products", "--date", "13/10/2025")
     assert result.returncode != 0
     assert "13/10/2025" in result.stderr and "YYYY-MM-DD" in result.stderr
 
 
-def test_qa_figures_that_are_not_numbers_are_recorded_as_null(lab_db, tmp_path):
+def test_qa_figures_that_are_not_numbers_are_recorded_as_null(lab_db, labpipe_cli, tmp_path):
     """An image with no measurable source has NaN medians; PostgreSQL's json refuses NaN, so they become null."""
     metrics = tmp_path / "2025-10-13T03:00:00.metrics.json"
     metrics.write_text("{}")
     detail = {"rms_jy": 0.03, "flux_error_median": float("nan"), "peak_jy": float("inf"), "sources": [float("nan")]}
     record_product(lab_db, "qa", metrics, start_mjd=60961.125, end_mjd=60961.13, subtype="metrics", detail=detail)
-    rows = json.loads(_labpipe(lab_db, tmp_path / "home", "--kind", "qa", "--json").stdout)
+    rows = json.loads(labpipe_cli(tmp_path / "home", "radio", "products", "--kind", "qa", "--json").stdout)
     assert rows[0]["detail"] == {"rms_jy": 0.03, "flux_error_median": None, "peak_jy": None, "sources": [None]}
