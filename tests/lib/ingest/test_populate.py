@@ -94,9 +94,13 @@ def test_a_killed_worker_leaves_a_stuck_job_that_is_listed_cleared_and_redone(in
     big = np.random.default_rng(0).poisson(100, (1500, 96, 96)).astype(np.uint16)  # a few seconds of work
     tifffile.imwrite(share / scan_folder / key["file_name"], big)
     worker = _worker(db, labpipe_home, share, "--max-calls", "1")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not len(t.MotionCorrection.jobs & "status='reserved'"):
+    deadline = time.monotonic() + 300  # the worker process imports DataJoint and numpy first: slow on a busy host
+    while (
+        time.monotonic() < deadline and worker.poll() is None and not len(t.MotionCorrection.jobs & "status='reserved'")
+    ):
         time.sleep(0.05)
+    assert worker.poll() is None, f"the worker ended (code {worker.returncode}) before it could be killed mid-job"
+    assert len(t.MotionCorrection.jobs & "status='reserved'") == 1, "the worker reserved no job within 300 s"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert len(t.MotionCorrection.jobs & "status='reserved'") == 1
