@@ -107,12 +107,13 @@ def populate(
     population: str = typer.Argument("imaging"),
     max_calls: int = typer.Option(None),
     share: Path = typer.Option(None, help="Share root; default: the storage layout's."),
+    session: str = typer.Option(None, help="Only this session's keys (its session_id)."),
 ) -> None:
     """Run one population worker in this process (the flow does the same on the cpu pool)."""
     from labpipe.flows.common import layout
     from labpipe.ingest.populate import run_population
 
-    result = run_population(_database(), population, share or layout().share, max_calls=max_calls)
+    result = run_population(_database(), population, share or layout().share, max_calls=max_calls, session=session)
     typer.echo(
         json.dumps({"computed": result.computed, "errors": result.errors, "remaining": result.remaining}, indent=1)
     )

@@ -30,17 +30,26 @@ def population_tables(db: LabDatabase, population: str | None = None) -> list:
 
 
 def run_population(
-    db: LabDatabase, population: str, share: Path, *, max_calls: int | None = None, progress=None
+    db: LabDatabase,
+    population: str,
+    share: Path,
+    *,
+    max_calls: int | None = None,
+    session: str | None = None,
+    progress=None,
 ) -> PopulateResult:
     """``populate(reserve_jobs=True)`` each table of the population; errors are recorded, not raised.
 
     Several workers may run this at once: the jobs table hands each key to one of them.
+    ``session``: only that session's keys (re-running one session; the others stay queued).
     """
     if population not in POPULATIONS:
         raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
     result = PopulateResult(population)
+    restrictions = [{"session_id": session}] if session else []
     for table in population_tables(db, population):
         outcome = table.populate(
+            *restrictions,
             reserve_jobs=True,
             suppress_errors=True,
             max_calls=max_calls,
@@ -52,7 +61,8 @@ def run_population(
             result.errors.append(
                 {"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message}
             )
-        result.remaining[table.__name__] = len(table.key_source - table.proj())
+        source = table.key_source & restrictions[0] if restrictions else table.key_source
+        result.remaining[table.__name__] = len(source - table.proj())
         if progress:
             progress(len(result.computed), len(POPULATIONS[population]))
     return result

@@ -73,6 +73,16 @@ def test_populations_compute_every_task(ingested):
     assert mocap.computed == {"MocapRecording": len(t.MocapTask())}
 
 
+def test_a_session_restriction_computes_that_session_only(ingested):
+    db, share, _ = ingested
+    t = tables(db)
+    session = t.ImagingTask.keys(order_by="session_id", limit=1)[0]["session_id"]
+    mine = len(t.ImagingTask & {"session_id": session})
+    result = run_population(db, "imaging", share, session=session)
+    assert result.computed["MotionCorrection"] == mine and result.remaining["MotionCorrection"] == 0
+    assert len(t.MotionCorrection()) == mine < len(t.ImagingTask())
+
+
 def test_two_concurrent_workers_never_compute_one_key_twice(ingested, labpipe_home):
     db, share, _ = ingested
     workers = [_worker(db, labpipe_home, share) for _ in range(2)]
@@ -89,11 +99,11 @@ def test_two_concurrent_workers_never_compute_one_key_twice(ingested, labpipe_ho
 def test_a_killed_worker_leaves_a_stuck_job_that_is_listed_cleared_and_redone(ingested, labpipe_home):
     db, share, _ = ingested
     t = tables(db)
-    key = t.ImagingTask.keys(order_by="session_id", limit=1)[0]
-    scan_folder = (t.Scan & key).fetch1("folder")
+    session = t.ImagingTask.keys(order_by="session_id", limit=1)[0]["session_id"]
     big = np.random.default_rng(0).poisson(100, (1500, 96, 96)).astype(np.uint16)  # a few seconds of work
-    tifffile.imwrite(share / scan_folder / key["file_name"], big)
-    worker = _worker(db, labpipe_home, share, "--max-calls", "1")
+    for key in (t.ImagingTask & {"session_id": session}).keys(order_by="file_name"):  # all slow
+        tifffile.imwrite(share / (t.Scan & key).fetch1("folder") / key["file_name"], big)
+    worker = _worker(db, labpipe_home, share, "--max-calls", "1", "--session", session)
     deadline = time.monotonic() + 300  # the worker process imports DataJoint and numpy first: slow on a busy host
     while (
         time.monotonic() < deadline and worker.poll() is None and not len(t.MotionCorrection.jobs & "status='reserved'")
