@@ -19,6 +19,7 @@ import operator
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,12 +223,15 @@ def read_unit(layout: MsLayout, unit: Unit, column: str = "DATA", *, parallel_on
             weight = sub.getcol("WEIGHT")
             ant1, ant2, times, uvw = (sub.getcol(c) for c in ("ANTENNA1", "ANTENNA2", "TIME", "UVW"))
     pols = layout.parallel if parallel_only else list(range(ncorr))
-    flag = flag[:, :, pols] | flag_row[:, None, None]
+    if pols != list(range(ncorr)):
+        vis, flag = vis[:, :, pols], flag[:, :, pols]
+    if flag_row.any():
+        flag = flag | flag_row[:, None, None]
     time_index = np.clip(
         np.searchsorted(layout.times_mjd * SECONDS_PER_DAY, times - 1e-3), 0, len(layout.times_mjd) - 1
     )
     return UnitData(
-        vis=np.ascontiguousarray(vis[:, :, pols]),
+        vis=np.ascontiguousarray(vis),
         flag=np.ascontiguousarray(flag),
         weight=np.ascontiguousarray(weight[:, pols], dtype=float),
         ant1=ant1,
@@ -563,7 +567,9 @@ def solve_group(
             if progress:
                 progress(done, 2 * n_units)
         timings["per_channel_s"] = time.perf_counter() - started
-        k, bp = _split_delay_bandpass(layout, per_unit, settings, solve_k="K" in solve)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # antennas absent from the data: all-NaN columns
+            k, bp = _split_delay_bandpass(layout, per_unit, settings, solve_k="K" in solve)
         chain = CalChain(k=k, bp=bp)
     t1 = time.perf_counter()
     cell_of_time, centres = solution_cells(layout, settings.solint_s)
@@ -735,15 +741,45 @@ def _put_slice(t, column: str, rows: np.ndarray, unit: Unit, values: np.ndarray)
             t.putcellslice(column, int(r), values[i], blc, trc)
 
 
+def _apply_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(vis, flag, inverse, ti, a1, a2, hand1, hand2, out, out_flag):  # pragma: no cover - compiled
+        """inverse: (times, ants, pols, chans) 1/J, zero where J is flagged or zero."""
+        nrow, nchan, ncorr = vis.shape
+        for r in range(nrow):
+            t, p, q = ti[r], a1[r], a2[r]
+            for k in range(ncorr):
+                jp, jq = inverse[t, p, hand1[k]], inverse[t, q, hand2[k]]
+                for c in range(nchan):
+                    g = jp[c] * np.conj(jq[c])
+                    if g == 0:
+                        out[r, c, k] = 0
+                        out_flag[r, c, k] = True
+                    else:
+                        out[r, c, k] = vis[r, c, k] * g
+                        out_flag[r, c, k] = flag[r, c, k]
+
+    return kernel
+
+
+_APPLY = None
+
+
 def apply_chain(layout: MsLayout, chain: CalChain, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write CORRECTED_DATA = DATA / (J_p conj(J_q)) for every correlation; flag where J is flagged.
 
     Cross hands (XY, YX) use the two feeds' terms. Each spectral window is assembled in memory and
     written as whole cells (no zero-filling pass). Returns the flagged fraction.
     """
+    global _APPLY
+    if _APPLY is None:
+        _APPLY = _apply_kernel()
     tables = _tables()
     feed_index = {f: i for i, f in enumerate(layout.feeds)}
     corr_feeds = [(LINEAR | CIRCULAR)[c] for c in layout.corr_types]
+    hands = np.array([(feed_index.get(f1, 0), feed_index.get(f2, 0)) for f1, f2 in corr_feeds], dtype=np.int64)
     flagged = total = done = 0
     with tables.table(str(layout.path), readonly=False, ack=False) as t:
         _add_column(t, "CORRECTED_DATA", define_cells=False)
@@ -756,15 +792,13 @@ def apply_chain(layout: MsLayout, chain: CalChain, progress: Callable[[int, int]
                 data = read_unit(layout, unit, "DATA", parallel_only=False)
                 spw_freqs = layout.spw_freqs[unit.spw]
                 jones, bad = chain.jones(unit, spw_freqs, layout.times_mjd, len(layout.parallel), layout.n_ant)
-                ti, a1, a2 = data.time_index, data.ant1, data.ant2
-                flag = data.flag.copy()
-                for c, (f1, f2) in enumerate(corr_feeds):
-                    p1, p2 = feed_index.get(f1, 0), feed_index.get(f2, 0)
-                    denom = jones[ti, :, p1, a1] * np.conj(jones[ti, :, p2, a2])  # (rows, chans)
-                    bad_c = bad[ti, :, p1, a1] | bad[ti, :, p2, a2] | (denom == 0)
-                    out[:, unit.c0 : unit.c1, c] = np.where(bad_c, 0, data.vis[:, :, c] / np.where(bad_c, 1, denom))
-                    flag[:, :, c] |= bad_c
-                flag_all[:, unit.c0 : unit.c1] = flag
+                ok = ~bad & (jones != 0)
+                inverse = np.where(ok, 1 / np.where(ok, jones, 1), 0).astype(np.complex64).transpose(0, 3, 2, 1)
+                rows_meta = (data.time_index, data.ant1, data.ant2)
+                _APPLY(
+                    data.vis, data.flag, np.ascontiguousarray(inverse), *(a.astype(np.int64) for a in rows_meta),
+                    hands[:, 0], hands[:, 1], out[:, unit.c0 : unit.c1], flag_all[:, unit.c0 : unit.c1],
+                )  # fmt: skip
                 done += 1
                 if progress:
                     progress(done, len(layout.units))

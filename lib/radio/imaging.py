@@ -74,29 +74,59 @@ class Visibilities:
         return float(uv[used].max() * self.freqs.max() / skymodel.C_LIGHT) if used.any() else 0.0
 
 
+def _stokes_i_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(vis, flag, weight, rows, n, out_vis, out_wgt):  # pragma: no cover - compiled
+        """I = weighted mean of the hands (one hand alone: half the weight), averaged over n channels."""
+        npol = vis.shape[2]
+        for o in range(len(rows)):
+            r = rows[o]
+            for b in range(out_vis.shape[1]):
+                acc = 0j
+                wacc = 0.0
+                for c in range(b * n, b * n + n):
+                    wsum, vsum, hands = 0.0, 0j, 0
+                    for s in range(npol):
+                        if not flag[r, c, s] and weight[r, s] > 0:
+                            wsum += weight[r, s]
+                            vsum += vis[r, c, s] * weight[r, s]
+                            hands += 1
+                    if wsum > 0:
+                        w = wsum / 2 if hands == npol else wsum / 4
+                        acc += vsum / wsum * w
+                        wacc += w
+                out_vis[o, b] = acc / wacc if wacc > 0 else 0
+                out_wgt[o, b] = wacc
+
+    return kernel
+
+
+_STOKES_I = None
+
+
 def read_stokes_i(layout: MsLayout, settings: ImagingSettings) -> Visibilities:
     """Stokes I of every unit of the MS (cross-correlations only), averaged over ``chan_average`` channels."""
+    global _STOKES_I
+    if _STOKES_I is None:
+        _STOKES_I = _stokes_i_kernel()
     parts_vis, parts_wgt, freqs = [], [], []
     uvw = keep = None
     for unit in layout.units:
         data = read_unit(layout, unit, settings.column)
         if keep is None:
-            keep = data.ant1 != data.ant2
+            keep = np.nonzero(data.ant1 != data.ant2)[0]
             uvw = data.uvw[keep]
-        w = np.where(data.flag, 0.0, data.weight[:, None, :])[keep]  # (rows, chans, pols)
-        v = data.vis[keep]
-        wsum = w.sum(axis=2)
-        vis_i = (v * w).sum(axis=2) / np.where(wsum > 0, wsum, 1)
-        both = (w > 0).all(axis=2)
-        wgt = np.where(both, wsum / 2, np.where(wsum > 0, wsum / 4, 0))  # one hand alone: half the weight of I
         n = max(1, settings.chan_average)
         nchan = (len(unit.freqs) // n) * n
         if nchan == 0:
             n, nchan = 1, len(unit.freqs)
-        vis_b = (vis_i[:, :nchan] * wgt[:, :nchan]).reshape(len(vis_i), -1, n).sum(axis=2)
-        wgt_b = wgt[:, :nchan].reshape(len(vis_i), -1, n).sum(axis=2)
-        parts_vis.append((vis_b / np.where(wgt_b > 0, wgt_b, 1)).astype(np.complex64))
-        parts_wgt.append(wgt_b.astype(np.float32))
+        vis_b = np.zeros((len(keep), nchan // n), dtype=np.complex64)
+        wgt_b = np.zeros(vis_b.shape, dtype=np.float32)
+        _STOKES_I(data.vis, data.flag, data.weight, keep, n, vis_b, wgt_b)
+        parts_vis.append(vis_b)
+        parts_wgt.append(wgt_b)
         freqs.append(unit.freqs[:nchan].reshape(-1, n).mean(axis=1))
     if uvw is None:
         raise InvalidInput(layout.path, "no data to image")

@@ -232,6 +232,7 @@ def _predict_kernel():
 
     @numba.njit(cache=True, nogil=True, fastmath=True)  # parallel across units (Dask threads), not inside
     def kernel(uvw, time_index, freqs, l_, m_, n1, apparent, out):  # pragma: no cover - compiled
+        """apparent: (times, chans, sources). Sources innermost: independent phasors, a vectorisable sum."""
         nrow, nchan = out.shape
         nsrc = l_.shape[0]
         df = freqs[1] - freqs[0] if nchan > 1 else 0.0
@@ -239,21 +240,27 @@ def _predict_kernel():
         for c in range(1, nchan):
             if abs(freqs[c] - freqs[c - 1] - df) > 1e-3 * abs(df) + 1e-6:
                 uniform = False
+        rot = np.empty(nsrc, dtype=np.complex128)
+        step = np.empty(nsrc, dtype=np.complex128)
+        delay = np.empty(nsrc)
         for r in range(nrow):
             t = time_index[r]
             for s in range(nsrc):
-                delay = 2.0 * np.pi * (uvw[r, 0] * l_[s] + uvw[r, 1] * m_[s] + uvw[r, 2] * n1[s]) / 299_792_458.0
+                delay[s] = 2.0 * np.pi * (uvw[r, 0] * l_[s] + uvw[r, 1] * m_[s] + uvw[r, 2] * n1[s]) / 299_792_458.0
+                ph = delay[s] * freqs[0]
+                rot[s] = complex(np.cos(ph), np.sin(ph))
+                step[s] = complex(np.cos(delay[s] * df), np.sin(delay[s] * df))
+            for c in range(nchan):
+                acc = 0j
                 if uniform:
-                    ph = delay * freqs[0]
-                    rot = complex(np.cos(ph), np.sin(ph))
-                    step = complex(np.cos(delay * df), np.sin(delay * df))
-                    for c in range(nchan):
-                        out[r, c] += apparent[s, t, c] * rot
-                        rot *= step
+                    for s in range(nsrc):
+                        acc += apparent[t, c, s] * rot[s]
+                        rot[s] *= step[s]
                 else:
-                    for c in range(nchan):
-                        ph = delay * freqs[c]
-                        out[r, c] += apparent[s, t, c] * complex(np.cos(ph), np.sin(ph))
+                    for s in range(nsrc):
+                        ph = delay[s] * freqs[c]
+                        acc += apparent[t, c, s] * complex(np.cos(ph), np.sin(ph))
+                out[r, c] = acc
 
     return kernel
 
@@ -285,7 +292,7 @@ def predict(model: FieldModel, uvw: np.ndarray, time_index: np.ndarray, freqs_hz
         l_,
         m_,
         n_ - 1.0,
-        np.ascontiguousarray(apparent, dtype=np.float64),
+        np.ascontiguousarray(np.transpose(apparent, (1, 2, 0)), dtype=np.float64),
         out,
     )
     return out.astype(np.complex64)

@@ -45,14 +45,10 @@ def _accumulate_kernel():
                     a = w * np.conj(m) * v
                     b = w * (m.real * m.real + m.imag * m.imag)
                     cc = w * (v.real * v.real + v.imag * v.imag)
-                    a_sum[t, k, s, p, q] += a
-                    a_sum[t, k, s, q, p] += np.conj(a)
+                    a_sum[t, k, s, p, q] += a  # one triangle here; the caller mirrors (half the writes)
                     b_sum[t, k, s, p, q] += b
-                    b_sum[t, k, s, q, p] += b
                     c_sum[t, k, s, p, q] += cc
-                    c_sum[t, k, s, q, p] += cc
                     n_sum[t, k, s, p, q] += 1.0
-                    n_sum[t, k, s, q, p] += 1.0
 
     return kernel
 
@@ -115,6 +111,10 @@ def accumulate(
         sums.c,
         sums.n,
     )
+    # each baseline went to (p, q) as the row names it: add the Hermitian mirror (q, p)
+    sums.a += np.conj(np.swapaxes(sums.a, -1, -2))
+    for part in (sums.b, sums.c, sums.n):
+        part += np.swapaxes(part, -1, -2)
     return sums
 
 

@@ -73,6 +73,35 @@ def test_dead_antenna_is_flagged_and_the_rest_still_solve(tmp_path):
     assert not ok and "flagged fraction" in reason
 
 
+def test_apply_divides_by_both_antennas_terms_and_flags_what_the_chain_flags(sim, solved, tmp_path):
+    import dataclasses
+    import shutil
+
+    from casacore import tables
+
+    layout, solution = solved
+    ms = tmp_path / "copy.ms"
+    shutil.copytree(sim.ms, ms)
+    layout = calibrate.read_layout(ms, channels_per_unit=16)
+    g = dataclasses.replace(solution.g, flags=solution.g.flags.copy())
+    g.flags[:, 1, 7] = True  # the Y hand of antenna 7 is flagged
+    chain = calibrate.CalChain(k=solution.k, bp=solution.bp, g=[g])
+    assert calibrate.apply_chain(layout, chain)["flagged_fraction"] > 0
+    with tables.table(str(ms), ack=False) as t:
+        data, corrected, flag = t.getcol("DATA"), t.getcol("CORRECTED_DATA"), t.getcol("FLAG")
+        a1, a2, times = t.getcol("ANTENNA1"), t.getcol("ANTENNA2"), t.getcol("TIME")
+    ti = np.searchsorted(layout.times_mjd * 86400.0, times - 1e-3)
+    jones = np.concatenate(
+        [chain.jones(u, layout.spw_freqs[u.spw], layout.times_mjd, 2, layout.n_ant)[0] for u in layout.units], axis=1
+    )  # (times, chans, pols, ants)
+    expected = data / (jones[ti, :, :, a1] * np.conj(jones[ti, :, :, a2]))  # (rows, chans, pols)
+    y_of_7 = (a1 == 7) | (a2 == 7)
+    good = ~flag
+    np.testing.assert_allclose(corrected[good], expected[good], rtol=2e-5)
+    assert flag[y_of_7][:, :, 1].all() and (corrected[y_of_7][:, :, 1] == 0).all()
+    assert not flag[~y_of_7].any() and not flag[y_of_7][:, :, 0].any()
+
+
 def test_tables_are_casa_tables_and_read_back_identically(solved, tmp_path):
     from casacore import tables
 
