@@ -406,11 +406,15 @@ def clean_image(
         candidates = np.nonzero(clean_mask & (np.abs(residual) > floor * 0.5))
         values = residual[candidates].astype(np.float64)
         ys, xs = candidates[0].astype(np.int64), candidates[1].astype(np.int64)
+        t_minor = time.perf_counter()
         done = _MINOR(residual, psf64, ys, xs, values, model, settings.gain, floor,
                       settings.niter - n_components, settings.psf_patch)  # fmt: skip
         n_components += done
+        t_major = time.perf_counter()
+        timings["minor_s"] = timings.get("minor_s", 0.0) + t_major - t_minor
         model_vis = _degrid(vis, model, cell, settings, nthreads)
         residual = _grid(vis, vis.vis - model_vis, wgt, npix, cell, settings, nthreads) / wsum
+        timings["major_s"] = timings.get("major_s", 0.0) + time.perf_counter() - t_major
         rms = robust_rms(residual, clean_mask)
         if progress:
             progress(n_major, settings.max_major)
