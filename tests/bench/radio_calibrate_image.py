@@ -244,6 +244,9 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     sigma = float(truth.noise_sigma_jy) * np.sqrt(2)  # complex noise per visibility
     expected = sigma / (apparent * np.sqrt(layout.n_ant - 1) * np.sqrt(len(layout.times_mjd)))
     figures["labpipe_jones_error"] = _jones_error(layout, chain, truth, expected)
+    # the solver's own noise figure: 1/SNR from the Fisher information of each BP channel (every baseline's |M|)
+    bp_snr = solution.bp.snr[~solution.bp.flags]
+    figures["bp_inverse_snr_median"] = float(np.median(1 / bp_snr[bp_snr > 0])) if bp_snr.size else None
     figures["model_sources"] = len(solution.field.catalog)
     figures["model_apparent_jy"] = apparent
 
@@ -329,6 +332,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         "end_to_end_s": round(figures["end_to_end_s"], 2),
         "gain_error_rel": round(figures["labpipe_jones_error"]["median"], 5),
         "gain_error_expected": round(expected, 5),
+        "bp_inverse_snr_median": round(figures["bp_inverse_snr_median"] or float("nan"), 5),
         "casa_gain_error_rel": round(figures["casa_jones_error"]["median"], 5)
         if "casa_jones_error" in figures
         else None,
