@@ -194,6 +194,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     from labpipe.compute import DaskSettings, dask_client
     from labpipe.radio import calibrate, calrun, caltable, imaging, qa, simulate, skymodel
     from labpipe.radio.convert import convert_group
+    from labpipe.radio.products import json_safe
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lp-radiocal-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         "load_avg": [round(figures["load_avg_start"], 1), round(figures["load_avg_end"], 1)],
     }
     (work / "figures.json").write_text(json.dumps(figures, indent=1, default=str))
-    print(json.dumps(summary))
+    print(json.dumps(json_safe(summary)))  # null, not NaN, for a figure with nothing to measure
 
 
 if __name__ == "__main__":
