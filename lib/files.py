@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from labpipe.errors import ConflictError
+from labpipe.errors import ConflictError, InvalidInput
 
 CHUNK = 4 << 20
 
@@ -98,3 +98,35 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
             raise ConflictError(source, "copy does not match the source checksum", "check the disk and retry")
     source.unlink()
     return digest
+
+
+MAX_COMPONENT_BYTES = 255  # NAME_MAX of every Linux file system labpipe writes to
+
+
+def path_component(name: object, *, what: str = "name") -> str:
+    """``name`` as one path component, or ``InvalidInput`` saying why it cannot be one.
+
+    Every user-supplied name that becomes part of a path (run, model, upload, VM and
+    retention entry names) goes through here: it refuses ``.``/``..``, separators, NUL
+    and other control characters, leading or trailing blanks and names longer than one
+    file name may be, so a name can never reach outside the folder it is joined to.
+    """
+    text = name if isinstance(name, str) else str(name)
+    problem = None
+    if not text:
+        problem = "is empty"
+    elif text in (".", ".."):
+        problem = f"is {text!r}, which names a folder rather than an entry in it"
+    elif "/" in text or "\\" in text:
+        problem = "contains a path separator ('/' or '\\')"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in text):
+        problem = "contains NUL or another control character (newline, tab, escape, ...)"
+    elif text != text.strip():
+        problem = "starts or ends with blanks"
+    elif len(text.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES:
+        problem = f"is {len(text.encode('utf-8', 'surrogateescape'))} bytes long (at most {MAX_COMPONENT_BYTES})"
+    if problem:
+        raise InvalidInput(
+            repr(text[:80]), f"{what} {problem}", "use a plain name of letters, digits, '.', '-' and '_'"
+        )
+    return text

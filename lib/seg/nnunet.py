@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from labpipe.errors import ConfigError, ConflictError, InvalidInput, ToolError
-from labpipe.files import atomic_path, atomic_write_text, sha256_file
+from labpipe.files import atomic_path, atomic_write_text, path_component, sha256_file
 from labpipe.layout import Layout
 from labpipe.seg import require
 from labpipe.seg.mrc import open_volume, read_header
@@ -144,7 +144,7 @@ def models_root(layout: Layout) -> Path:
 
 
 def check_model_name(name: str) -> str:
-    if not NAME_PATTERN.match(name or ""):
+    if not NAME_PATTERN.match(path_component(name, what="model name")):
         raise InvalidInput(name, "not a usable model name", "use letters, digits, '-' and '_' (start with a letter)")
     return name
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from labpipe.errors import ConfigError, ConflictError, LabpipeError, ToolError
-from labpipe.files import atomic_path
+from labpipe.files import atomic_path, path_component
 from labpipe.layout import Layout
 from labpipe.procs import pid_alive
 from labpipe.seg.artifacts import MASK_FILES, write_artifacts
@@ -56,6 +56,11 @@ class SegmentationJob:
     preview_factor: int | None = None
     preview_every: float = 5.0  # seconds; 0 turns previews off
     voxel_size: float | None = None
+
+    def __post_init__(self) -> None:
+        # the run names the artifact and scratch folders: refused here, before anything is read or written
+        if self.run is not None:
+            self.run = path_component(self.run, what="run name")
 
     def run_name(self) -> str:
         return self.run or default_run_name(Path(self.tomogram), self.model)
