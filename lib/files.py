@@ -24,20 +24,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry list to disk (what a rename must wait for to be durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_tree(top: Path) -> None:
+    """fsync every regular file and folder under ``top`` (``top`` itself included), deepest first."""
+    top = Path(top)
+    if top.is_symlink() or not top.exists():
+        return
+    if not top.is_dir():
+        fsync_path(top)
+        return
+    for dirpath, _, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                fsync_path(path)
+        fsync_path(Path(dirpath))
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success rename it into place.
+    """Yield a temporary path beside ``final``; on success make it durable and rename it into place.
 
-    Works for files and folders. On error the temporary is removed and
-    ``final`` is untouched.
+    Works for files and folders. What the caller wrote is fsynced before the rename and the
+    parent folder after it, so a power cut leaves either the old ``final`` or the whole new
+    one. On error the temporary is removed and ``final`` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -45,19 +63,18 @@ def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
     work = tmp / (final.name + suffix)
     try:
         yield work
+        fsync_tree(work)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(work, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> Path:
-    with atomic_path(final) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
     return Path(final)
 
 
@@ -86,7 +103,9 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, dest)  # atomic, fails if dest appeared meanwhile
+        fsync_path(dest.parent)  # the new name is on disk before the old one goes
         source.unlink()
+        fsync_path(source.parent)
         return digest
     except FileExistsError:
         return move_file_safely(source, dest, checksum=digest)
@@ -96,7 +115,8 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
         shutil.copy2(source, tmp)
         if sha256_file(tmp) != digest:
             raise ConflictError(source, "copy does not match the source checksum", "check the disk and retry")
-    source.unlink()
+    source.unlink()  # atomic_path made the copy and its folder durable first
+    fsync_path(source.parent)
     return digest
 
 
