@@ -100,8 +100,10 @@ def test_a_missing_model_says_how_to_get_one(tmp_path):
     with pytest.raises(ConfigError, match="no segmentation model") as caught:
         load_model_info(Layout.default(tmp_path / "home"), "membranes")
     assert "labpipe seg train --name membranes" in caught.value.hint
-    with pytest.raises(InvalidInput, match="not a usable model name"):
+    with pytest.raises(InvalidInput, match="model name contains a path separator"):
         load_model_info(Layout.default(tmp_path / "home"), "../etc")
+    with pytest.raises(InvalidInput, match="not a usable model name"):
+        load_model_info(Layout.default(tmp_path / "home"), "-rf")
 
 
 @pytest.mark.parametrize(
