@@ -124,7 +124,10 @@ def test_leftovers_of_a_killed_run_are_removed(seg_layout):
 
 
 def test_workers_that_keep_dying_fail_the_run_instead_of_hanging(tiny_model, seg_layout, tomogram, monkeypatch):
+    # distributed registers its config defaults on import: import it before dask.config.set, which would
+    # otherwise delete the whole 'distributed' section on exit, failing every later LocalCluster with KeyError
     import dask
+    import distributed  # noqa: F401
     from labpipe.compute import DaskSettings, dask_client
     from labpipe.errors import ToolError
 
