@@ -109,10 +109,20 @@ def session_label(workdir: Path, name: str | None = None) -> str:
     return label
 
 
+def account_groups(account: SessionAccount) -> list[int]:
+    """The account's groups as /etc/group lists them (an admin may add e.g. ``render`` for GPUs); never 0."""
+    try:
+        groups = os.getgrouplist(account.name, account.gid)
+    except OSError:
+        groups = [account.gid]
+    return sorted({g for g in groups if g != 0})
+
+
 def enter_argv(account: SessionAccount, argv: list[str], cgroup: Path | None = None) -> list[str]:
     """What starts ``argv`` as ``account`` (through ``labpipe.vms.session_exec``, isolated from cwd and env)."""
+    groups = ",".join(str(g) for g in account_groups(account)) if account.uid else ""
     entry = [sys.executable, "-I", "-m", "labpipe.vms.session_exec", "--uid", str(account.uid),
-             "--gid", str(account.gid)]  # fmt: skip
+             "--gid", str(account.gid), "--groups", groups]  # fmt: skip
     if cgroup is not None:
         entry += ["--cgroup", str(cgroup)]
     return [*entry, "--", *argv]

@@ -1,7 +1,7 @@
 """Enter a user's session: join its cgroup, become the session account for good, exec the user's command.
 
 The VM client runs this as root with ``python -I -m labpipe.vms.session_exec
---uid U --gid G [--cgroup DIR] -- PROGRAM ARG...``: ``-I`` keeps the session
+--uid U --gid G --groups G1,G2 [--cgroup DIR] -- PROGRAM ARG...``: ``-I`` keeps the session
 folder (the working directory) and the environment out of Python's import path.
 Order matters: the cgroup is joined while still root (only root may move a
 process there), then supplementary groups, gid and uid are dropped (uid last,
@@ -32,33 +32,34 @@ def _no_new_privileges() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
-def parse(argv: list[str]) -> tuple[int, int, str | None, list[str]]:
-    """(uid, gid, cgroup folder or None, the user's command) from this module's arguments."""
+def parse(argv: list[str]) -> tuple[int, int, list[int], str | None, list[str]]:
+    """(uid, gid, supplementary groups, cgroup folder or None, the user's command) from this module's arguments."""
     if "--" not in argv:
-        raise ValueError("usage: --uid U --gid G [--cgroup DIR] -- PROGRAM [ARG...]")
+        raise ValueError("usage: --uid U --gid G [--groups G1,G2] [--cgroup DIR] -- PROGRAM [ARG...]")
     cut = argv.index("--")
     options, command = argv[:cut], argv[cut + 1 :]
     if len(options) % 2 or not command:
         raise ValueError("options come in pairs and a program must follow --")
     pairs = dict(zip(options[::2], options[1::2], strict=True))
-    unknown = set(pairs) - {"--uid", "--gid", "--cgroup"}
+    unknown = set(pairs) - {"--uid", "--gid", "--groups", "--cgroup"}
     if unknown or "--uid" not in pairs or "--gid" not in pairs:
         raise ValueError(f"need --uid and --gid; unknown options {sorted(unknown)}")
-    return int(pairs["--uid"]), int(pairs["--gid"]), pairs.get("--cgroup"), command
+    groups = [int(g) for g in pairs.get("--groups", "").split(",") if g]
+    return int(pairs["--uid"]), int(pairs["--gid"]), groups, pairs.get("--cgroup"), command
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        uid, gid, cgroup, command = parse(sys.argv[1:] if argv is None else argv)
+        uid, gid, groups, cgroup, command = parse(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
         return _fail(str(exc))
-    if uid == 0 or gid == 0:
-        return _fail("refusing to run a session as root")
+    if uid == 0 or gid == 0 or 0 in groups:
+        return _fail("refusing to run a session as root or in root's group")
     try:
         if cgroup is not None:
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
                 procs.write(str(os.getpid()))
-        os.setgroups([])
+        os.setgroups(groups)
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
         _no_new_privileges()

@@ -191,7 +191,8 @@ def test_entering_a_session_drops_root_for_good(sessions, tmp_path):
     done = subprocess.run(enter_argv(account, ["python3", "-c", ENTERED]), capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    assert seen["uids"] == [account.uid] * 3 and seen["gids"] == [account.gid] * 3 and seen["groups"] == []
+    assert seen["uids"] == [account.uid] * 3 and seen["gids"] == [account.gid] * 3
+    assert seen["groups"] == [account.gid]  # the account's own groups (useradd --user-group: its own), never 0
     assert seen["back_to_root"] is False and seen["no_new_privs"] == "1"  # setuid programs cannot lift it again
     assert seen["umask"] == 0o077
 
