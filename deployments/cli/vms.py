@@ -57,15 +57,29 @@ def _table(vms) -> None:
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 for VMs on other hosts)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (another than loopback needs --certfile/--keyfile)."),
     port: int = typer.Option(None, help="Port; default: the port of the block's allocator_url."),
     launch: str = typer.Option("prefect", help="How admin endpoints start work: 'prefect' (deployments) or 'inline'."),
     events: bool = typer.Option(True, help="Also send every VM change as a Prefect event."),
     allocator_url: str = typer.Option(None, help="URL clients of new VMs use; default: the block's."),
+    certfile: Path = typer.Option(None, help="TLS certificate (PEM, with its chain): serve HTTPS."),
+    keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
+    allow_plain_http: bool = typer.Option(
+        False, help="Serve plain HTTP on a non-loopback address (only on a link encrypted below HTTP, e.g. WireGuard)."
+    ),
     block: str = Block,
 ) -> None:
     """Run the allocator (FastAPI on uvicorn) on the VM tables; Ctrl-C or SIGTERM stops it."""
     import logging
+
+    from labpipe.errors import ConfigError
+    from labpipe.vms.server import check_listen
+
+    try:  # before anything opens: tokens must never be taken in clear from other hosts
+        check_listen(host, certfile, keyfile, allow_plain_http=allow_plain_http)
+    except ConfigError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
     from labpipe.flows.common import database_settings
     from labpipe.vms.launch import InlineLauncher
@@ -98,38 +112,66 @@ def serve(
 
     run_allocator(
         settings, host=host, port=port, db_settings=database_settings(), launcher=make_launcher,
-        on_change=sinks, ready=ready,
+        on_change=sinks, ready=ready, certfile=certfile, keyfile=keyfile, allow_plain_http=allow_plain_http,
     )  # fmt: skip
 
 
 @app.command()
 def client(
-    allocator: str = typer.Option(..., help="Allocator URL, e.g. http://10.0.0.5:8765."),
+    allocator: str = typer.Option(..., help="Allocator URL, e.g. https://allocator.lab:8765."),
     token: str = typer.Option(None, envvar="LABPIPE_VMS_TOKEN", help="This VM's client token."),
-    token_file: Path = typer.Option(None, help="File holding the token (mode 600)."),
+    token_file: Path = typer.Option(None, help="File holding the token (mode 600, in a folder of mode 700)."),
     workdir: Path = typer.Option(Path.cwd(), help="Folder for the user's session and logs."),
     gpu_interval: float = typer.Option(20.0, help="Seconds between GPU checks."),
     heartbeat_interval: float = typer.Option(30.0, help="Seconds between heartbeats."),
     retry_interval: float = typer.Option(5.0, help="Seconds between retries while the allocator is away."),
     address: str = typer.Option(None, help="Address users reach this VM at; default: the hostname."),
+    ca_file: Path = typer.Option(None, help="CA certificate that signed the allocator's TLS certificate."),
+    allow_plain_http: bool = typer.Option(False, help="Allow an http:// allocator on another host (encrypted link)."),
+    session_account: str = typer.Option("labpipe-vm", help="Unprivileged account users' commands run as."),
+    session_folder: Path = typer.Option(None, help="The session's folder; default: WORKDIR/session."),
+    session_isolation: str = typer.Option("auto", help="'systemd' scope, 'cgroup' v2 folder, or 'auto'."),
+    cgroup_parent: Path = typer.Option(None, help="cgroup v2 folder for session cgroups; default: the client's own."),
 ) -> None:
-    """The service on each VM: registers, checks the GPU, heartbeats, runs the user's command."""
+    """The service on each VM: registers, checks the GPU, heartbeats, runs the user's command (as session_account)."""
     import logging
     import socket
 
+    from labpipe.errors import ConfigError
     from labpipe.vms.client import ClientConfig, read_token_file, run_client
 
     if token_file:
         token = read_token_file(token_file)
     if not token:
-        raise typer.BadParameter("give --token, --token-file or LABPIPE_VMS_TOKEN", param_hint="--token")
+        raise typer.BadParameter("give --token-file (or --token, LABPIPE_VMS_TOKEN)", param_hint="--token-file")
+    os.environ.pop("LABPIPE_VMS_TOKEN", None)  # nothing this process starts inherits it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = ClientConfig(
         allocator=allocator, token=token, workdir=workdir, gpu_interval=gpu_interval,
         heartbeat_interval=heartbeat_interval, retry_interval=retry_interval, address=address or socket.gethostname(),
+        ca_file=ca_file, allow_plain_http=allow_plain_http, session_account=session_account,
+        session_folder=session_folder, session_isolation=session_isolation, cgroup_parent=cgroup_parent,
     )  # fmt: skip
-    raise typer.Exit(run_client(config))
+    try:
+        raise typer.Exit(run_client(config))
+    except ConfigError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("session-account")
+def session_account(name: str = typer.Option("labpipe-vm", help="The account's name.")) -> None:
+    """Make the unprivileged system account VM sessions run as (no home, no login shell); needs root."""
+    from labpipe.errors import LabpipeError
+    from labpipe.vms.session import ensure_session_account
+
+    try:
+        account, made = ensure_session_account(name)
+    except LabpipeError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{'made' if made else 'kept'} {account.name} (uid {account.uid}, gid {account.gid})")
 
 
 @app.command()
@@ -218,35 +260,107 @@ def reap(block: str = Block) -> None:
         store.close()
 
 
-@app.command()
-def token(
-    role: str = typer.Option(..., help="user, admin (client tokens are made with their VM)."),
+token_app = typer.Typer(help="Bearer tokens: create, list, revoke (talks to the VM database directly).")
+app.add_typer(token_app, name="token")
+
+
+def _day(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+@token_app.command("create")
+def token_create(
+    role: str = typer.Option(..., help="user or admin (client tokens are made with their VM)."),
     email: str = typer.Option(None, help="The user's email (user tokens)."),
+    lifetime_days: float = typer.Option(None, help="Days until it expires; default: the role's lifetime."),
+    label: str = typer.Option("issued by the CLI", help="What it is for (shown by `token list`)."),
     block: str = Block,
 ) -> None:
-    """Issue a bearer token (printed once; only its hash is stored)."""
+    """Issue a bearer token; prints it once (only its hash is stored), its id and expiry go to stderr."""
+    from datetime import timedelta
+
     from labpipe.vms.models import TokenCreate
 
     try:
-        request = TokenCreate(role=role, email=email)
+        request = TokenCreate(role=role, email=email, lifetime_days=lifetime_days, label=label)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if request.role.value == "client":
         raise typer.BadParameter("client tokens are made with their VM", param_hint="--role")
     store, _ = _store(block)
     try:
-        typer.echo(store.issue_token(request.role, email=request.email, label="issued by the CLI"))
+        lifetime = timedelta(days=request.lifetime_days) if request.lifetime_days else None
+        issued = store.issue(request.role, email=request.email, label=request.label, lifetime=lifetime)
     finally:
         store.close()
+    whom = issued.email or issued.role.value
+    typer.echo(f"token {issued.id} for {whom}, expires {_day(issued.expires_at) or 'with its VM'}", err=True)
+    typer.echo(issued.token)
 
 
-def _allocator_call(allocator: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+@token_app.command("list")
+def token_list(
+    email: str = typer.Option(None, help="Only this user's tokens."),
+    as_json: bool = typer.Option(False, "--json"),
+    block: str = Block,
+) -> None:
+    """Every token's id, role, email, VM, label, creation, expiry and status (never the token)."""
+    store, _ = _store(block)
+    try:
+        tokens = store.list_tokens(email=email)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(tokens, indent=1, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "role", "email", "VM", "label", "created", "expires", "status")
+    for t in tokens:
+        table.add_row(str(t["id"]), t["role"], t["email"] or "", str(t["vm_id"] or ""), t["label"],
+                      _day(t["created_at"]), _day(t["expires_at"]), t["status"])  # fmt: skip
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ids: list[int] = typer.Argument(None, help="Token ids (see `labpipe vms token list`)."),
+    email: str = typer.Option(None, help="Every token of this user."),
+    block: str = Block,
+) -> None:
+    """Revoke tokens: the allocator refuses them from the next request on."""
+    if not ids and not email:
+        raise typer.BadParameter("name token ids or --email", param_hint="IDS")
+    store, _ = _store(block)
+    try:
+        known = {t["id"] for t in store.list_tokens(ids=ids)} if ids else set()
+        if ids and (missing := sorted(set(ids) - known)):
+            typer.echo(f"no token has id {missing}", err=True)
+            raise typer.Exit(1)
+        revoked = store.revoke_tokens(ids=ids, email=email)
+    finally:
+        store.close()
+    typer.echo(f"revoked {revoked}" if revoked else "nothing to revoke (already revoked)")
+
+
+def _allocator_call(
+    allocator: str, token: str, method: str, path: str, body: dict | None = None, ca_file: Path | None = None
+) -> dict:
     import httpx
+    from labpipe.errors import ConfigError
+    from labpipe.vms.client import check_transport, tls_verify
 
     try:
+        check_transport(allocator)
+    except ConfigError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
         response = httpx.request(
-            method, allocator.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+            method, allocator.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+            verify=tls_verify(ca_file),
+        )  # fmt: skip
     except httpx.HTTPError as exc:
         typer.echo(f"allocator {allocator} unreachable: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -261,6 +375,7 @@ Allocator = typer.Option(
     os.environ.get("LABPIPE_VMS_ALLOCATOR", "http://127.0.0.1:8765"), "--allocator", help="Allocator URL."
 )
 UserToken = typer.Option(..., "--token", envvar="LABPIPE_VMS_USER_TOKEN", help="Your user token.")
+CaFile = typer.Option(None, "--ca-file", envvar="LABPIPE_VMS_CA_FILE", help="CA of the allocator's TLS certificate.")
 
 
 @app.command()
@@ -271,21 +386,24 @@ def request(
     command: list[str] = typer.Argument(None, help="Program and arguments the VM runs for you (after --)."),
     allocator: str = Allocator,
     token: str = UserToken,
+    ca_file: Path = CaFile,
 ) -> None:
     """Ask the allocator for a VM; prints its hostname and how to connect."""
     body = {"email": email, "min_gpu_memory_mb": min_gpu_memory, "require_gpu": require_gpu}
     if command:
         body["command"] = list(command)
-    data = _allocator_call(allocator, token, "POST", "/vms/request", body)
+    data = _allocator_call(allocator, token, "POST", "/vms/request", body, ca_file)
     vm = data["vm"]
     held = "you already hold" if data["already_held"] else "assigned"
     typer.echo(f"{held} {vm['hostname']} (VM {vm['id']}) at {vm['address']}; connection {vm['connection']}")
 
 
 @app.command()
-def release(vm_id: int = typer.Argument(...), allocator: str = Allocator, token: str = UserToken) -> None:
+def release(
+    vm_id: int = typer.Argument(...), allocator: str = Allocator, token: str = UserToken, ca_file: Path = CaFile
+) -> None:
     """Give your VM back."""
-    vm = _allocator_call(allocator, token, "POST", f"/vms/{vm_id}/release")["vm"]
+    vm = _allocator_call(allocator, token, "POST", f"/vms/{vm_id}/release", ca_file=ca_file)["vm"]
     typer.echo(f"released {vm['hostname']}; it is {vm['state']}")
 
 

@@ -3,7 +3,8 @@
 The allocator runs as ``labpipe vms serve`` (Prefect launcher, Prefect events);
 its admin endpoint starts the ``create-vms`` deployment on the cpu worker, whose
 local provisioner starts three real VM clients. A user then requests a VM over
-HTTP with a command to run there, the reaper deployment sweeps once, and the
+HTTP with a command to run there (as the unprivileged session account, made
+here if missing), the reaper deployment sweeps once, and the
 VMs are destroyed through the admin endpoint (the ``destroy-vms`` flow) and
 the allocator stopped, so nothing is left running.
 """
@@ -43,13 +44,21 @@ def _wait(predicate, timeout: float):
 
 
 def run(ctx: DemoContext) -> DemoResult:
+    from labpipe.errors import LabpipeError
     from labpipe.flows.common import database_settings
     from labpipe.flows.vms import vm_settings
     from labpipe.vms.models import Role
     from labpipe.vms.server import AllocatorProcess
+    from labpipe.vms.session import ensure_session_account
     from labpipe.vms.store import VmStore
 
     lines: list[str] = []
+    account = vm_settings().local.session_account
+    try:  # users' commands run as this unprivileged account, never as the demo's
+        made = ensure_session_account(account)[1]
+        ctx.say(f"session account {account}: {'made (useradd --system)' if made else 'present'}")
+    except LabpipeError as exc:
+        ctx.say(f"session account {account} missing, users' commands will be refused: {exc}")
     allocator = AllocatorProcess(ctx.settings.home, launch="prefect", events=True).start(timeout=180)
     store = VmStore.open(vm_settings().model_copy(update={"pool_size": 2}), database_settings())
     admin = httpx.Client(

@@ -1,9 +1,11 @@
 """The allocator: a FastAPI app over the VM tables.
 
-Every data endpoint needs a bearer token (401 without a valid one, 403 for the
-wrong role or someone else's VM): users request and release their own VMs, a
-client token heartbeats for its own VM only, admin tokens manage. Only the page
-shell (``/``) and ``/health`` are open; neither carries data. Every refusal is a
+Every data endpoint needs a bearer token (401 without a valid one, saying
+whether it is unknown, revoked or expired; 403 for the wrong role or someone
+else's VM): users request and release their own VMs, a client token heartbeats
+for its own VM only, admin tokens manage. Only the page shell (``/``) and
+``/health`` are open; neither carries data. Users see their own VMs and their
+own VMs' events only, never another user's e-mail address. Every refusal is a
 JSON body with ``error`` and ``detail``; malformed requests get 422 naming each
 field at fault; no path answers a bare 500.
 
@@ -17,21 +19,34 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Annotated
 
 import psycopg2
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from labpipe.errors import ConfigError, DatabaseError, LabpipeError
 from labpipe.vms.feed import ChangeFeed
 from labpipe.vms.launch import Launcher
-from labpipe.vms.models import CreateVms, DestroyVms, Heartbeat, Registration, Role, TokenCreate, Vm, VmRequest, VmState
+from labpipe.vms.models import (
+    CreateVms,
+    DestroyVms,
+    Heartbeat,
+    Registration,
+    Role,
+    TokenCreate,
+    Vm,
+    VmRequest,
+    VmState,
+    redact_emails,
+)
 from labpipe.vms.page import PAGE
 from labpipe.vms.pool import PoolExhausted
 from labpipe.vms.settings import AllocatorSettings
-from labpipe.vms.store import NoVmAvailable, Principal, StateConflict, VmGone, VmNotFound, VmStore
+from labpipe.vms.store import NoVmAvailable, Principal, StateConflict, TokenRefused, VmGone, VmNotFound, VmStore
 from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger("labpipe.vms.allocator")
@@ -54,13 +69,29 @@ def _field(loc: tuple | list) -> str:
 
 
 def public_vm(vm: Vm, principal: Principal) -> dict:
-    """The VM as this caller may see it (provider internals are for admins)."""
+    """The VM as this caller may see it (provider internals and other users' addresses are for admins)."""
     data = vm.model_dump(mode="json")
     if principal.role is not Role.admin:
         data.pop("provider_ref", None)
         if vm.owner != principal.email and principal.vm_id != vm.id:
             data.update(owner=None, user_command=None)
+        data["state_reason"] = redact_emails(data.get("state_reason"), keep=principal.email or data.get("owner"))
     return data
+
+
+def visible_change(change: dict, who: Principal) -> dict | None:
+    """A VM change as ``who`` may see it on /vms/events, or None when it is none of their business.
+
+    Admins see every change; a client sees its own VM's; a user sees the changes of
+    VMs they hold or held until this change (a release), never another address.
+    """
+    if who.role is Role.admin or change.get("op") == "resync":
+        return change
+    if who.role is Role.client:
+        return change if change.get("id") == who.vm_id else None
+    if who.email not in (change.get("owner"), change.get("old_owner")):
+        return None
+    return {**change, "reason": redact_emails(change.get("reason"), keep=who.email)}
 
 
 def create_app(
@@ -114,6 +145,10 @@ def create_app(
     async def conflict(request: Request, exc: StateConflict) -> JSONResponse:
         return _json_error(409, "state_conflict", str(exc))
 
+    @app.exception_handler(TokenRefused)
+    async def token_refused(request: Request, exc: TokenRefused) -> JSONResponse:
+        return _json_error(401, exc.error, exc.problem, {"WWW-Authenticate": "Bearer"}, hint=exc.hint)
+
     @app.exception_handler(PermissionError)
     async def forbidden(request: Request, exc: PermissionError) -> JSONResponse:
         return _json_error(403, "forbidden", str(exc))
@@ -148,10 +183,7 @@ def create_app(
     def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)")
-        found = store.authenticate(credentials.credentials)
-        if found is None:
-            raise ApiError(401, "unauthorized", "the token is unknown or revoked")
-        return found
+        return store.check_token(credentials.credentials)  # TokenRefused: 401 saying unknown, revoked or expired
 
     def needs(*roles: Role) -> Callable[..., Principal]:
         def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -227,17 +259,16 @@ def create_app(
 
     @app.get("/vms/events")
     async def events(request: Request, who: Anyone) -> StreamingResponse:
-        """Server-sent events: one ``data:`` line per VM change (owners shown to admins and themselves)."""
+        """Server-sent events: one ``data:`` line per VM change the caller may see (``visible_change``)."""
         if feed is None:
             raise ApiError(503, "no_feed", "this allocator runs without a change feed")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
 
         def enqueue(change: dict) -> None:
-            if who.role is Role.client and change.get("id") != who.vm_id:
+            change = visible_change(change, who)
+            if change is None:
                 return
-            if who.role is not Role.admin and change.get("owner") not in (None, who.email):
-                change = {**change, "owner": None}
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, change)
 
@@ -341,10 +372,23 @@ def create_app(
     def new_token(body: TokenCreate, who: Admin) -> dict:
         if body.role is Role.client:
             raise ApiError(422, "invalid_request", "client tokens are made with their VM", fields=["role"])
+        lifetime = timedelta(days=body.lifetime_days) if body.lifetime_days else None
+        label = body.label or f"issued by API for {body.email or 'admin'}"
         try:
-            token = store.issue_token(body.role, email=body.email, label=f"issued by API for {body.email or 'admin'}")
+            issued = store.issue(body.role, email=body.email, label=label, lifetime=lifetime)
         except ConfigError as exc:
             raise ApiError(422, "invalid_request", str(exc), fields=[exc.subject]) from exc
-        return {"token": token, "role": body.role.value, "email": body.email}
+        return {"token": issued.token, "id": issued.id, "role": body.role.value, "email": body.email,
+                "expires_at": issued.expires_at.isoformat() if issued.expires_at else None}  # fmt: skip
+
+    @app.get("/admin/tokens")
+    def tokens(who: Admin, email: Annotated[str | None, Query(max_length=254)] = None) -> dict:
+        return {"tokens": jsonable_encoder(store.list_tokens(email=email))}
+
+    @app.post("/admin/tokens/{token_id}/revoke")
+    def revoke_token(token_id: int, who: Admin) -> dict:
+        if not store.list_tokens(ids=[token_id]):
+            raise ApiError(404, "token_not_found", f"no token has id {token_id}")
+        return {"revoked": store.revoke_tokens(ids=[token_id])}
 
     return app

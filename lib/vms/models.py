@@ -7,6 +7,7 @@ where a list is expected is refused, never split or handed to a shell.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -121,8 +122,14 @@ class DestroyVms(Body):
 
 
 class TokenCreate(Body):
+    """``POST /admin/tokens``: a new user or admin token."""
+
     role: Role
     email: Email | None = None
+    lifetime_days: float | None = Field(
+        None, gt=0, le=3650, description="Days until it expires; empty: the role's lifetime in the block."
+    )
+    label: str = Field("", max_length=200, description="What the token is for (shown by `labpipe vms token list`).")
 
 
 class Vm(BaseModel):
@@ -157,5 +164,25 @@ class Vm(BaseModel):
     released_at: datetime | None = None
 
 
+EMAIL_ANYWHERE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+
+def redact_emails(text: str | None, keep: str | None = None) -> str | None:
+    """``text`` with every e-mail address but ``keep`` replaced by ``someone`` (reasons shown to users)."""
+    if not text:
+        return text
+    return EMAIL_ANYWHERE.sub(lambda m: m.group(0) if keep and m.group(0) == keep else "someone", text)
+
+
 def is_hostname(name: str) -> bool:
     return bool(re.match(HOSTNAME_PATTERN, name))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback, which no other host can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -7,6 +7,11 @@ removes entries and applies (tofu destroys what left the map); a reboot applies
 with ``-replace`` of that VM's instance. Every tofu call is an argument list run
 without a shell, under a file lock (one tofu at a time per work folder), with
 checkpoint calls off. ``terraform`` works as the binary too (same CLI).
+
+The plan holds every variable (the client tokens) and a cloud provider's state
+holds what it was given (user data with the token): the work folder is 0700, tofu
+runs with umask 077, and every state, plan and vars file is made 0600 again
+after each tofu command (state written by an older labpipe included).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from labpipe.vms.store import NewVm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VARS_FILE = "labpipe.auto.tfvars.json"
+SECRET_FILES = ("*.tfstate", "*.tfstate.*", "*.tfplan", "*.tfvars.json", ".terraform/terraform.tfstate")
 RESOURCE = {"aws": 'aws_instance.vm["{hostname}"]', "render": 'terraform_data.vm["{hostname}"]'}
 
 
@@ -72,18 +78,34 @@ class OpenTofuProvisioner(Provisioner):
         cmd = [self.binary, *args]
         try:
             result = subprocess.run(
-                cmd, cwd=self.root, env=env, capture_output=True, text=True, timeout=self.settings.timeout
+                cmd, cwd=self.root, env=env, capture_output=True, text=True, timeout=self.settings.timeout, umask=0o077
             )
         except subprocess.TimeoutExpired as exc:
             raise ToolError(" ".join(cmd[:2]), f"took longer than {self.settings.timeout:g} s") from exc
+        finally:
+            self.tighten()
         if result.returncode != 0:
             raise ToolError(" ".join(cmd[:2]), f"exit {result.returncode}: {(result.stderr or result.stdout)[-3000:]}")
         return result
 
+    def tighten(self) -> None:
+        """The work folders 0700, every state, plan and vars file in them 0600 (they hold client tokens)."""
+        for folder in (self.workdir, self.root, self.root / "terraform.tfstate.d"):
+            if folder.is_dir():
+                folder.chmod(0o700)
+        for pattern in SECRET_FILES:
+            for path in [*self.root.glob(pattern), *self.root.glob(f"terraform.tfstate.d/*/{pattern}")]:
+                if path.is_file() and not path.is_symlink():
+                    path.chmod(0o600)
+
+    def _make_workdir(self) -> None:
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One tofu sequence at a time on this work folder (flows and the reaper may overlap)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._make_workdir()
         with open(self.workdir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -93,6 +115,7 @@ class OpenTofuProvisioner(Provisioner):
 
     def render(self) -> Path:
         """Copy the flavor and the shared modules into the work folder (state and vars stay)."""
+        self._make_workdir()
         for part in ("modules", self.flavor):
             source, target = self.module_root / part, self.workdir / part
             target.mkdir(parents=True, exist_ok=True)
@@ -125,7 +148,8 @@ class OpenTofuProvisioner(Provisioner):
         data.setdefault("allocator_url", "http://127.0.0.1:8765")
         data["gpu_interval"] = self.limits.gpu_check_interval
         data["heartbeat_interval"] = self.limits.heartbeat_interval
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_workdir()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         with atomic_path(self.root / VARS_FILE) as tmp:  # holds client tokens: owner-only from the start
             fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:

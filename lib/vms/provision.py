@@ -4,7 +4,7 @@
 processes on this machine; ``OpenTofuProvisioner`` (``labpipe.vms.opentofu``)
 renders the module in ``infra/opentofu/<flavor>`` and runs tofu. Both receive
 each VM's client token from the allocator's database and hand it to the client
-out of band (an environment variable, a 0600 file), never on a command line.
+out of band (a 0600 file in a 0700 folder), never on a command line.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def make_provisioner(settings: AllocatorSettings, name: str | None = None, home:
             python=settings.local.python,
             gpu_interval=limits.gpu_check_interval,
             heartbeat_interval=limits.heartbeat_interval,
+            sessions=settings.local,
         )
     if name == "opentofu":
         from labpipe.vms.opentofu import OpenTofuProvisioner

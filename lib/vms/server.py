@@ -5,6 +5,11 @@ Prefect event sink; tests and a Prefect-less lab pass the inline launcher. The
 first start writes an admin token to ``$LABPIPE_HOME/vms/admin-token`` (0600).
 Everything the allocator knows is in PostgreSQL, so killing and restarting it
 loses nothing; clients keep retrying and carry on when it is back.
+
+Bearer tokens never cross a network in clear: the allocator serves TLS itself
+(``certfile``/``keyfile``) or listens on loopback only, behind a reverse proxy
+that terminates TLS; plain HTTP on another address is refused unless asked for
+by name (``allow_plain_http``, for a link that is encrypted below HTTP).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,10 +29,11 @@ from pathlib import Path
 import httpx
 from labpipe.config import get_settings
 from labpipe.db.settings import DatabaseSettings
-from labpipe.errors import ToolError
+from labpipe.errors import ConfigError, ToolError
 from labpipe.vms.app import create_app
 from labpipe.vms.feed import ChangeFeed
 from labpipe.vms.launch import InlineLauncher, Launcher
+from labpipe.vms.models import is_loopback
 from labpipe.vms.settings import AllocatorSettings
 from labpipe.vms.store import VmStore
 
@@ -35,6 +42,39 @@ log = logging.getLogger("labpipe.vms.allocator")
 
 def admin_token_path(home: Path | None = None) -> Path:
     return Path(home or get_settings().home) / "vms" / "admin-token"
+
+
+def check_listen(
+    host: str, certfile: Path | None = None, keyfile: Path | None = None, *, allow_plain_http: bool = False
+) -> None:
+    """Refuse to take bearer tokens in clear from other hosts, and a TLS key others can read."""
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("--certfile/--keyfile", "TLS needs both the certificate and its private key")
+    if keyfile is not None:
+        key = Path(keyfile)
+        if not key.is_file():
+            raise ConfigError(key, "no such TLS key file")
+        if stat.S_IMODE(key.stat().st_mode) & 0o077:
+            raise ConfigError(key, "the TLS private key is readable by others", f"chmod 600 {key}")
+        if not Path(certfile).is_file():
+            raise ConfigError(certfile, "no such TLS certificate file")
+        return
+    if is_loopback(host) or allow_plain_http:
+        return
+    raise ConfigError(
+        host,
+        "the allocator would take bearer tokens over plain HTTP on an address other hosts reach",
+        "give --certfile and --keyfile to serve TLS, or bind 127.0.0.1 behind a reverse proxy that terminates "
+        "TLS (docs/vms.md)",
+    )
+
+
+def server_config(app, host: str, port: int, certfile: Path | None, keyfile: Path | None, **options):
+    """uvicorn's config for the allocator: TLS when given a certificate and key."""
+    import uvicorn
+
+    tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)} if certfile else {}
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", **tls, **options)
 
 
 def run_allocator(
@@ -46,10 +86,18 @@ def run_allocator(
     launcher: Callable[[VmStore], Launcher] | None = None,
     on_change: list[Callable[[dict], None]] | None = None,
     ready: Callable[[str, Path], None] | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    allow_plain_http: bool = False,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. ``launcher`` builds the flow launcher from the store (default: inline)."""
+    """Serve until SIGINT/SIGTERM. ``launcher`` builds the flow launcher from the store (default: inline).
+
+    With ``certfile`` and ``keyfile`` it serves HTTPS; without them it refuses any
+    address but loopback unless ``allow_plain_http`` (see ``check_listen``).
+    """
     import uvicorn
 
+    check_listen(host, certfile, keyfile, allow_plain_http=allow_plain_http)
     store = VmStore.open(settings, db_settings)
     token_file = admin_token_path()
     _, issued = store.ensure_admin_token(token_file)
@@ -59,9 +107,9 @@ def run_allocator(
     chosen = launcher(store) if launcher else InlineLauncher(store, settings, settings.allocator_url)
     app = create_app(store, settings, launcher=chosen, feed=feed, on_change=on_change)
     if ready:
-        ready(f"http://{host}:{port}", token_file)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", backlog=2048, timeout_graceful_shutdown=3, access_log=False
+        ready(f"{'https' if certfile else 'http'}://{host}:{port}", token_file)
+    config = server_config(
+        app, host, port, certfile, keyfile, backlog=2048, timeout_graceful_shutdown=3, access_log=False
     )
     try:
         uvicorn.Server(config).run()
@@ -89,9 +137,11 @@ class AllocatorProcess:
 
     def __init__(
         self, home: Path, *, port: int | None = None, launch: str = "inline", events: bool = False,
-        env: dict | None = None, block: str | None = None,
+        env: dict | None = None, block: str | None = None, certfile: Path | None = None, keyfile: Path | None = None,
+        ca_file: Path | None = None,
     ) -> None:  # fmt: skip
         self.home, self.launch, self.events = Path(home), launch, events
+        self.certfile, self.keyfile, self.ca_file = certfile, keyfile, ca_file
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {}), "LABPIPE_HOME": str(self.home)}
         self.block = block
@@ -100,7 +150,7 @@ class AllocatorProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certfile else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def admin_token(self) -> str:
@@ -113,6 +163,8 @@ class AllocatorProcess:
         ]  # fmt: skip
         if self.block is not None:  # "" means: no block, the defaults
             cmd += ["--block", self.block]
+        if self.certfile:
+            cmd += ["--certfile", str(self.certfile), "--keyfile", str(self.keyfile)]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log_handle:
             self.process = subprocess.Popen(
@@ -124,13 +176,18 @@ class AllocatorProcess:
             if self.process.poll() is not None:
                 raise ToolError("labpipe vms serve", f"exited {self.process.returncode}: {self._tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=2, verify=self._verify()).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         self.stop()
         raise ToolError("labpipe vms serve", f"not healthy at {self.url} after {timeout:g} s: {self._tail()}")
+
+    def _verify(self):
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     def _tail(self) -> str:
         return self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
@@ -157,21 +214,28 @@ class BackgroundAllocator:
     free when chosen. ``close()`` stops it.
     """
 
-    def __init__(self, store: VmStore, settings: AllocatorSettings, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        store: VmStore,
+        settings: AllocatorSettings,
+        *,
+        port: int | None = None,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+    ) -> None:
         import threading
 
         import uvicorn
 
+        check_listen("127.0.0.1", certfile, keyfile)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if certfile else 'http'}://127.0.0.1:{self.port}"
         self.settings = settings.model_copy(update={"allocator_url": self.url})
         self.store = store
         self.feed = ChangeFeed(store.target, store.channel).start()
         self.launcher = InlineLauncher(store, self.settings, self.url)
         self.app = create_app(store, self.settings, launcher=self.launcher, feed=self.feed)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
-        )
+        config = server_config(self.app, "127.0.0.1", self.port, certfile, keyfile, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="vm-allocator", daemon=True)
         self.thread.start()

@@ -26,6 +26,19 @@ class VmLimits(BaseModel):
     reap_interval: float = Field(60.0, gt=0, description="Seconds between reaper sweeps (the deployment's interval).")
 
 
+SessionIsolation = Literal["auto", "systemd", "cgroup"]
+
+
+class TokenLifetimes(BaseModel):
+    """How long a bearer token is accepted after it is issued (days); revocation ends one sooner."""
+
+    user_days: float = Field(90.0, gt=0, description="Days a user token lives (a user asks an admin for a new one).")
+    admin_days: float = Field(30.0, gt=0, description="Days an admin token lives (the allocator renews its own).")
+    client_days: float | None = Field(
+        None, gt=0, description="Days a VM's client token lives; empty: as long as its VM (revoked at reboot/destroy)."
+    )
+
+
 class LocalProvisionerSettings(BaseModel):
     """VMs that are client processes on this machine (tests, demo, a single workstation)."""
 
@@ -33,6 +46,21 @@ class LocalProvisionerSettings(BaseModel):
         None, description="Folder for each local VM's work folder and log; empty: $LABPIPE_HOME/vms/local."
     )
     python: str | None = Field(None, description="Python interpreter running the client; empty: this one.")
+    session_account: str = Field(
+        "labpipe-vm",
+        description="Unprivileged account users' commands run as (`labpipe vms session-account` makes it).",
+    )
+    session_root: Path | None = Field(
+        None,
+        description="Folder holding each local VM's session folder, which the session account must be able to "
+        "reach; empty: inside each VM's folder.",
+    )
+    session_isolation: SessionIsolation = Field(
+        "auto", description="How a session is held and killed whole: 'systemd' scope, 'cgroup' v2 folder, or 'auto'."
+    )
+    cgroup_parent: Path | None = Field(
+        None, description="cgroup v2 folder the session cgroups go under; empty: the client's own cgroup."
+    )
 
 
 class OpenTofuSettings(BaseModel):
@@ -78,3 +106,6 @@ class AllocatorSettings(BaseModel):
     pool_size: int = Field(10, ge=1, le=200, description="Database connections the allocator holds at most.")
     pool_wait: float = Field(10.0, gt=0, description="Seconds a request waits for a free connection before a 503.")
     max_vms_per_user: int = Field(1, ge=1, description="VMs one user may hold at once.")
+    token_lifetimes: TokenLifetimes = Field(
+        default_factory=TokenLifetimes, description="How long user, admin and client tokens are accepted."
+    )

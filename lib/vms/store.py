@@ -7,6 +7,10 @@ concurrent requests never get the same VM (LabLink double-booked VMs in a
 owner or GPU health to ``vm_events`` and sends it with ``pg_notify`` on the
 channel ``<schema>_changes``; heartbeats that change nothing but the time are
 not events. Every time is the server's ``now()``, so hosts' clocks never matter.
+
+Tokens are stored as SHA-256 hashes only, each with an id (to list and revoke
+it), an expiry per role (``TokenLifetimes``) and a revocation time; every
+request checks them, so a revocation takes effect on the next request.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg2.extras
@@ -27,7 +33,7 @@ from labpipe.errors import ConfigError, ConflictError, LabpipeError
 from labpipe.files import atomic_path
 from labpipe.vms.models import GpuFacts, Heartbeat, Registration, Role, Vm, VmState
 from labpipe.vms.pool import ConnectionPool
-from labpipe.vms.settings import AllocatorSettings, VmLimits
+from labpipe.vms.settings import AllocatorSettings, TokenLifetimes, VmLimits
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,54}$")
 TOKEN_PREFIX = {Role.user: "lpu_", Role.client: "lpc_", Role.admin: "lpa_"}
@@ -46,6 +52,17 @@ class StateConflict(ConflictError):
     """The VM is not in a state that allows this."""
 
 
+class TokenRefused(LabpipeError):
+    """A bearer token that is unknown, revoked or expired; ``error`` is the API's error code."""
+
+    def __init__(self, error: str, problem: str, hint: str) -> None:
+        super().__init__("bearer token", problem, hint)
+        self.error = error
+
+    def __reduce__(self):
+        return (self.__class__, (self.error, self.problem, self.hint))
+
+
 class NoVmAvailable(LabpipeError):
     """No available VM fits the request."""
 
@@ -61,6 +78,17 @@ class Principal:
     role: Role
     email: str | None = None
     vm_id: int | None = None
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token as issued: the secret (shown once), its id and when it expires (None: with its VM)."""
+
+    token: str
+    id: int
+    role: Role
+    email: str | None
+    expires_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,10 @@ CREATE TABLE IF NOT EXISTS "{s}".tokens (
     CHECK (role <> 'client' OR vm_id IS NOT NULL),
     CHECK (role <> 'user' OR email IS NOT NULL)
 );
+ALTER TABLE "{s}".tokens ADD COLUMN IF NOT EXISTS id bigserial;
+ALTER TABLE "{s}".tokens ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_id_idx ON "{s}".tokens (id);
+CREATE INDEX IF NOT EXISTS tokens_email_idx ON "{s}".tokens (email);
 CREATE TABLE IF NOT EXISTS "{s}".vm_events (
     id        bigserial PRIMARY KEY,
     vm_id     bigint NOT NULL,
@@ -156,14 +188,16 @@ CREATE OR REPLACE FUNCTION "{s}".vm_changed() RETURNS trigger LANGUAGE plpgsql A
 DECLARE
     r record;
     previous text;
+    previous_owner text;
 BEGIN
     IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
-    IF TG_OP = 'UPDATE' THEN previous := OLD.state; END IF;
+    IF TG_OP = 'UPDATE' THEN previous := OLD.state; previous_owner := OLD.owner; END IF;
     INSERT INTO "{s}".vm_events (vm_id, hostname, op, old_state, new_state, owner, reason)
         VALUES (r.id, r.hostname, TG_OP, previous, r.state, r.owner, r.state_reason);
     PERFORM pg_notify(TG_ARGV[0], json_build_object(
         'id', r.id, 'hostname', r.hostname, 'op', TG_OP, 'old_state', previous, 'state', r.state,
-        'owner', r.owner, 'reason', left(r.state_reason, 400), 'gpu_healthy', r.gpu_healthy,
+        'owner', r.owner, 'old_owner', previous_owner, 'reason', left(r.state_reason, 400),
+        'gpu_healthy', r.gpu_healthy,
         'at', clock_timestamp())::text);
     RETURN NULL;
 END $$;
@@ -200,7 +234,15 @@ def resolve_vm_database(
 class VmStore:
     """The VM tables of one schema on one PostgreSQL server, through a bounded pool."""
 
-    def __init__(self, target: DatabaseTarget, schema: str, *, pool_size: int = 10, pool_wait: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        schema: str,
+        *,
+        pool_size: int = 10,
+        pool_wait: float = 10.0,
+        token_lifetimes: TokenLifetimes | None = None,
+    ) -> None:
         if target.backend != "postgresql":
             raise ConfigError(target.url, "VM allocation needs PostgreSQL", "use a postgresql:// database")
         if not SCHEMA_NAME.match(schema):
@@ -208,11 +250,20 @@ class VmStore:
         self.target, self.schema = target, schema
         self.channel = f"{schema}_changes"
         self.pool = ConnectionPool(target, size=pool_size, wait=pool_wait)
+        self.token_lifetimes = token_lifetimes or TokenLifetimes()
+        # what "now" is for token expiry; None: the database's now() (tests set a clock to jump ahead)
+        self.clock: Callable[[], datetime] | None = None
 
     @classmethod
     def open(cls, settings: AllocatorSettings, db_settings: DatabaseSettings | None = None) -> VmStore:
         target, schema = resolve_vm_database(settings, db_settings)
-        store = cls(target, schema, pool_size=settings.pool_size, pool_wait=settings.pool_wait)
+        store = cls(
+            target,
+            schema,
+            pool_size=settings.pool_size,
+            pool_wait=settings.pool_wait,
+            token_lifetimes=settings.token_lifetimes,
+        )
         store.ensure_schema()
         return store
 
@@ -237,6 +288,17 @@ class VmStore:
         with self.pool.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"labpipe-vms-ddl-{self.schema}",))
             cur.execute(_ddl(self.schema, self.channel))
+            # tokens issued before tokens expired get the lifetime of their role, counted from their issue
+            for role in (Role.user, Role.admin, Role.client):
+                seconds = self._lifetime_seconds(role)
+                if seconds is not None:
+                    cur.execute(
+                        self._q(
+                            "UPDATE {s}.tokens SET expires_at = created_at + make_interval(secs => %s) "
+                            "WHERE expires_at IS NULL AND role = %s"
+                        ),
+                        (seconds, role.value),
+                    )
 
     def drop_schema(self) -> None:
         with self.pool.connection() as conn, conn.cursor() as cur:
@@ -244,31 +306,131 @@ class VmStore:
 
     # -- tokens ---------------------------------------------------------------------------------
 
-    def issue_token(self, role: Role, *, email: str | None = None, vm_id: int | None = None, label: str = "") -> str:
-        """A new bearer token; only its hash is stored, so this is the one time it is seen."""
+    def _lifetime_seconds(self, role: Role) -> float | None:
+        days = {
+            Role.user: self.token_lifetimes.user_days,
+            Role.admin: self.token_lifetimes.admin_days,
+            Role.client: self.token_lifetimes.client_days,
+        }[Role(role)]
+        return None if days is None else days * 86400.0
+
+    def _now(self) -> datetime | None:
+        return self.clock() if self.clock is not None else None
+
+    def issue_token(
+        self,
+        role: Role,
+        *,
+        email: str | None = None,
+        vm_id: int | None = None,
+        label: str = "",
+        lifetime: timedelta | None = None,
+    ) -> str:
+        """A new bearer token; only its hash is stored, so this is the one time it is seen.
+
+        It expires after ``lifetime``, else after its role's lifetime (``TokenLifetimes``).
+        """
+        return self.issue(role, email=email, vm_id=vm_id, label=label, lifetime=lifetime).token
+
+    def issue(
+        self,
+        role: Role,
+        *,
+        email: str | None = None,
+        vm_id: int | None = None,
+        label: str = "",
+        lifetime: timedelta | None = None,
+    ) -> IssuedToken:
+        """``issue_token`` with the new token's id and expiry."""
         role = Role(role)
         if role is Role.user and not email:
             raise ConfigError("email", "a user token needs the user's email")
         if role is Role.client and vm_id is None:
             raise ConfigError("vm_id", "a client token belongs to one VM")
+        seconds = lifetime.total_seconds() if lifetime is not None else self._lifetime_seconds(role)
         token = TOKEN_PREFIX[role] + secrets.token_urlsafe(32)
-        self._fetch(
-            "INSERT INTO {s}.tokens (token_hash, role, email, vm_id, label) VALUES (%s, %s, %s, %s, %s)",
-            (hash_token(token), role.value, email, vm_id, label),
+        (row,) = self._fetch(
+            "INSERT INTO {s}.tokens (token_hash, role, email, vm_id, label, expires_at) VALUES "
+            "(%(hash)s, %(role)s, %(email)s, %(vm_id)s, %(label)s, CASE WHEN %(secs)s::float8 IS NULL THEN NULL "
+            "ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(secs)s::float8) END) "
+            "RETURNING id, expires_at",
+            {
+                "hash": hash_token(token),
+                "role": role.value,
+                "email": email,
+                "vm_id": vm_id,
+                "label": label,
+                "secs": seconds,
+                "now": self._now(),
+            },
         )
-        return token
+        return IssuedToken(token, row["id"], role, email, row["expires_at"])
 
-    def authenticate(self, token: str) -> Principal | None:
+    def check_token(self, token: str) -> Principal:
+        """Who ``token`` stands for; ``TokenRefused`` saying why when it is unknown, revoked or expired."""
         if not token or len(token) > 200:
-            return None
+            raise TokenRefused("unauthorized", "the token is malformed", "use the token exactly as it was issued")
         rows = self._fetch(
-            "SELECT role, email, vm_id FROM {s}.tokens WHERE token_hash = %s AND revoked_at IS NULL",
-            (hash_token(token),),
+            "SELECT role, email, vm_id, revoked_at, expires_at, coalesce(%s::timestamptz, now()) AS now "
+            "FROM {s}.tokens WHERE token_hash = %s",
+            (self._now(), hash_token(token)),
         )
         if not rows:
-            return None
+            raise TokenRefused("unauthorized", "the token is unknown", "ask an admin for a token")
         row = rows[0]
+        if row["revoked_at"] is not None:
+            raise TokenRefused(
+                "token_revoked",
+                f"this {row['role']} token was revoked at {row['revoked_at']:%Y-%m-%d %H:%M:%S %Z}",
+                "ask an admin for a new token",
+            )
+        if row["expires_at"] is not None and row["expires_at"] <= row["now"]:
+            raise TokenRefused(
+                "token_expired",
+                f"this {row['role']} token expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}",
+                "ask an admin for a new token (`labpipe vms token create`)",
+            )
         return Principal(Role(row["role"]), row["email"], row["vm_id"])
+
+    def authenticate(self, token: str) -> Principal | None:
+        """Who ``token`` stands for, or None if it is unknown, revoked or expired."""
+        try:
+            return self.check_token(token)
+        except TokenRefused:
+            return None
+
+    def list_tokens(
+        self, *, role: Role | None = None, email: str | None = None, ids: list[int] | None = None
+    ) -> list[dict]:
+        """Every token's record (never the token or its hash), with ``status`` active, expired or revoked."""
+        sql = (
+            "SELECT id, role, email, vm_id, label, created_at, expires_at, revoked_at, CASE "
+            "WHEN revoked_at IS NOT NULL THEN 'revoked' "
+            "WHEN expires_at IS NOT NULL AND expires_at <= coalesce(%s::timestamptz, now()) THEN 'expired' "
+            "ELSE 'active' END AS status FROM {s}.tokens WHERE true"
+        )
+        args: list = [self._now()]
+        if role is not None:
+            sql += " AND role = %s"
+            args.append(Role(role).value)
+        if email is not None:
+            sql += " AND email = %s"
+            args.append(email)
+        if ids is not None:
+            sql += " AND id = ANY(%s)"
+            args.append(list(ids))
+        return self._fetch(sql + " ORDER BY id", tuple(args))
+
+    def revoke_tokens(self, *, ids: list[int] | None = None, email: str | None = None) -> list[int]:
+        """Revoke tokens by id, or every token of ``email``; returns the ids revoked now (not revoked before)."""
+        if not ids and not email:
+            raise ConfigError("tokens", "name tokens to revoke by id or by email")
+        rows = self._fetch(
+            "UPDATE {s}.tokens SET revoked_at = now() WHERE revoked_at IS NULL AND "
+            "(id = ANY(%s) OR (%s::text IS NOT NULL AND email = %s)) RETURNING id",
+            (list(ids or []), email, email),
+        )
+        return sorted(row["id"] for row in rows)
 
     def revoke_client_tokens(self, vm_id: int) -> int:
         rows = self._fetch(

@@ -30,6 +30,18 @@ variable "heartbeat_interval" {
   default = 30
 }
 
+variable "session_account" {
+  type        = string
+  default     = "labpipe-vm"
+  description = "Unprivileged system account users' commands run as on each VM (never root)."
+}
+
+variable "allocator_ca_pem" {
+  type        = string
+  default     = ""
+  description = "PEM of the CA that signed the allocator's TLS certificate; empty: the image's trusted CAs."
+}
+
 # AWS flavor only.
 
 variable "region" {

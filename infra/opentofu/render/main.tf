@@ -16,6 +16,8 @@ module "boot" {
   client_program     = var.client_program
   gpu_interval       = var.gpu_interval
   heartbeat_interval = var.heartbeat_interval
+  session_account    = var.session_account
+  allocator_ca_pem   = var.allocator_ca_pem
 }
 
 resource "terraform_data" "vm" {

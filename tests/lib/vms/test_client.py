@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 from labpipe.vms.lifecycle import reap
-from labpipe.vms.local import LocalProvisioner, _alive
+from labpipe.vms.local import _alive
 from labpipe.vms.models import VmState
 
 
-def create_local_vms(allocator, until, count: int, command: list[str] | None = None) -> list[int]:
-    with allocator.http(allocator.admin) as admin:
-        started = admin.post("/admin/vms", json={"count": count, "command": command or []})
-        assert started.status_code == 202
-    report = allocator.launcher.result(started.json()["job"], timeout=60)
-    assert not report["failed"], report
-    until(
-        lambda: all(vm.state == VmState.available for vm in allocator.store.list(ids=report["created"])),
-        60,
-        what="local VMs to register",
-    )
-    return report["created"]
-
-
-def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocator, until, tmp_path):
-    vm_id, other = create_local_vms(allocator, until, 2, command=["echo", "default"])
+def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocator, local_vms, until, tmp_path):
+    vm_id, other = local_vms(2, command=["echo", "default"])
     vm = allocator.store.get(vm_id)
     assert vm.address == "127.0.0.1" and vm.gpu_present is False and "no GPU" in vm.gpu_detail
     first_beat = vm.last_heartbeat
@@ -41,7 +28,8 @@ def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocato
             "/vms/request", json={"email": "ada@lab.org", "command": ["python3", "-c", script, *hostile]}
         )
     assert granted.json()["vm"]["id"] == vm_id
-    session = LocalProvisioner(allocator.settings.local.root).folder(allocator.store.get(vm_id).hostname) / "session"
+    ref = allocator.store.get(vm_id).provider_ref
+    session = Path(ref.get("session_folder") or Path(ref["folder"]) / "session")
     until(lambda: allocator.store.get(vm_id).command_state == "exited:0", 20, what="the user's command to finish")
     assert json.loads((session / "args.json").read_text()) == hostile  # every argument arrived verbatim
     assert not marker.exists()  # and none of them ran as shell syntax
@@ -52,9 +40,9 @@ def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocato
     assert allocator.store.get(other).state == VmState.available
 
 
-def test_a_killed_client_is_rebooted_then_failed_by_the_reaper(allocator, until):
+def test_a_killed_client_is_rebooted_then_failed_by_the_reaper(allocator, local_vms, until):
     settings = allocator.settings  # silent_after 4 s, one reboot allowed
-    idle, held = create_local_vms(allocator, until, 2)
+    idle, held = local_vms(2)
     user = allocator.store.issue_token("user", email="ada@lab.org")
     with allocator.http(user) as ada:
         assert ada.post("/vms/request", json={"email": "ada@lab.org"}).json()["vm"]["id"] == idle
@@ -87,8 +75,8 @@ def test_a_killed_client_is_rebooted_then_failed_by_the_reaper(allocator, until)
     assert allocator.store.get(idle).state == VmState.failed
 
 
-def test_destroy_stops_the_clients(allocator, until):
-    ids = create_local_vms(allocator, until, 2)
+def test_destroy_stops_the_clients(allocator, local_vms):
+    ids = local_vms(2)
     pids = [vm.provider_ref["pid"] for vm in allocator.store.list(ids=ids)]
     with allocator.http(allocator.admin) as admin:
         job = admin.post("/admin/vms/destroy", json={"ids": ids}).json()["job"]

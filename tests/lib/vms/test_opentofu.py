@@ -57,6 +57,8 @@ def test_create_reboot_destroy_through_tofu(tmp_path):
     argv = runcmd["vm-0001"][0]
     assert argv[argv.index("--allocator") + 1] == hostile_url  # one argument, never shell syntax
     assert not any("lpc_secret" in arg for arg in argv)  # the token travels in a 0600 file, not on argv
+    assert argv[argv.index("--session-account") + 1] == "labpipe-vm"  # users' commands never run as root
+    assert argv[argv.index("--session-isolation") + 1] == "systemd"  # a cloud VM runs systemd: a scope per session
     state = json.loads(tofu.run("show", "-json").stdout)
     first_id = made[1]["instance_id"]
 
@@ -70,6 +72,23 @@ def test_create_reboot_destroy_through_tofu(tmp_path):
     assert tofu.destroy([{"id": 1, "hostname": "vm-0001"}]) == {1: None}  # the last one: tofu destroy
     after = json.loads(tofu.run("show", "-json").stdout).get("values") or {}
     assert not after.get("root_module", {}).get("resources")
+
+
+@needs_tofu
+def test_state_holding_client_tokens_is_owner_only(tmp_path):
+    tofu = provisioner(tmp_path)
+    made = tofu.create([NewVm(1, "vm-0001", "lpc_secret-in-state", [])], "http://127.0.0.1:8765")
+    assert isinstance(made[1], dict), made
+    state = tofu.root / "terraform.tfstate"
+    # the plan holds every variable (client tokens) in clear, and a cloud provider's state holds the user data
+    for folder in (tofu.workdir, tofu.root):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    secrets = [p for p in tofu.root.iterdir() if p.is_file() and (".tfstate" in p.name or p.suffix == ".tfplan")]
+    assert state in secrets and tofu.root / "labpipe.tfplan" in secrets
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in secrets} == {p.name: 0o600 for p in secrets}
+    tofu.reboot({"id": 1, "hostname": "vm-0001"}, "lpc_secret-two", "http://127.0.0.1:8765")  # a second apply
+    backups = list(tofu.root.glob("*.tfstate*"))
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in backups} == {p.name: 0o600 for p in backups}
 
 
 @needs_tofu
