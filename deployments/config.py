@@ -262,13 +262,8 @@ def _unknown_fields(given: Any, known: Any, path: str = "") -> list[str]:
     return []
 
 
-def parse_config(text: str, source: str, environ: dict[str, str] | None = None) -> dict[str, Document]:
-    """Every document of a config file, validated against its block class; raises ``ConfigError`` listing
-    every problem (unknown block types, bad names, unknown fields, wrong types, unset secret variables)."""
-    from prefect.types.names import BlockDocumentName
-    from pydantic import TypeAdapter, ValidationError
-
-    environ = dict(os.environ) if environ is None else environ
+def _load_yaml(text: str, source: str) -> dict[str, Any]:
+    """The file's ``blocks`` mapping, after checking its form and format version."""
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass with one added tag
     except yaml.YAMLError as exc:
@@ -279,39 +274,53 @@ def parse_config(text: str, source: str, environ: dict[str, str] | None = None) 
         raise ConfigError(
             source, f"labpipe_config is {data.get('labpipe_config')!r}, this labpipe reads {FORMAT_VERSION}"
         )
+    return data["blocks"]
+
+
+def _validated(cls: type, slug: str, name: object, fields: object, environ: dict[str, str]) -> Document | list[str]:
+    """One document of the file as its block class reads it, or the problems that stop it."""
+    from prefect.types.names import BlockDocumentName
+    from pydantic import TypeAdapter, ValidationError
+
+    key = f"{slug}/{name}"
+    try:
+        TypeAdapter(BlockDocumentName).validate_python(str(name))
+    except ValidationError as exc:
+        return [f"{key}: not a valid block document name: {_first_error(exc)}"]
+    if not isinstance(fields, dict):
+        return [f"{key}: expected a mapping of field -> value"]
+    problems: list[str] = []
+    resolved = _resolve_refs(fields, "", key, problems, environ)
+    try:
+        block = cls.model_validate(resolved)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(f"{key}: {'.'.join(str(p) for p in error['loc']) or '(document)'}: {error['msg']}")
+        return problems + [f"{key}: {k}: no such field" for k in resolved if k not in cls.model_fields]
+    document = document_of(slug, str(name), block)
+    problems += [f"{key}: {path}: no such field" for path in _unknown_fields(resolved, document.values)]
+    return problems or document
+
+
+def parse_config(text: str, source: str, environ: dict[str, str] | None = None) -> dict[str, Document]:
+    """Every document of a config file, validated against its block class; raises ``ConfigError`` listing
+    every problem (unknown block types, bad names, unknown fields, wrong types, unset secret variables)."""
+    environ = dict(os.environ) if environ is None else environ
     types = block_types()
-    names = TypeAdapter(BlockDocumentName)
     problems: list[str] = []
     documents: dict[str, Document] = {}
-    for slug, by_name in data["blocks"].items():
+    for slug, by_name in _load_yaml(text, source).items():
         if slug not in types:
             problems.append(f"{slug}: not a labpipe block type (known: {', '.join(sorted(types))})")
-            continue
-        if not isinstance(by_name, dict):
+        elif not isinstance(by_name, dict):
             problems.append(f"{slug}: expected a mapping of document name -> fields")
-            continue
-        for name, fields in by_name.items():
-            key = f"{slug}/{name}"
-            try:
-                names.validate_python(str(name))
-            except ValidationError as exc:
-                problems.append(f"{key}: not a valid block document name: {_first_error(exc)}")
-                continue
-            if not isinstance(fields, dict):
-                problems.append(f"{key}: expected a mapping of field -> value")
-                continue
-            resolved = _resolve_refs(fields, "", key, problems, environ)
-            try:
-                block = types[slug].model_validate(resolved)
-            except ValidationError as exc:
-                for error in exc.errors():
-                    where = ".".join(str(p) for p in error["loc"]) or "(document)"
-                    problems.append(f"{key}: {where}: {error['msg']}")
-                problems += [f"{key}: {k}: no such field" for k in resolved if k not in types[slug].model_fields]
-                continue
-            document = document_of(slug, str(name), block)
-            problems += [f"{key}: {path}: no such field" for path in _unknown_fields(resolved, document.values)]
-            documents[key] = document
+        else:
+            for name, fields in by_name.items():
+                outcome = _validated(types[slug], slug, name, fields, environ)
+                if isinstance(outcome, Document):
+                    documents[outcome.key] = outcome
+                else:
+                    problems += outcome
     if problems:
         listing = "\n".join(f"  {p}" for p in problems)
         raise ConfigError(

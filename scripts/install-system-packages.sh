@@ -38,7 +38,7 @@ while read -r pkg roles rest; do
     [[ "$wanted" == *" $r "* ]] && needed=yes
   done
   [[ $needed == yes ]] || continue
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" && continue
+  [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" == "install ok installed" ]] && continue
   missing+=("$pkg")
   why="${rest#*#}"
   reason[$pkg]="${why# }"
@@ -77,7 +77,13 @@ ${sudo[@]+"${sudo[@]}"} apt-get update -qq || echo "warning: apt-get update fail
 offered=()
 not_offered=()
 for pkg in "${missing[@]}"; do
-  if apt-cache policy "$pkg" 2>/dev/null | grep -q "Candidate: [^(]"; then offered+=("$pkg"); else not_offered+=("$pkg"); fi
+  # read whole, not piped into `grep -q`: its early exit would fail the pipeline (pipefail) on a match
+  policy="$(apt-cache policy "$pkg" 2>/dev/null || true)"
+  if [[ "$policy" == *"Candidate: "* && "$policy" != *"Candidate: (none)"* ]]; then
+    offered+=("$pkg")
+  else
+    not_offered+=("$pkg")
+  fi
 done
 if [[ ${#not_offered[@]} -gt 0 ]]; then
   report "skipped, this host's apt does not offer them (see docs/install.md):" "${not_offered[@]}"
