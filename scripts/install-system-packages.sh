@@ -3,6 +3,7 @@
 #
 #   LABPIPE_ROLES=backup,dev   the extras this host installs (make passes EXTRAS; default all,dev); core always
 #   LABPIPE_SKIP_APT=1         install nothing, only list what is missing (packages managed another way)
+#   LABPIPE_APT_DRY_RUN=1      say what would be installed and skipped, with the package lists already here
 #   LABPIPE_APT_LIST=FILE      another package list (tests)
 #
 # Runs as root, or as a user with sudo. Without apt-get it lists what is missing and goes on; as a user without
@@ -60,8 +61,9 @@ if ! command -v apt-get >/dev/null; then
   report "no apt-get on this host: install these (or their equivalents) by hand:" "${missing[@]}"
   exit 0
 fi
+dry_run="${LABPIPE_APT_DRY_RUN:-}"
 sudo=()
-if [[ $(id -u) -ne 0 ]]; then
+if [[ $dry_run != 1 && $(id -u) -ne 0 ]]; then
   if command -v sudo >/dev/null; then
     sudo=(sudo)
   else
@@ -72,8 +74,10 @@ if [[ $(id -u) -ne 0 ]]; then
   fi
 fi
 
-echo "updating the package lists for: ${missing[*]}"
-${sudo[@]+"${sudo[@]}"} apt-get update -qq || echo "warning: apt-get update failed; using the lists already here" >&2
+if [[ $dry_run != 1 ]]; then
+  echo "updating the package lists for: ${missing[*]}"
+  ${sudo[@]+"${sudo[@]}"} apt-get update -qq || echo "warning: apt-get update failed; using the lists already here" >&2
+fi
 offered=()
 not_offered=()
 for pkg in "${missing[@]}"; do
@@ -89,5 +93,9 @@ if [[ ${#not_offered[@]} -gt 0 ]]; then
   report "skipped, this host's apt does not offer them (see docs/install.md):" "${not_offered[@]}"
 fi
 [[ ${#offered[@]} -eq 0 ]] && exit 0
+if [[ $dry_run == 1 ]]; then
+  echo "would install: ${offered[*]}"
+  exit 0
+fi
 echo "installing system packages: ${offered[*]}"
 ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${offered[@]}"

@@ -47,6 +47,25 @@ def test_a_host_gets_the_packages_of_its_roles_and_skip_apt_lists_them(tmp_path,
     assert "labpipe-test-core an old-style line without roles: every host\n" in result.stderr  # with its reason
 
 
+def test_what_apt_offers_is_installed_and_what_it_does_not_is_skipped_with_its_reason(tmp_path):
+    """With the package lists already on the host (a dry run: nothing is installed, nothing fetched)."""
+    policy = (
+        subprocess.run(["apt-cache", "policy", "hello"], capture_output=True, text=True)
+        if shutil.which("apt-cache")
+        else None
+    )
+    if policy is None or "Candidate: (none)" in policy.stdout or not policy.stdout.strip():
+        pytest.skip("no apt package lists here (apt-get update has not run)")
+    if subprocess.run(["dpkg-query", "-W", "hello"], capture_output=True).returncode == 0:
+        pytest.skip("GNU hello is installed here")
+    (tmp_path / "apt.txt").write_text("hello  core  # offered by Debian and Ubuntu\nlabpipe-test-core  core  # not\n")
+    env = {**os.environ, "LABPIPE_APT_LIST": str(tmp_path / "apt.txt"), "LABPIPE_APT_DRY_RUN": "1"}
+    result = subprocess.run([str(APT_SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "would install: hello"
+    assert "does not offer them" in result.stderr and "labpipe-test-core not" in result.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run as another user")
 def test_a_user_without_sudo_is_told_the_two_ways_on():
     if shutil.which("sudo", path="/usr/bin:/bin"):
