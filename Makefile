@@ -1,8 +1,14 @@
 # labpipe: `make demo` runs the main job, `make test` the tests. Both set up .venv first (make install).
-VENV   ?= .venv
+# A host installs only its role's extras: `make install EXTRAS=backup` (docs/install.md); the default is everything.
+# TORCH_INDEX: a PyTorch wheel index for CUDA builds of torch, e.g. https://download.pytorch.org/whl/cu126.
+VENV        ?= .venv
+PYTHON      ?= python3
+EXTRAS      ?= all,dev
+TORCH_INDEX ?=
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-STAMP  := $(VENV)/.labpipe-installed
+comma  := ,
+STAMP  := $(VENV)/.labpipe-installed-$(subst $(comma),-,$(EXTRAS))
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MPLBACKEND := Agg
 
@@ -10,11 +16,13 @@ export MPLBACKEND := Agg
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py constraints.txt infra/apt-packages.txt
-	scripts/install-system-packages.sh
-	test -x $(PY) || python3 -m venv $(VENV)
+$(STAMP): pyproject.toml setup.py constraints.txt infra/apt-packages.txt scripts/install-system-packages.sh
+	scripts/check-python.sh --missing-ok $(PY) $(PYTHON)
+	LABPIPE_ROLES="$(EXTRAS)" scripts/install-system-packages.sh
+	scripts/check-python.sh $(PY) $(PYTHON)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -c constraints.txt -e ".[all,dev]"
+	$(PIP) install -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
 	# nnunetv2 -> batchgenerators -> unittest2 pulls the 2010 'argparse' backport, which shadows the
 	# standard library's and breaks pydantic-settings (no BooleanOptionalAction); the stdlib one serves all.
 	$(PIP) uninstall -y -q argparse 2>/dev/null || true

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,11 +83,37 @@ def use_platform_env(settings: Settings) -> None:
     os.environ.update({k: v for k, v in platform_env(settings).items() if k.startswith(("PREFECT_", "LABPIPE_"))})
 
 
+class ServerDown(ToolError):
+    """No Prefect server answers at the platform's API address."""
+
+
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def wait_for_api(api_url: str, within: float, *, starting: Callable[[], bool] = lambda: False) -> bool:
+    """Whether the API answers ready (server up, its database reachable) within ``within`` seconds.
+
+    A busy server (a cold first start, SQLite under several workers) gets the whole time. A refused
+    connection ends the wait at once, unless ``starting()`` says a server process is on its way up.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        refused = False
+        try:
+            remaining = max(0.5, deadline - time.monotonic())
+            if httpx.get(f"{api_url}/ready", timeout=min(10.0, remaining)).status_code == 200:
+                return True
+        except httpx.ConnectError:
+            refused = True
+        except httpx.HTTPError:
+            pass  # timed out or cut off: busy, ask again
+        if time.monotonic() >= deadline or (refused and not starting()):
+            return False
+        time.sleep(0.5)
 
 
 def _processes(settings: Settings) -> dict[str, ManagedProcess]:
@@ -96,11 +123,22 @@ def _processes(settings: Settings) -> dict[str, ManagedProcess]:
 
 
 def start_server(settings: Settings, timeout: float = 120.0) -> str:
-    """Start a Prefect server unless one answers at the configured address; returns the API URL."""
-    if api_healthy(settings.api_url):
+    """Start a Prefect server unless one answers at the configured address; returns once it answers.
+
+    A server already there (the lab's, or ours from an earlier ``up`` still starting or busy) is
+    given time to answer before anything concludes that the port is taken by something else.
+    """
+    server = _processes(settings)["prefect-server"]
+    if wait_for_api(settings.api_url, timeout if server.running() else 15.0, starting=server.running):
         return settings.api_url
+    if server.running():
+        raise ServerDown(
+            settings.api_url,
+            f"labpipe's Prefect server (pid {server.pid()}) runs but has not answered within {timeout:.0f} s",
+            f"see {server.log_file}; `labpipe down` stops it",
+        )
     if settings.prefect_api_url:
-        raise ConfigError(
+        raise ServerDown(
             settings.prefect_api_url, "no Prefect server answers there", "start it or unset LABPIPE_PREFECT_API_URL"
         )
     with socket.socket() as probe:
@@ -110,17 +148,16 @@ def start_server(settings: Settings, timeout: float = 120.0) -> str:
                 "the port is taken by something that is not a Prefect server",
                 "set LABPIPE_PREFECT_PORT",
             )
-    server = _processes(settings)["prefect-server"]
     server.start([bin_path("prefect"), "server", "start"], env=platform_env(settings))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if api_healthy(settings.api_url):
-            return settings.api_url
-        if not server.running():
-            break
-        time.sleep(0.5)
+    if wait_for_api(settings.api_url, timeout, starting=server.running):
+        return settings.api_url
     tail = server.log_file.read_text()[-3000:] if server.log_file.exists() else ""
-    raise ToolError("prefect server", f"did not become healthy at {settings.api_url}:\n{tail}")
+    state = "is still starting" if server.running() else "exited"
+    raise ToolError(
+        "prefect server",
+        f"{state}, not answering at {settings.api_url} after {timeout:.0f} s:\n{tail}",
+        f"see {server.log_file}",
+    )
 
 
 def ensure_pools(client, gpus: int) -> None:
@@ -154,28 +191,43 @@ def block_modules() -> list[str]:
     return [package.__name__] + [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
 
 
+def block_classes() -> list[type]:
+    """Every labpipe block class: the ``Block`` subclasses defined in labpipe.blocks and its modules."""
+    from prefect.blocks.core import Block
+
+    found = []
+    for module_name in block_modules():
+        module = importlib.import_module(module_name)
+        found += [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Block) and obj.__module__ == module_name
+        ]
+    return found
+
+
 def register_blocks(settings: Settings) -> list[str]:
     """Register every labpipe block type and save ``default`` documents where none exist yet."""
     from labpipe.blocks import DaskCluster, LabDatabase, StorageLayout
-    from prefect.blocks.core import Block
 
     registered = []
-    for module_name in block_modules():
-        module = importlib.import_module(module_name)
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Block) and obj.__module__ == module_name:
-                obj.register_type_and_schema()
-                registered.append(obj.get_block_type_slug())
+    for cls in block_classes():
+        cls.register_type_and_schema()
+        registered.append(cls.get_block_type_slug())
     defaults = {
         StorageLayout: lambda: StorageLayout(**Layout.default(settings.home).model_dump()),
         LabDatabase: lambda: LabDatabase(url=settings.database_url, schema_prefix=settings.schema_prefix),
         DaskCluster: lambda: DaskCluster(address=settings.dask_address),
     }
-    for cls, make in defaults.items():
-        try:
-            cls.load("default")
-        except (ValueError, Exception):
-            make().save("default", overwrite=True)
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for cls, make in defaults.items():
+            try:  # only a missing document gets the default: one that no longer loads is the user's to fix
+                client.read_block_document_by_name("default", cls.get_block_type_slug(), include_secrets=False)
+            except ObjectNotFound:
+                make().save("default")
     return registered
 
 
@@ -265,6 +317,9 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
         if offline:
             logs = ", ".join(str(_processes(settings)[f"worker-{p}"].log_file) for p in offline)
             raise ToolError("prefect worker", f"pools {offline} have no online worker after 120 s", f"see {logs}")
+    server = _processes(settings)["prefect-server"]
+    if not wait_for_api(api_url, 60.0, starting=server.running):  # `up` returns only while the server answers
+        raise ServerDown(api_url, "the Prefect server stopped answering during `labpipe up`", f"see {server.log_file}")
     return UpReport(api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids)
 
 
@@ -288,15 +343,22 @@ def _schedule_text(schedule) -> str:
     return str(schedule)
 
 
-def status(settings: Settings, recent: int = 10) -> dict:
-    """Pools, workers, deployments and recent runs, as plain data."""
+def status(settings: Settings, recent: int = 10, wait: float = 15.0) -> dict:
+    """Pools, workers, deployments and recent runs, as plain data.
+
+    Raises ``ServerDown`` when no server answers within ``wait`` seconds (at once when nothing listens).
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
-    if not api_healthy(settings.api_url):
-        return {"server": f"not running at {settings.api_url}"}
+    if not wait_for_api(settings.api_url, wait, starting=_processes(settings)["prefect-server"].running):
+        raise ServerDown(
+            settings.api_url,
+            "no Prefect server answers",
+            "start the platform with `labpipe up`, or point LABPIPE_PREFECT_API_URL at the lab's server",
+        )
     use_platform_env(settings)
     with get_client(sync_client=True) as client:
         pools = []

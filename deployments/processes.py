@@ -9,7 +9,39 @@ import subprocess
 import time
 from pathlib import Path
 
+from labpipe.files import atomic_write_text
 from labpipe.procs import pid_alive
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (a zombie, killed and not yet reaped, no longer counts)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - labpipe hosts are Linux
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _wait(condition, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 class ManagedProcess:
@@ -46,21 +78,24 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.pid_file.write_text(f"{process.pid}\n{' '.join(cmd)}\n")
+        atomic_write_text(self.pid_file, f"{process.pid}\n{' '.join(cmd)}\n")  # never read half-written
         return process.pid
 
     def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the whole process group, then SIGKILL what is left; returns whether it ran."""
+        """SIGTERM the whole process group, SIGKILL what is left after ``timeout``; returns whether it ran.
+
+        Returns once no process of the group is left (a server's children, a worker's flow runs), so that
+        its ports are free and its files closed when the caller goes on.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        if not _wait(lambda: not group_members(pid), timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _wait(lambda: not group_members(pid), 10.0)
         self.pid_file.unlink(missing_ok=True)
         return True

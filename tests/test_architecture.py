@@ -37,11 +37,16 @@ def test_every_package_folder_is_installed_under_labpipe():
     namespace: dict = {}
     code = (ROOT / "setup.py").read_text().replace("setup(packages=packages, package_dir=FOLDERS)", "")
     exec(compile(code, "setup.py", "exec"), namespace)  # noqa: S102 - our own setup.py
-    expected = set()
+    expected, without_init = set(), []
     for root, folder in namespace["FOLDERS"].items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder)
+        # every folder holding Python files is a package: one without __init__.py would be left out of
+        # find_packages (and of the wheel) while still importing from a checkout as a namespace package
+        for code_folder in sorted({py.parent for py in (ROOT / folder).rglob("*.py") if "__pycache__" not in py.parts}):
+            rel = code_folder.relative_to(ROOT / folder)
             expected.add(".".join([root, *rel.parts]) if rel.parts else root)
+            if not (code_folder / "__init__.py").exists():
+                without_init.append(str(code_folder.relative_to(ROOT)))
+    assert not without_init, f"folders of Python files without __init__.py: {without_init}"
     assert expected == set(namespace["packages"])
     for name in sorted(expected):
         importlib.import_module(name)

@@ -4,27 +4,12 @@ Skipped from the standard suite, with reasons: the logo check fetches an image o
 has no hosted documentation site (its docs are in the repository), so blocks carry neither URL.
 """
 
-import importlib
-
 import pytest
-from labpipe.deployments.platform import block_modules
-from prefect.blocks.core import Block
+from labpipe.deployments.platform import block_classes
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 
-def _block_classes() -> list[type[Block]]:
-    found = []
-    for name in block_modules():
-        module = importlib.import_module(name)
-        found += [
-            obj
-            for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, Block) and obj.__module__ == name
-        ]
-    return found
-
-
-@pytest.mark.parametrize("block_class", _block_classes(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("block_class", block_classes(), ids=lambda c: c.__name__)
 class TestLabpipeBlocks(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block_class):

@@ -3,6 +3,11 @@
 Platform commands live here; each lifecycle adds a sub-command group as a
 module in this package that defines ``app`` (a ``typer.Typer``) and ``NAME``;
 they are found automatically.
+
+Errors are reported once, here: a ``LabpipeError`` raised by any command (and a
+connection refused by the Prefect server or a database) prints ``error: <subject>:
+<problem>`` and ``hint: ...`` on stderr and exits with ``EXIT_REFUSED``;
+``--debug`` (or ``LABPIPE_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,20 +17,104 @@ import json
 import os
 import pkgutil
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import typer
+from labpipe.errors import LabpipeError
+
+# exit codes (docs/platform.md)
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and what it checked or ran failed (or an unexpected error, with a traceback)
+EXIT_REFUSED = 2  # error: ... / hint: ... (bad input, configuration, a tool or service that failed) or bad usage
+EXIT_SERVER_DOWN = 3  # `labpipe status`: no Prefect server answers
 
 app = typer.Typer(help="labpipe: a research lab's data lifecycles as Prefect flows.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Every labpipe block document as one YAML file: export, diff, apply.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
 
 
 def _settings():
     from labpipe.config import get_settings
+    from pydantic import ValidationError
 
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        variable = "LABPIPE_" + "_".join(str(p) for p in error["loc"]).upper()
+        raise LabpipeError(variable, error["msg"], "correct or unset that environment variable") from exc
 
 
 def echo_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def report_error(error: LabpipeError) -> None:
+    """``error: <subject>: <problem>`` and ``hint: <hint>`` on stderr."""
+    typer.secho(f"error: {error.subject}: {error.problem.rstrip()}", fg="red", err=True)
+    if error.hint:
+        typer.echo(f"hint: {error.hint}", err=True)
+
+
+def fail(error: LabpipeError, code: int = EXIT_REFUSED) -> NoReturn:
+    """Report ``error`` and exit with ``code`` (for a command that must stop with its own exit code)."""
+    report_error(error)
+    raise typer.Exit(code)
+
+
+def _debugging() -> bool:
+    return os.environ.get("LABPIPE_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+def _as_labpipe_error(exc: BaseException) -> LabpipeError | None:
+    """The error to report for ``exc``: itself, a connection refused, or None (unexpected: a traceback)."""
+    if isinstance(exc, LabpipeError):
+        return exc
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        try:
+            url = str(exc.request.url)
+        except RuntimeError:
+            url = "the Prefect API"
+        return LabpipeError(
+            url,
+            f"does not answer ({exc})",
+            "is the Prefect server up? see `labpipe status`; or check LABPIPE_PREFECT_API_URL",
+        )
+    for module, name in (("psycopg2", "OperationalError"), ("pymysql.err", "OperationalError")):
+        database_error = getattr(sys.modules.get(module), name, None)
+        if database_error is not None and isinstance(exc, database_error):
+            return LabpipeError(
+                "the database",
+                str(exc).strip(),
+                "is the database server up? check LABPIPE_DATABASE_URL or the LabDatabase block",
+            )
+    return None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"labpipe {version('labpipe')} (prefect {version('prefect')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print labpipe's version and exit."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="LABPIPE_DEBUG", help="Show an error's traceback (or set LABPIPE_DEBUG=1)."
+    ),
+) -> None:
+    """labpipe: a research lab's data lifecycles as Prefect flows."""
+    if debug:
+        os.environ["LABPIPE_DEBUG"] = "1"
 
 
 @app.command()
@@ -53,12 +142,22 @@ def down(keep_database: bool = typer.Option(False, help="Leave the embedded Post
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Pools, workers, deployments and recent runs."""
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with an `error` field when the server is down)."),
+    wait: float = typer.Option(15.0, help="Seconds a busy server has to answer."),
+) -> None:
+    """Pools, workers, deployments and recent runs; exits 3 when no Prefect server answers."""
+    from labpipe.deployments.platform import ServerDown
     from labpipe.deployments.platform import status as platform_status
 
-    data = platform_status(_settings())
-    if as_json or "pools" not in data:
+    settings = _settings()
+    try:
+        data = platform_status(settings, wait=wait)
+    except ServerDown as down:
+        if as_json:
+            echo_json({"server": f"not running at {settings.api_url}", "error": down.problem, "hint": down.hint})
+        fail(down, EXIT_SERVER_DOWN)
+    if as_json:
         echo_json(data)
         return
     typer.echo(f"server {data['server']}  (UI {data['ui']}), gpu limit {data['gpu_limit']}")
@@ -82,7 +181,63 @@ def demo(
     from labpipe.deployments.demo import run_demo
 
     ok = run_demo(_settings(), timeout=timeout, only=only or None)
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@config_app.command("export")
+def config_export(
+    file: Path = typer.Argument(..., help="YAML file to write ('-': standard output)."),
+    include_secrets: bool = typer.Option(
+        False, help="Write secret fields in clear text instead of `!env NAME` references."
+    ),
+) -> None:
+    """Write every labpipe block document (all block types, all documents) to FILE."""
+    from labpipe.deployments.config import export_config, read_server
+    from labpipe.files import atomic_path
+
+    exported = export_config(read_server(), include_secrets=include_secrets)
+    if str(file) == "-":
+        typer.echo(exported.text, nl=False)
+    else:
+        with atomic_path(file) as staged:
+            staged.write_text(exported.text)
+            if include_secrets:
+                staged.chmod(0o600)  # private before it takes its name (the staging folder is private too)
+    where = "standard output" if str(file) == "-" else str(file)
+    typer.echo(f"{exported.documents} block documents written to {where}", err=True)
+    if exported.secrets_included:
+        typer.echo(f"{exported.secrets_included} secret fields are in clear text: keep the file private", err=True)
+    if exported.secret_refs:
+        typer.echo("secret fields written as !env references; set these variables before `config apply`:", err=True)
+        for variable, where_from in exported.secret_refs.items():
+            typer.echo(f"  {variable}  ({where_from})", err=True)
+
+
+@config_app.command("apply")
+def config_apply(
+    file: Path = typer.Argument(..., help="YAML file written by `labpipe config export` (and edited)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change per document; save nothing."),
+) -> None:
+    """Validate every document of FILE, show the changes, and save the new and changed ones.
+
+    One invalid document refuses the whole file. Documents the file does not name are left as they are.
+    """
+    from labpipe.deployments.config import parse_config, plan_changes, read_file, read_server, save_changes
+
+    wanted = parse_config(read_file(file), str(file))
+    changes = plan_changes(wanted, read_server())
+    for change in changes:
+        if change.kind != "unchanged":
+            typer.echo(f"{change.key}: {change.kind}")
+            for line in change.lines:
+                typer.echo(f"  {line}")
+    counts = {kind: sum(c.kind == kind for c in changes) for kind in ("new", "changed", "unchanged")}
+    summary = f"{counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged"
+    if dry_run:
+        typer.echo(f"{summary} (dry run: nothing saved)")
+        return
+    saved = save_changes(changes)
+    typer.echo(f"{summary}; saved {len(saved)}")
 
 
 def _register_subcommands() -> None:
@@ -96,12 +251,20 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
+    """The ``labpipe`` console script: every command, with errors reported as ``error:``/``hint:`` lines."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # before anything imports prefect: every command talks to the platform's server, never an ephemeral one
-    os.environ.setdefault("PREFECT_API_URL", _settings().api_url)
-    _register_subcommands()
-    app(prog_name="labpipe")
+    try:
+        # before anything imports prefect: every command talks to the platform's server, never an ephemeral one
+        os.environ.setdefault("PREFECT_API_URL", _settings().api_url)
+        _register_subcommands()
+        app(prog_name="labpipe")
+    except Exception as exc:  # noqa: BLE001 - reported below, or re-raised for a traceback
+        error = _as_labpipe_error(exc)
+        if error is None or _debugging():
+            raise
+        report_error(error)
+        sys.exit(EXIT_REFUSED)
 
 
 if __name__ == "__main__":  # pragma: no cover

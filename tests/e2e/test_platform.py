@@ -1,10 +1,16 @@
-"""The whole platform as users run it: `labpipe up`, a deployment run by a worker process, `labpipe down`."""
+"""The whole platform as users run it: `labpipe up`, a deployment run by a worker process, `labpipe down`.
+
+Nothing here waits for luck: `up` returns once the server answers and every pool has an online worker, `status`
+gives a busy server time to answer, the run is watched to its end, and `down` returns once every process it
+stopped is gone. What can still move on its own (a worker's heartbeat) is polled with a deadline.
+"""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from labpipe.db.connect import LabDatabase
@@ -31,20 +37,41 @@ def _labpipe(env, *args, timeout=300):
     )
 
 
+def _status(env) -> dict:
+    result = _labpipe(env, "status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def _until(condition, what: str, timeout: float = 120.0):
+    """``condition()``'s first truthy result, asked once a second; fails naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (result := condition()) is None or result is False:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(1.0)
+    return result
+
+
+def _all_pools_online(env) -> dict | None:
+    status = _status(env)
+    pools = {p["pool"]: p for p in status["pools"]}
+    online = all([w["status"] for w in pools[pool]["workers"]] == ["ONLINE"] for pool in ("cpu", "gpu", "backup"))
+    return status if online else None
+
+
 def test_up_run_a_deployment_status_and_down(tmp_path):
     port = _free_port()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LABPIPE_"))}
     env.update(LABPIPE_HOME=str(home), LABPIPE_PREFECT_PORT=str(port), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    up = _labpipe(env, "up", "--pause-schedules")
+    up = _labpipe(env, "up", "--pause-schedules", timeout=600)  # a cold first start on a busy host is slow
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
-        status = json.loads(_labpipe(env, "status", "--json").stdout)
-        pools = {p["pool"]: p for p in status["pools"]}
-        assert set(pools) >= {"cpu", "gpu", "backup"} and status["gpu_limit"] >= 1
-        for pool in ("cpu", "gpu", "backup"):
-            assert [w["status"] for w in pools[pool]["workers"]] == ["ONLINE"], pools[pool]
+        status = _status(env)  # `up` returned: the server answers
+        assert {p["pool"] for p in status["pools"]} >= {"cpu", "gpu", "backup"} and status["gpu_limit"] >= 1
+        status = _until(lambda: _all_pools_online(env), "one ONLINE worker per pool")
         assert {"share", "imaging", "mocap", "lab"} <= {d["name"] for d in status["deployments"]}
         assert all(not d["schedules"] for d in status["deployments"])  # --pause-schedules
 
@@ -68,10 +95,11 @@ def test_up_run_a_deployment_status_and_down(tmp_path):
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
         db = LabDatabase(EmbeddedPostgres(home / "pg").start(), home / "data" / "blobs", "labpipe")
         assert len(tables(db).Session()) == len(sim.sessions)
-        recent = json.loads(_labpipe(env, "status", "--json").stdout)["recent_runs"]
+        recent = _status(env)["recent_runs"]
         assert any(r["state"] == "Completed" and r["name"].startswith("ingest") for r in recent)
     finally:
         down = _labpipe(env, "down")
     assert "worker-cpu" in down.stdout and "prefect-server" in down.stdout and "embedded-postgres" in down.stdout
-    assert "not running" in _labpipe(env, "status", "--json").stdout
+    after = _labpipe(env, "status", "--json")  # `down` returned: nothing of the platform is left to answer
+    assert after.returncode == 3 and "not running" in json.loads(after.stdout)["server"]
     assert not list((home / "run").glob("*.pid"))
