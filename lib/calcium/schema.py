@@ -112,10 +112,13 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
         """
 
         def make(self, key, context: CalciumContext):
-            path = yield tiff_path(key, context.share)
-            computed = denoise.denoise_stack(path, context.work_for(key, "denoise") / "denoised.tif", context.denoise)
-            yield computed
-            self.insert1(dict(key, **computed.row(), worker=worker_name()))
+            path = tiff_path(key, context.share)  # three-part make: fetch, compute outside a transaction, insert
+            computed = yield path
+            if computed is None:
+                result = denoise.denoise_stack(path, context.work_for(key, "denoise") / "denoised.tif", context.denoise)
+                computed = dict(result.row(), worker=worker_name())
+                yield computed
+            self.insert1(dict(key, **computed))
             shutil.rmtree(context.work_for(key, "denoise"), ignore_errors=True)
             yield
 
@@ -140,9 +143,11 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
             return (ScanInfo.proj() - DenoiseTask.proj()) + Denoising.proj()
 
         def make(self, key, context: CalciumContext):
-            fetched = yield _processing_input(key, context)
-            computed = _run_processing(key, fetched, context)
-            yield computed
+            fetched = _processing_input(key, context)  # three-part make, as Denoising
+            computed = yield fetched
+            if computed is None:
+                computed = _run_processing(key, fetched, context)
+                yield computed
             self.insert1(dict(key, **computed))
             shutil.rmtree(context.work_for(key, "suite2p"), ignore_errors=True)
             yield
@@ -191,7 +196,7 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
         correlation_image : <npy@blobs>
         """
 
-        def make(self, key):
+        def make(self, key, context: CalciumContext | None = None):
             self.insert1(dict(key, **results(key).motion_row()))
 
     @schema
@@ -224,7 +229,7 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
             skew : float32
             """
 
-        def make(self, key):
+        def make(self, key, context: CalciumContext | None = None):
             rois = results(key).roi_rows()
             self.insert1(dict(key, n_rois=len(rois), n_cells=sum(r["is_cell"] for r in rois)))
             self.Mask.insert([dict(key, **roi) for roi in rois])
@@ -252,7 +257,7 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
             dff : <npy@blobs>
             """
 
-        def make(self, key):
+        def make(self, key, context: CalciumContext | None = None):
             result = results(key)
             self.insert1(dict(key, frame_rate=result.ops["fs"], **result.fluorescence_row()))
             self.Trace.insert(dict(key, **trace) for trace in result.trace_rows())
@@ -294,8 +299,14 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
         def make(self, key, context: CalciumContext):
             traces = (Fluorescence.Trace & key).to_dicts(order_by="roi_id")
             frame_rate = (Fluorescence & key).fetch1("frame_rate")
-            inferred = spikes.infer_activity(key["method"], traces, frame_rate, results_of=lambda: results(key),
-                                             settings=context.spikes, models=Path(context.scratch) / "spike-models")
+            inferred = spikes.infer_activity(
+                key["method"],
+                traces,
+                frame_rate,
+                results_of=lambda: results(key),
+                settings=context.spikes,
+                models=Path(context.scratch) / "spike-models",
+            )
             self.insert1(dict(key, noise_level=inferred.noise_level, model=inferred.model, worker=worker_name()))
             self.Trace.insert(dict(key, roi_id=roi, activity=values) for roi, values in inferred.traces.items())
 

@@ -85,12 +85,14 @@ class DenoiseSettings(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     batch_frames: int = Field(32, ge=1, description="Frames denoised per inference batch.")
     device: str = Field("auto", description="auto (cuda if present), cuda, cpu.")
+    cpu_threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; empty: torch's default.")
     seed: int = 0
 
     @classmethod
     def small(cls, **overrides) -> DenoiseSettings:
-        """For tests on a 2-core CPU: a tiny U-Net, a few hundred steps on small patches."""
-        return cls(**{"training_frames": 16, "steps": 150, "patch": 48, "features": 8, "levels": 2, **overrides})
+        """For tests on a 2-core CPU: a tiny U-Net, a hundred steps on small patches, one thread."""
+        base = {"training_frames": 16, "steps": 100, "patch": 48, "features": 8, "levels": 2, "cpu_threads": 1}
+        return cls(**{**base, **overrides})
 
 
 class SpikeSettings(BaseModel):
@@ -105,9 +107,11 @@ class SpikeSettings(BaseModel):
     smoothing: float = Field(0.2, gt=0, description="Gaussian sigma (s) of the target rate, as CASCADE trains.")
     tau_decay: float = Field(1.0, gt=0, description="Indicator decay assumed for the training data (s).")
     device: str = Field("auto", description="auto (cuda if present), cuda, cpu.")
+    cpu_threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; empty: torch's default.")
     seed: int = 0
 
     @classmethod
     def small(cls, **overrides) -> SpikeSettings:
-        """For tests on a 2-core CPU: a few hundred short traces, a few epochs."""
-        return cls(**{"training_traces": 160, "trace_seconds": 60.0, "epochs": 6, **overrides})
+        """For tests on a 2-core CPU: a hundred short traces, a few epochs, one thread."""
+        base = {"training_traces": 96, "trace_seconds": 40.0, "epochs": 5, "cpu_threads": 1}
+        return cls(**{**base, **overrides})

@@ -248,7 +248,10 @@ class Recording:
             vals.append(weight * rng.uniform(0.7, 1.3))
         n = len(centres)
         self.canvas_footprints = sparse.csr_matrix(
-            (np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else [])),
+            (
+                np.concatenate(vals) if vals else [],
+                (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else []),
+            ),
             shape=(n, canvas[0] * canvas[1]),
             dtype=np.float32,
         )

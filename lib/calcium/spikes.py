@@ -39,8 +39,11 @@ def _torch():
     return torch
 
 
-def device_of(name: str) -> str:
+def device_of(name: str, cpu_threads: int | None = None) -> str:
+    """The torch device ``name`` stands for; on a CPU, ``cpu_threads`` threads (busy shared hosts: 1 is fastest)."""
     torch = _torch()
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -91,7 +94,7 @@ class SpikeModel:
         torch = _torch()
         net = spike_net()
         net.load_state_dict(self.state)
-        device = device_of(self.settings.device)
+        device = device_of(self.settings.device, self.settings.cpu_threads)
         net.to(device).eval()
         dff = np.nan_to_num(np.atleast_2d(np.asarray(dff, np.float32)))
         out = np.empty(dff.shape, np.float32)
@@ -105,8 +108,13 @@ class SpikeModel:
         torch = _torch()
         with atomic_path(path) as staging:
             torch.save(
-                {"frame_rate": self.frame_rate, "noise_level": self.noise_level,
-                 "settings": self.settings.model_dump(), "state": self.state, "losses": self.losses},
+                {
+                    "frame_rate": self.frame_rate,
+                    "noise_level": self.noise_level,
+                    "settings": self.settings.model_dump(),
+                    "state": self.state,
+                    "losses": self.losses,
+                },
                 staging,
             )
         return path
@@ -114,12 +122,17 @@ class SpikeModel:
     @classmethod
     def load(cls, path: Path) -> SpikeModel:
         data = _torch().load(path, map_location="cpu", weights_only=False)
-        return cls(data["frame_rate"], data["noise_level"], SpikeSettings(**data["settings"]), data["state"],
-                   data["losses"])
+        return cls(
+            data["frame_rate"], data["noise_level"], SpikeSettings(**data["settings"]), data["state"], data["losses"]
+        )
 
 
 def ground_truth(
-    rng: np.random.Generator, traces: int, frames: int, frame_rate: float, noise: float | tuple[float, float],
+    rng: np.random.Generator,
+    traces: int,
+    frames: int,
+    frame_rate: float,
+    noise: float | tuple[float, float],
     tau_decay: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(noisy dF/F, spike counts) of simulated cells: varied rates, bursts, amplitudes and noise levels."""
@@ -141,10 +154,11 @@ def train_model(
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     frames = int(settings.trace_seconds * frame_rate)
-    dff, spikes = ground_truth(rng, settings.training_traces, frames, frame_rate, (0.7 * noise, 1.3 * noise),
-                               settings.tau_decay)
+    dff, spikes = ground_truth(
+        rng, settings.training_traces, frames, frame_rate, (0.7 * noise, 1.3 * noise), settings.tau_decay
+    )
     target = (smoothed_rate(spikes, frame_rate, settings.smoothing) / frame_rate).astype(np.float32)
-    device = device_of(settings.device)
+    device = device_of(settings.device, settings.cpu_threads)
     net = spike_net().to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     inputs = torch.from_numpy(_pad(dff)[:, None, :])
@@ -159,7 +173,7 @@ def train_model(
             loss = torch.nn.functional.mse_loss(net(inputs[index].to(device)), targets[index].to(device))
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
         losses.append(total / len(order))
         if progress:
             progress(epoch + 1, settings.epochs)
@@ -207,8 +221,11 @@ def infer_activity(
     models: Path,
 ) -> ActivityResult:
     """Activity of each ROI's trace (``roi_id``, ``dff``) by ``method`` ('oasis': suite2p's, 'cascade')."""
-    dff = np.stack([np.asarray(t["dff"].load() if hasattr(t["dff"], "load") else t["dff"]) for t in traces]) \
-        if traces else np.zeros((0, 0), np.float32)
+    dff = (
+        np.stack([np.asarray(t["dff"].load() if hasattr(t["dff"], "load") else t["dff"]) for t in traces])
+        if traces
+        else np.zeros((0, 0), np.float32)
+    )
     nu = float(np.median(noise_level(dff, frame_rate))) if len(dff) else 0.0
     rois = [int(t["roi_id"]) for t in traces]
     if method == "oasis":

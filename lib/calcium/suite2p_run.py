@@ -61,8 +61,12 @@ def run_suite2p(
     suite2p = _suite2p()
     tiff, output = Path(tiff), Path(output)
     if info.planes != 1 or info.channels != 1:
-        raise InvalidInput(tiff, f"{info.planes} planes x {info.channels} channels: only single-plane, "
-                           "single-channel recordings are processed", "split the planes before processing")
+        raise InvalidInput(
+            tiff,
+            f"{info.planes} planes x {info.channels} channels: only single-plane, "
+            "single-channel recordings are processed",
+            "split the planes before processing",
+        )
     work = Path(scratch) / f"suite2p-{output.name}-{time.time_ns()}"
     if progress:
         progress(0, 2)
@@ -118,8 +122,14 @@ class Suite2pResult:
                     return np.load(handle, allow_pickle=True)
             return np.load(Path(folder) / name, allow_pickle=True)
 
-        return cls(read("ops.npy").item(), read("stat.npy"), read("F.npy"), read("Fneu.npy"), read("spks.npy"),
-                   read("iscell.npy"))
+        return cls(
+            read("ops.npy").item(),
+            read("stat.npy"),
+            read("F.npy"),
+            read("Fneu.npy"),
+            read("spks.npy"),
+            read("iscell.npy"),
+        )
 
     def motion_row(self) -> dict:
         ops = self.ops
@@ -164,7 +174,12 @@ class Suite2pResult:
     def trace_rows(self) -> list[dict]:
         dff = self.dff()
         return [
-            dict(roi_id=index, f=self.F[index].astype(np.float32), fneu=self.Fneu[index].astype(np.float32), dff=dff[index])
+            dict(
+                roi_id=index,
+                f=self.F[index].astype(np.float32),
+                fneu=self.Fneu[index].astype(np.float32),
+                dff=dff[index],
+            )
             for index in range(len(self.F))
         ]
 
