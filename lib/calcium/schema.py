@@ -56,7 +56,7 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
     dj = _datajoint()
     from labpipe.calcium import denoise, scanimage, spikes, suite2p_run
 
-    ImagingTask = ingest.ImagingTask  # noqa: N806 - DataJoint resolves "-> ImagingTask" from this scope
+    ImagingTask = ingest.ImagingTask  # noqa: F841, N806 - DataJoint resolves "-> ImagingTask" from this scope
 
     def tiff_path(key: dict, share: Path) -> Path:
         return Path(share) / (ingest.Scan & key).fetch1("folder") / key["file_name"]

@@ -204,16 +204,16 @@ def scanimage_software_tag(spec: RecordingSpec) -> str:
             "SI.VERSION_MINOR = 1",
             "SI.hChannels.channelSave = 1",
             "SI.hChannels.channelsActive = 1",
-            "SI.hRoiManager.linesPerFrame = %d" % spec.height,
-            "SI.hRoiManager.pixelsPerLine = %d" % spec.width,
-            "SI.hRoiManager.scanFrameRate = %g" % spec.frame_rate,
-            "SI.hRoiManager.scanVolumeRate = %g" % spec.frame_rate,
-            "SI.hRoiManager.scanZoomFactor = %g" % spec.zoom,
+            f"SI.hRoiManager.linesPerFrame = {spec.height}",
+            f"SI.hRoiManager.pixelsPerLine = {spec.width}",
+            f"SI.hRoiManager.scanFrameRate = {spec.frame_rate:g}",
+            f"SI.hRoiManager.scanVolumeRate = {spec.frame_rate:g}",
+            f"SI.hRoiManager.scanZoomFactor = {spec.zoom:g}",
             "SI.hScan2D.bidirectional = true",
             "SI.hStackManager.enable = false",
             "SI.hStackManager.numSlices = 1",
             "SI.hStackManager.actualNumSlices = 1",
-            "SI.hStackManager.framesPerSlice = %d" % spec.frames,
+            f"SI.hStackManager.framesPerSlice = {spec.frames}",
             "SI.hFastZ.enable = false",
         ]
     )
@@ -227,6 +227,10 @@ def _frame_description(index: int, frame_rate: float) -> str:
         "dcOverVoltage = 0\nepoch = [2026 2 10 14 3 12.5]\nauxTrigger0 = []\nauxTrigger1 = []\n"
         "I2CData = {}"
     )
+
+
+def _join(parts: list) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class Recording:
