@@ -77,28 +77,62 @@ def check_pages(path: Path) -> tuple[int, tuple[int, int], str]:
     if not path.is_file():
         raise InvalidInput(path, "file not found", "check the share root and the task's file name")
     size = os.path.getsize(path)
+    count, shape, dtype = 0, None, None
     try:
-        with tifffile.TiffFile(path) as tif:
-            pages = tif.pages
-            pages.useframes = True  # do not build a TiffPage per frame (fast, small, on 20,000 pages)
-            count = 0
-            shape, dtype = None, None
-            for index, page in enumerate(pages):
-                end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
-                if end > size or not page.dataoffsets:
-                    raise InvalidInput(
-                        path, f"truncated TIFF: page {index + 1} ends at byte {end}, the file has {size}", REEXPORT
-                    )
-                if shape is None:
-                    shape, dtype = page.shape, str(page.dtype)
-                count += 1
-    except InvalidInput:
-        raise
+        tif = tifffile.TiffFile(path)
     except Exception as exc:
         raise InvalidInput(path, f"not a readable TIFF: {exc}", REEXPORT) from exc
+    with tif:
+        pages = tif.pages
+        pages.useframes = True  # no full TiffPage per frame: fast and small on 20,000 pages
+        index = 0
+        while True:
+            try:
+                page = pages.get(index) if index < len(pages) else None
+            except Exception as exc:
+                raise InvalidInput(path, f"truncated TIFF: page {index + 1} cannot be read ({exc})", REEXPORT) from exc
+            if page is None:
+                break
+            end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
+            if end > size or not page.dataoffsets:
+                raise InvalidInput(
+                    path, f"truncated TIFF: page {index + 1} ends at byte {end}, the file has {size}", REEXPORT
+                )
+            if shape is None:
+                shape, dtype = page.shape, str(page.dtype)
+            index += 1
+        count = index
+        if tif.filehandle.size < size:
+            raise InvalidInput(path, "file changed while it was read", "retry when the copy has finished")
+        last_ifd_cut = _ifd_chain_is_cut(tif)
+    if last_ifd_cut:
+        raise InvalidInput(path, f"truncated TIFF: page {count + 1} cannot be read (its header is cut)", REEXPORT)
     if shape is None or len(shape) != 2:
         raise InvalidInput(path, f"expected single-channel 2-D pages, got pages of shape {shape}")
     return count, (int(shape[0]), int(shape[1])), dtype
+
+
+def _ifd_chain_is_cut(tif) -> bool:
+    """True if the last page read points to a next page header beyond the file (tifffile stops there silently)."""
+    import struct
+
+    handle = tif.filehandle
+    last = tif.pages[-1] if len(tif.pages) else None
+    if last is None:
+        return False
+    offset_size = 8 if tif.is_bigtiff else 4
+    tag_count_size, tag_size = (8, 20) if tif.is_bigtiff else (2, 12)
+    handle.seek(last.offset)
+    raw = handle.read(tag_count_size)
+    if len(raw) < tag_count_size:
+        return True
+    tags = struct.unpack("<Q" if tif.is_bigtiff else "<H", raw)[0]
+    handle.seek(last.offset + tag_count_size + tags * tag_size)
+    raw = handle.read(offset_size)
+    if len(raw) < offset_size:
+        return True
+    following = struct.unpack("<Q" if tif.is_bigtiff else "<I", raw)[0]
+    return following >= handle.size
 
 
 def read_scan_info(path: Path, frame_rate: float | None = None) -> ScanInfo:

@@ -192,7 +192,8 @@ def _neuropil(rng, frames: int, frame_rate: float, shape: tuple[int, int], compo
         field = (field - field.min()) / (np.ptp(field) + 1e-9)
         maps.append(field.ravel())
     courses = ndimage.gaussian_filter1d(rng.normal(0, 1, (components, frames)), sigma=frame_rate * 2, axis=1)
-    courses = 1.0 + 0.15 * courses / (courses.std(axis=1, keepdims=True) + 1e-9)
+    courses -= courses.mean(axis=1, keepdims=True)
+    courses = np.clip(1.0 + 0.15 * courses / (courses.std(axis=1, keepdims=True) + 1e-9), 0.5, 1.5)
     return np.asarray(maps, dtype=np.float32) / components, courses.astype(np.float32)
 
 
