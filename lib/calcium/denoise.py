@@ -90,7 +90,8 @@ def train_denoiser(tiff_path: Path, settings: DenoiseSettings):
     device = device_of(settings.device, settings.cpu_threads)
     model = _n2v(settings, device)
     inp, test = model.prepare_data(data, num_tst_ratio=0.2)
-    with contextlib.redirect_stdout(io.StringIO()):  # auto-denoise prints its progress
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # auto-denoise prints its progress
         losses = model.train(inp, test, epochs=settings.steps, learning_rate=settings.learning_rate)
     return model, float(np.min(losses["loss_tst"]))
 

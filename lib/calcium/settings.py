@@ -90,8 +90,9 @@ class DenoiseSettings(BaseModel):
 
     @classmethod
     def small(cls, **overrides) -> DenoiseSettings:
-        """For tests on a 2-core CPU: a tiny U-Net, a hundred steps on small patches, one thread."""
-        base = {"training_frames": 16, "steps": 100, "patch": 48, "features": 8, "levels": 2, "cpu_threads": 1}
+        """For tests on a 2-core CPU (~30 s): a tiny U-Net, 200 steps on 48x48 patches, one thread."""
+        base = {"training_frames": 16, "steps": 200, "patch": 48, "features": 8, "levels": 2, "learning_rate": 3e-3}
+        base["cpu_threads"] = 1
         return cls(**{**base, **overrides})
 
 
@@ -102,7 +103,7 @@ class SpikeSettings(BaseModel):
     training_traces: int = Field(2000, ge=10, description="Simulated ground-truth traces per model.")
     trace_seconds: float = Field(120.0, gt=1, description="Length of each simulated training trace.")
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="Traces per step (small batches: more steps, measured better).")
     learning_rate: float = Field(1e-3, gt=0)
     smoothing: float = Field(0.2, gt=0, description="Gaussian sigma (s) of the target rate, as CASCADE trains.")
     tau_decay: float = Field(1.0, gt=0, description="Indicator decay assumed for the training data (s).")
@@ -112,6 +113,7 @@ class SpikeSettings(BaseModel):
 
     @classmethod
     def small(cls, **overrides) -> SpikeSettings:
-        """For tests on a 2-core CPU: a hundred short traces, a few epochs, one thread."""
-        base = {"training_traces": 96, "trace_seconds": 40.0, "epochs": 5, "cpu_threads": 1}
+        """For tests on a 2-core CPU (~20 s): 128 traces of 40 s, 8 epochs of batch 8, one thread."""
+        base = {"training_traces": 128, "trace_seconds": 40.0, "epochs": 8, "batch_size": 8, "learning_rate": 2e-3}
+        base["cpu_threads"] = 1
         return cls(**{**base, **overrides})
