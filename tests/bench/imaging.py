@@ -62,8 +62,12 @@ def child_simulate(work: Path, frames: int, size: int, cells: int, seed: int) ->
     share = simulate_science_share(work / "share", 1, spec=spec, video=False, seed=seed)
     scan = share.scans[0]
     scan.recording.save(work / "truth.npz")
-    return {"tiff": str(share.root / scan.folder / "imaging_00001.tif"), "seconds": time.monotonic() - t0,
-            "peak_gb": _peak_gb(), "spec": spec.model_dump()}
+    return {
+        "tiff": str(share.root / scan.folder / "imaging_00001.tif"),
+        "seconds": time.monotonic() - t0,
+        "peak_gb": _peak_gb(),
+        "spec": spec.model_dump(),
+    }
 
 
 def child_by_hand(tiff: Path, work: Path) -> dict:
@@ -74,8 +78,14 @@ def child_by_hand(tiff: Path, work: Path) -> dict:
 
     info = read_scan_info(tiff)
     settings = Suite2pSettings().suite2p(info.frame_rate, info.height, info.width)
-    db = {"data_path": [str(tiff.parent)], "file_list": [tiff.name], "save_path0": str(work / "save"),
-          "fast_disk": str(work / "fast"), "force_sktiff": True, "batch_size": Suite2pSettings().batch_size}
+    db = {
+        "data_path": [str(tiff.parent)],
+        "file_list": [tiff.name],
+        "save_path0": str(work / "save"),
+        "fast_disk": str(work / "fast"),
+        "force_sktiff": True,
+        "batch_size": Suite2pSettings().batch_size,
+    }
     t0 = time.monotonic()
     suite2p.run_s2p(db=db, settings=settings)
     return {"seconds": time.monotonic() - t0, "peak_gb": _peak_gb()}
@@ -103,10 +113,14 @@ def child_population(share: Path, work: Path, spec_json: str) -> dict:
         oasis = {r["roi_id"]: np.asarray(r["activity"]) for r in (t.Activity.Trace & {"method": "oasis"}).to_dicts()}
         dff = {r["roi_id"]: np.asarray(r["dff"]) for r in t.Fluorescence.Trace.to_dicts()}
         mean_image = np.asarray(t.MotionCorrection.fetch1("mean_image"))
-        np.savez(work / "rois.npz", centres=np.array([[m["center_y"], m["center_x"]] for m in masks]).reshape(-1, 2),
-                 roi_ids=np.array([m["roi_id"] for m in masks]), mean_image=mean_image,
-                 oasis=np.stack([oasis[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)),
-                 dff=np.stack([dff[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)))
+        np.savez(
+            work / "rois.npz",
+            centres=np.array([[m["center_y"], m["center_x"]] for m in masks]).reshape(-1, 2),
+            roi_ids=np.array([m["roi_id"] for m in masks]),
+            mean_image=mean_image,
+            oasis=np.stack([oasis[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)),
+            dff=np.stack([dff[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)),
+        )
         return {"seconds": seconds, "peak_gb": _peak_gb(), "rois": len(masks)}
     finally:
         db.drop_all()
@@ -151,8 +165,9 @@ def child_denoise(tiff: Path, work: Path, settings_json: str, crop: int, crop_fr
     with tifffile.TiffFile(tiff) as tif:
         software = tif.pages.first.software
         stack = np.stack([tif.pages[i].asarray()[:crop, :crop] for i in range(min(crop_frames, len(tif.pages)))])
-    tifffile.imwrite(crop_dir / "raw.tif", stack, software=software, bigtiff=True, photometric="minisblack",
-                     metadata=None)
+    tifffile.imwrite(
+        crop_dir / "raw.tif", stack, software=software, bigtiff=True, photometric="minisblack", metadata=None
+    )
     result = denoise_stack(crop_dir / "raw.tif", crop_dir / "denoised.tif", settings)
     return {"snr_gain_db": gain, "train_s": train_s, "denoise_s": result.seconds, "peak_gb": _peak_gb()}
 
@@ -163,12 +178,16 @@ def child_crop_rois(tiff: Path, work: Path) -> dict:
     from labpipe.calcium.settings import Suite2pSettings
     from labpipe.calcium.suite2p_run import Suite2pResult, run_suite2p
 
-    out = run_suite2p(tiff, work / f"s2p-{tiff.stem}" / "plane0", read_scan_info(tiff), Suite2pSettings(),
-                      work / "scratch")
+    out = run_suite2p(
+        tiff, work / f"s2p-{tiff.stem}" / "plane0", read_scan_info(tiff), Suite2pSettings(), work / "scratch"
+    )
     result = Suite2pResult.load(out)
     rows = [r for r in result.roi_rows() if r["is_cell"]]
-    np.savez(work / f"crop-{tiff.stem}.npz", centres=np.array([[r["center_y"], r["center_x"]] for r in rows]),
-             mean_image=result.ops["meanImg"])
+    np.savez(
+        work / f"crop-{tiff.stem}.npz",
+        centres=np.array([[r["center_y"], r["center_x"]] for r in rows]),
+        mean_image=result.ops["meanImg"],
+    )
     return {"rois": len(rows), "peak_gb": _peak_gb()}
 
 
@@ -184,9 +203,14 @@ def child_sweep(settings_json: str) -> dict:
         for nu in (1.0, 3.0, 6.0, 8.0):
             model = train_model(rate, nu, settings)
             dff, spikes = ground_truth(np.random.default_rng(1234), 40, int(120 * rate), rate, nu, settings.tau_decay)
-            rows.append({"frame_rate": rate, "noise": nu,
-                         "cascade": rate_correlation(model.predict(dff), spikes, rate),
-                         "oasis": rate_correlation(oasis(dff, rate, settings.tau_decay), spikes, rate)})
+            rows.append(
+                {
+                    "frame_rate": rate,
+                    "noise": nu,
+                    "cascade": rate_correlation(model.predict(dff), spikes, rate),
+                    "oasis": rate_correlation(oasis(dff, rate, settings.tau_decay), spikes, rate),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"rows": rows, "peak_gb": _peak_gb()}
 
@@ -237,8 +261,10 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128, help="side of the crop for the denoising detection check")
     parser.add_argument("--crop-frames", type=int, default=3000)
     parser.add_argument("--spike-settings", default='{"training_traces": 400, "trace_seconds": 60, "epochs": 10}')
-    parser.add_argument("--denoise-settings", default='{"training_frames": 32, "steps": 400, "patch": 96, '
-                        '"features": 16, "learning_rate": 0.003}')
+    parser.add_argument(
+        "--denoise-settings",
+        default='{"training_frames": 32, "steps": 400, "patch": 96, "features": 16, "learning_rate": 0.003}',
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,8 +283,11 @@ def main() -> None:
     hand = _child("by-hand", str(tiff), str(root / "by-hand"))
     print(f"suite2p by hand: {hand['seconds']:.0f} s, peak {hand['peak_gb']:.2f} GB", flush=True)
     population = _child("population", str(work / "share"), str(work), "{}")
-    print(f"labpipe population: {population['seconds']:.0f} s, peak {population['peak_gb']:.2f} GB, "
-          f"{population['rois']} cells", flush=True)
+    print(
+        f"labpipe population: {population['seconds']:.0f} s, peak {population['peak_gb']:.2f} GB, "
+        f"{population['rois']} cells",
+        flush=True,
+    )
     match, rois = _match(work, "rois.npz", truth)
     print(f"ROIs: recall {match.recall:.3f}, precision {match.precision:.3f}", flush=True)
 
@@ -273,8 +302,11 @@ def main() -> None:
     spikes = _child("spikes", str(work), str(frame_rate), args.spike_settings)
     cascade = np.load(work / "cascade.npy")
     cascade_corr = rate_correlation(cascade[detected], truth.spikes[true_cells], frame_rate)
-    print(f"spike-rate correlation on the recording (nu {spikes['noise_level']:.1f}): OASIS {oasis_corr:.3f}, "
-          f"CASCADE-style {cascade_corr:.3f} (training {spikes['train_s']:.0f} s on CPU)", flush=True)
+    print(
+        f"spike-rate correlation on the recording (nu {spikes['noise_level']:.1f}): OASIS {oasis_corr:.3f}, "
+        f"CASCADE-style {cascade_corr:.3f} (training {spikes['train_s']:.0f} s on CPU)",
+        flush=True,
+    )
     sweep = _child("sweep", args.spike_settings)
 
     denoise = _child("denoise", str(tiff), str(work), args.denoise_settings, str(args.crop), str(args.crop_frames))
@@ -284,8 +316,11 @@ def main() -> None:
         _child("crop-rois", str(work / "crop" / f"{name}.tif"), str(work))
         crop_match, _ = _match(work, f"crop-{name}.npz", truth, crop=args.crop)
         detection[name] = {"recall": crop_match.recall, "precision": crop_match.precision}
-        print(f"crop {args.crop}x{args.crop}x{args.crop_frames} {name}: recall {crop_match.recall:.3f}, "
-              f"precision {crop_match.precision:.3f}", flush=True)
+        print(
+            f"crop {args.crop}x{args.crop}x{args.crop_frames} {name}: recall {crop_match.recall:.3f}, "
+            f"precision {crop_match.precision:.3f}",
+            flush=True,
+        )
 
     summary = {
         "frames": args.frames,

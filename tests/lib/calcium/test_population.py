@@ -52,12 +52,24 @@ def test_every_population_fills_its_tables_and_bad_files_are_named(science):
 
     imaging = run_population(db, "imaging", context)
     assert imaging.errors == []  # the truncated stack stays failed in the jobs table until cleared
-    assert imaging.remaining == {"ScanInfo": 1, "Processing": 0, "MotionCorrection": 0, "Segmentation": 0,
-                                 "Fluorescence": 0, "Activity[oasis]": 0}
+    assert imaging.remaining == {
+        "ScanInfo": 1,
+        "Processing": 0,
+        "MotionCorrection": 0,
+        "Segmentation": 0,
+        "Fluorescence": 0,
+        "Activity[oasis]": 0,
+    }
     processing = (t.Processing & good_key).fetch1()
     assert processing["input"] == "denoised" and processing["settings"]["nonrigid"] is False
-    assert sorted(processing["output"].listdir()) == ["F.npy", "Fneu.npy", "iscell.npy", "ops.npy", "spks.npy",
-                                                      "stat.npy"]
+    assert sorted(processing["output"].listdir()) == [
+        "F.npy",
+        "Fneu.npy",
+        "iscell.npy",
+        "ops.npy",
+        "spks.npy",
+        "stat.npy",
+    ]
     info = (t.ScanInfo & good_key).fetch1()
     assert (info["frames"], info["frame_rate"], info["zoom"]) == (1500, 30.0, 2.0)
 
@@ -76,8 +88,9 @@ def test_every_population_fills_its_tables_and_bad_files_are_named(science):
         traces = {r["roi_id"]: r["activity"] for r in (t.Activity.Trace & good_key & {"method": method}).to_dicts()}
         rois = [masks[d]["roi_id"] for _, d in match.pairs]
         inferred = np.stack([np.asarray(traces[r]) for r in rois])
-        by_method[method] = evaluate.rate_correlation(inferred, good.recording.spikes[[c for c, _ in match.pairs]],
-                                                      30.0)
+        by_method[method] = evaluate.rate_correlation(
+            inferred, good.recording.spikes[[c for c, _ in match.pairs]], 30.0
+        )
     assert by_method["oasis"] > 0.5 and by_method["cascade"] > 0.5, by_method
 
     behavior = run_population(db, "behavior", context)
