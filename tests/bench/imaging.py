@@ -177,15 +177,24 @@ def child_crop_rois(tiff: Path, work: Path) -> dict:
     from labpipe.calcium.scanimage import read_scan_info
     from labpipe.calcium.settings import Suite2pSettings
     from labpipe.calcium.suite2p_run import Suite2pResult, run_suite2p
+    from labpipe.errors import ToolError
 
-    out = run_suite2p(
-        tiff, work / f"s2p-{tiff.stem}" / "plane0", read_scan_info(tiff), Suite2pSettings(), work / "scratch"
-    )
+    try:
+        out = run_suite2p(
+            tiff, work / f"s2p-{tiff.stem}" / "plane0", read_scan_info(tiff), Suite2pSettings(), work / "scratch"
+        )
+    except ToolError as exc:
+        if "no ROIs were found" not in str(exc):
+            raise
+        import tifffile
+
+        np.savez(work / f"crop-{tiff.stem}.npz", centres=np.zeros((0, 2)), mean_image=tifffile.imread(tiff).mean(0))
+        return {"rois": 0, "peak_gb": _peak_gb()}
     result = Suite2pResult.load(out)
     rows = [r for r in result.roi_rows() if r["is_cell"]]
     np.savez(
         work / f"crop-{tiff.stem}.npz",
-        centres=np.array([[r["center_y"], r["center_x"]] for r in rows]),
+        centres=np.array([[r["center_y"], r["center_x"]] for r in rows]).reshape(-1, 2),
         mean_image=result.ops["meanImg"],
     )
     return {"rois": len(rows), "peak_gb": _peak_gb()}
@@ -200,7 +209,7 @@ def child_sweep(settings_json: str) -> dict:
     settings = SpikeSettings(**json.loads(settings_json))
     rows = []
     for rate in (7.5, 15.0, 30.0):
-        for nu in (1.0, 3.0, 6.0, 8.0):
+        for nu in (1.0, 4.0, 8.0):
             model = train_model(rate, nu, settings)
             dff, spikes = ground_truth(np.random.default_rng(1234), 40, int(120 * rate), rate, nu, settings.tau_decay)
             rows.append(
