@@ -100,7 +100,8 @@ def child_population(share: Path, work: Path, spec_json: str) -> dict:
     from labpipe.db.embedded import EmbeddedPostgres
     from labpipe.ingest.run import ingest_share
 
-    db = LabDatabase(EmbeddedPostgres(work / "pg").start(), work / "blobs", prefix=f"bench{os.getpid()}")
+    server = EmbeddedPostgres(work / "pg")
+    db = LabDatabase(server.start(), work / "blobs", prefix=f"bench{os.getpid()}")
     try:
         ingest_share(db, share)
         tables(db)  # declaring tables is not population work
@@ -124,6 +125,7 @@ def child_population(share: Path, work: Path, spec_json: str) -> dict:
         return {"seconds": seconds, "peak_gb": _peak_gb(), "rois": len(masks)}
     finally:
         db.drop_all()
+        server.stop()
 
 
 def child_spikes(work: Path, frame_rate: float, settings_json: str) -> dict:
@@ -275,6 +277,7 @@ def main() -> None:
         default='{"training_frames": 32, "steps": 400, "patch": 96, "features": 16, "learning_rate": 0.003}',
     )
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (stacks, suite2p outputs)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -354,6 +357,10 @@ def main() -> None:
         "load_average_start": list(load),
         "load_average_end": list(os.getloadavg()),
     }
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(summary))
 
 
