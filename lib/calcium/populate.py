@@ -1,0 +1,94 @@
+"""Worker populations of calcium imaging and behaviour: which tables, in which order, on which pool.
+
+- ``imaging`` (cpu): ScanInfo -> Processing (suite2p) -> MotionCorrection -> Segmentation -> Fluorescence
+  -> Activity (OASIS)
+- ``denoise`` (gpu): ScanInfo -> Denoising, for the stacks with a ``DenoiseTask``
+- ``spikes`` (gpu): Activity (CASCADE-style network)
+- ``behavior`` (cpu): BehaviorSession (Bpod trials aligned through the Harp sync stream)
+
+``populate(reserve_jobs=True)`` hands each key to one worker; a key that fails (a truncated
+TIFF, a trial file of another session) is recorded in the jobs table and returned, never
+raised, so it blocks nothing else. A flow or the command line calls ``run_population``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from labpipe.calcium.schema import CalciumContext
+from labpipe.calcium.schema import tables as calcium_tables
+from labpipe.db.connect import LabDatabase
+from labpipe.ingest.populate import PopulateResult
+
+# population -> (schema, table, restriction of its keys)
+POPULATIONS: dict[str, tuple[tuple[str, str, dict | None], ...]] = {
+    "imaging": (
+        ("calcium", "ScanInfo", None),
+        ("calcium", "Processing", None),
+        ("calcium", "MotionCorrection", None),
+        ("calcium", "Segmentation", None),
+        ("calcium", "Fluorescence", None),
+        ("calcium", "Activity", {"method": "oasis"}),
+    ),
+    "denoise": (("calcium", "ScanInfo", None), ("calcium", "Denoising", None)),
+    "spikes": (("calcium", "Activity", {"method": "cascade"}),),
+    "behavior": (("behavior", "BehaviorSession", None),),
+}
+POOLS = {"imaging": "cpu", "denoise": "gpu", "spikes": "gpu", "behavior": "cpu"}
+
+
+def _namespace(db: LabDatabase, schema: str):
+    if schema == "behavior":
+        from labpipe.behavior.schema import tables as behavior_tables
+
+        return behavior_tables(db)
+    return calcium_tables(db)
+
+
+def _make_kwargs(table, context: CalciumContext) -> dict:
+    return {"share": str(context.share)} if table.__name__ == "BehaviorSession" else {"context": context}
+
+
+def run_population(
+    db: LabDatabase,
+    population: str,
+    context: CalciumContext,
+    *,
+    session: str | None = None,
+    max_calls: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PopulateResult:
+    """Populate each table of ``population`` in order; errors are recorded, not raised.
+
+    ``session``: only that session's keys. ``progress(done, total)`` after each table.
+    """
+    if population not in POPULATIONS:
+        raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
+    result = PopulateResult(population)
+    steps = POPULATIONS[population]
+    for done, (schema, name, restriction) in enumerate(steps, start=1):
+        table = getattr(_namespace(db, schema), name)
+        restrictions = [r for r in (restriction, {"session_id": session} if session else None) if r]
+        query = table.key_source
+        for r in restrictions:
+            query = query & r
+        outcome = table.populate(
+            query.proj(),
+            reserve_jobs=True,
+            suppress_errors=True,
+            max_calls=max_calls,
+            make_kwargs=_make_kwargs(table, context),
+            display_progress=False,
+        )
+        label = f"{name}[{restriction['method']}]" if restriction and "method" in restriction else name
+        result.computed[label] = int(outcome.get("success_count", 0))
+        for item in outcome.get("error_list", []):
+            key, error = item if isinstance(item, tuple) else (item, "")
+            key = dict(key) if isinstance(key, dict) else {"key": str(key)}
+            result.errors.append(
+                {"table": label, "key": {k: str(v) for k, v in key.items()}, "error": str(error)[:1000]}
+            )
+        result.remaining[label] = len(query.proj() - table.proj())
+        if progress:
+            progress(done, len(steps))
+    return result
