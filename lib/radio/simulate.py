@@ -262,9 +262,9 @@ class RfiInjection:
     seed: int = 11
     narrowband: int = 5
     narrowband_width: tuple[int, int] = (1, 3)
-    narrowband_jy: tuple[float, float] = (3.0, 30.0)
+    narrowband_jy: tuple[float, float] = (10.0, 200.0)
     bursts: int = 2
-    burst_jy: tuple[float, float] = (3.0, 20.0)
+    burst_jy: tuple[float, float] = (10.0, 100.0)
     burst_span: tuple[float, float] = (0.25, 1.0)
     bad_antenna: int | None = 3
     bad_antenna_noise: float = 3.0
