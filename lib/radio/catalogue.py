@@ -307,7 +307,7 @@ def record_detections(db: LabDatabase, row: dict, detections: list, reference: R
     rows = []
     for d, ref in zip(detections, refs, strict=True):
         r = {k: v for k, v in vars(d).items() if k != "index"}
-        r.update(image_id=row["image_id"], detection=int(d.index))
+        r.update(image_id=row["image_id"], detection=int(d.index), ref_name="", ref_sep_arcsec=None, ref_flux_jy=None)
         if ref is not None:
             r.update(ref_name=ref[0][:64], ref_sep_arcsec=ref[1], ref_flux_jy=ref[2])
         rows.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()})

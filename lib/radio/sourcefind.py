@@ -11,6 +11,7 @@ sources where the beam is below ``min_pb`` are dropped (their corrected flux is 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import math
 import shutil
@@ -107,6 +108,9 @@ def find_sources(image_fits: Path, pb_fits: Path | None, catalogue: Path, settin
                        ncores=settings.ncores, **settings.options)  # fmt: skip
         if settings.rms_box:
             options["rms_box"] = tuple(settings.rms_box)
+        # PyBDSF calls gc.collect() after each of its ~16 steps; in a process holding astropy, numba and
+        # the rest, each takes ~0.4 s: freezing the heap first makes them cheap (measured 6.7 s -> 1.0 s)
+        gc.freeze()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # it prints even when quiet; stdout may carry JSON
                 result = bdsf.process_image(str(local), **options)
@@ -114,6 +118,8 @@ def find_sources(image_fits: Path, pb_fits: Path | None, catalogue: Path, settin
                     result.write_catalog(outfile=str(written), format="fits", catalog_type="srl", clobber=True)
         except Exception as exc:  # PyBDSF raises bare RuntimeErrors and more
             raise ToolError(image_fits, f"PyBDSF failed: {exc}", "check the image header and values") from exc
+        finally:
+            gc.unfreeze()
         rms = float(np.nanmedian(result.rms_arr)) if getattr(result, "rms_arr", None) is not None else float("nan")
         detections = _read_srl(written, pb_fits, settings.min_pb) if written.exists() else []
         with atomic_path(catalogue) as tmp:
