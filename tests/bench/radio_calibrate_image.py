@@ -154,6 +154,7 @@ print("SPLITSECONDS %.3f" % (time.perf_counter() - t0))
 
 def _casa_split(ms: Path, out: Path, width: int) -> float:
     """CORRECTED_DATA averaged by ``width`` channels into ``out`` (its DATA) with CASA ``split``; seconds."""
+    _casa_config()  # offline, before CASA's first import
     proc = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, str(ms), str(out), str(width)],
                           capture_output=True, text=True, timeout=3600)  # fmt: skip
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SPLITSECONDS")), None)
