@@ -55,14 +55,17 @@ def _calbench():
     return module
 
 
-def _sky(history: int, seed: int = 1):
-    """NVSS-like field plus a day-to-day variable and an ESE dip; (sources, epochs MJD, names of the two)."""
+def _sky(history: int, seed: int = 2):
+    """The calibrate benchmark's field (seed 2) plus a day-to-day variable and an ESE dip; (sources, epochs, names)."""
+    import astropy.units as u
+    from astropy.coordinates import HADec, SkyCoord
     from astropy.time import Time
     from labpipe.radio import instrument as inst
     from labpipe.radio import simulate
 
-    mid = Time(START, scale="utc") + inst.GROUP_SECONDS / 2 / 86400
-    lst = float(mid.sidereal_time("apparent", inst.SITE_LON_DEG).deg)
+    mid = Time(START, scale="utc") + inst.GROUP_SECONDS / 2 * u.s
+    meridian = SkyCoord(ha=0 * u.deg, dec=DEC * u.deg, frame=HADec(obstime=mid, location=inst.site_location()))
+    lst = float(meridian.transform_to("icrs").ra.deg)  # the ICRS RA on the meridian at mid-group
     epochs = float(mid.mjd) - np.arange(history, -1, -1)  # one a day, the group last
     sources = simulate.nvss_like_catalog((lst - 8, lst + 8), (DEC - 6, DEC + 6), seed=seed + 1000)
     cos = math.cos(math.radians(DEC))
@@ -256,7 +259,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         for k, mjd in enumerate(epochs[:-1]):
             image = simulate.simulate_image(
                 work / "history" / f"day{k:02d}", sources, ra0_deg=layout.ra0_deg, dec0_deg=layout.dec0_deg,
-                mjd=float(mjd), npix=min(768, result.npix), cell_arcsec=result.cell_deg * 3600,
+                mjd=float(mjd), npix=min(1024, result.npix), cell_arcsec=result.cell_deg * 3600,
                 beam_arcsec=(bmaj * 3600, bmin * 3600, bpa), noise_jy=result.rms_jy, freq_hz=result.freq_hz, seed=k,
             )  # fmt: skip
             science.process_image(db, f"day{k:02d}", image.prefix, sci, reference=reference)
