@@ -88,6 +88,7 @@ def _build(schema) -> SimpleNamespace:
         ref_sep_arcsec = null : float32
         ref_flux_jy = null : float32
         promoted : datetime
+        promoted_in = '' : varchar(64)     # the image whose cross-match promoted it
         """
 
     @schema
@@ -352,7 +353,7 @@ def crossmatch(
         with t.schema.connection.transaction:
             left = _match_master(t, image, detections, radius, report)
             _match_candidates(t, image, left, radius, report)
-            report.promoted = _promote(t, settings, reference)
+            report.promoted = _promote(t, settings, reference, image_id)
             t.Image.update1({"image_id": image_id, "status": "catalogued"})
     return report
 
@@ -422,7 +423,7 @@ def _match_candidates(t, image: dict, detections: list[dict], radius: float, rep
             report.new_candidates += 1
 
 
-def _promote(t, settings: CatalogueSettings, reference: Reference | None) -> list[int]:
+def _promote(t, settings: CatalogueSettings, reference: Reference | None, image_id: str) -> list[int]:
     ready = (t.Candidate & f"n_detections >= {int(settings.promote_after)}").to_dicts(order_by="candidate_id")
     if not ready:
         return []
@@ -437,6 +438,7 @@ def _promote(t, settings: CatalogueSettings, reference: Reference | None) -> lis
         row = dict(
             source_id=next_id, ra_deg=c["ra_deg"], dec_deg=c["dec_deg"], pos_weight=c["pos_weight"],
             n_detections=c["n_detections"], first_mjd=c["first_mjd"], last_mjd=c["last_mjd"], promoted=_now(),
+            promoted_in=image_id[:64],
         )  # fmt: skip
         if ref is not None:
             row.update(ref_name=ref[0][:64], ref_sep_arcsec=ref[1], ref_flux_jy=ref[2])
@@ -447,6 +449,11 @@ def _promote(t, settings: CatalogueSettings, reference: Reference | None) -> lis
         promoted.append(next_id)
         next_id += 1
     return promoted
+
+
+def promoted_by(db: LabDatabase, image_id: str) -> list[int]:
+    """Ids of the master sources the cross-match of ``image_id`` promoted (to resume their back-fill)."""
+    return sorted((tables(db).MasterSource & {"promoted_in": image_id}).to_arrays("source_id").tolist())
 
 
 def master_sources(db: LabDatabase) -> list[dict]:

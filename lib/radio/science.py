@@ -113,20 +113,21 @@ def process_image(
     t1 = time.perf_counter()
     matched = catalogue.crossmatch(db, image_id, settings.catalogue, reference)
     report.matched, report.new_candidates = len(matched.matched), matched.new_candidates
-    report.promoted = matched.promoted
+    # a rerun after a crash between cross-match and back-fill finds the promotions in the table
+    report.promoted = matched.promoted if not matched.already_done else catalogue.promoted_by(db, image_id)
     report.timings["crossmatch_s"] = time.perf_counter() - t1
     tick(2)
 
     t2 = time.perf_counter()
     report.measured = photometry.measure_image(db, image_id, settings.photometry)
-    report.backfilled = photometry.backfill(db, matched.promoted, settings.photometry)
+    report.backfilled = photometry.backfill(db, report.promoted, settings.photometry)
     t.Image.update1({"image_id": image_id, "status": "measured"})
     report.timings["photometry_s"] = time.perf_counter() - t2
     tick(3)
 
     t3 = time.perf_counter()
     measured_here = (t.ForcedFlux & {"image_id": image_id}).to_arrays("source_id").tolist()
-    assessed = variability.update_variability(db, measured_here + matched.promoted, settings.variability)
+    assessed = variability.update_variability(db, measured_here + report.promoted, settings.variability)
     report.variables = sorted(s for s, a in assessed.items() if a.is_variable)
     report.ese_candidates = sorted(s for s, a in assessed.items() if a.ese_candidate)
     report.timings["variability_s"] = time.perf_counter() - t3

@@ -80,3 +80,28 @@ def test_a_month_of_images_finds_the_variable_and_the_ese_and_nothing_else(lab_d
     assert not steady & set(flags["variable"])
     ese = (catalogue.tables(lab_db).Variability & {"source_id": identity[ese_name]}).fetch1()
     assert ese["ese_start_mjd"] <= EPOCHS[15] <= ese["ese_end_mjd"] and ese["ese_depth"] == pytest.approx(0.4, abs=0.08)
+
+
+def test_a_crash_between_promotion_and_back_fill_is_finished_by_the_rerun(lab_db, tmp_path, monkeypatch):
+    """The third image promotes a source, then the process dies before measuring its past: the rerun must."""
+    sky = [simulate.Source("s", RA0, DEC0, 0.1)]
+    settings = science.RadioScienceSettings()
+    images = [
+        simulate.simulate_image(tmp_path / f"d{k}", sky, ra0_deg=RA0, dec0_deg=DEC0, mjd=EPOCHS[k], npix=96, seed=k)
+        for k in range(3)
+    ]
+    prefixes = [image.prefix for image in images]
+    for k in range(2):
+        science.process_image(lab_db, f"d{k}", prefixes[k], settings)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(photometry, "backfill", crash)
+    with pytest.raises(KeyboardInterrupt):
+        science.process_image(lab_db, "d2", prefixes[2], settings)
+    monkeypatch.undo()
+    report = science.process_image(lab_db, "d2", prefixes[2], settings)
+    (source,) = catalogue.master_sources(lab_db)
+    assert report.promoted == [source["source_id"]]
+    assert len(photometry.light_curve(lab_db, source["source_id"]).mjd) == 3
