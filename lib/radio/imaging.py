@@ -51,6 +51,9 @@ class ImagingSettings(BaseModel):
     mgain: float = Field(0.8, description="A major cycle starts when the peak residual fell by this factor.")
     threshold_sigma: float = Field(3.0, description="Stop cleaning at this multiple of the residual rms.")
     max_major: int = Field(8, description="Major cycles at most.")
+    stop_flux_fraction: float = Field(
+        0.0, description="Stop when a cycle added less than this fraction of the model's flux (0: off)."
+    )
     psf_patch: int = Field(128, description="Half-width (px) of the PSF patch used in minor cycles.")
     epsilon: float = Field(1e-4, description="ducc0 gridding accuracy.")
     pb_cutoff: float = Field(0.1, description="Primary-beam level below which the corrected image is blank.")
@@ -209,6 +212,7 @@ class ImageResult:
     n_components: int
     n_major: int
     timings: dict[str, float] = field(default_factory=dict)
+    cycles: list[dict] = field(default_factory=list)  # per major cycle: peak, floor, components, flux added
 
     @property
     def pbcor(self) -> np.ndarray:
@@ -392,6 +396,7 @@ def clean_image(
     outside[max(c - p, 0) : c + p + 1, max(c - p, 0) : c + p + 1] = False
     exterior = float(np.abs(psf[outside]).max()) if outside.any() else 0.0
     previous_peak, last_model, last_residual = np.inf, model.copy(), residual
+    cycles: list[dict] = []
     for n_major in range(1, settings.max_major + 1):
         peak = float(np.max(np.abs(residual[clean_mask]))) if clean_mask.any() else 0.0
         threshold = settings.threshold_sigma * rms
@@ -407,9 +412,12 @@ def clean_image(
         values = residual[candidates].astype(np.float64)
         ys, xs = candidates[0].astype(np.int64), candidates[1].astype(np.int64)
         t_minor = time.perf_counter()
+        flux_before = float(model.sum())
         done = _MINOR(residual, psf64, ys, xs, values, model, settings.gain, floor,
                       settings.niter - n_components, settings.psf_patch)  # fmt: skip
         n_components += done
+        added = float(model.sum()) - flux_before
+        cycles.append({"peak": peak, "floor": floor, "components": done, "flux_added": added})
         t_major = time.perf_counter()
         timings["minor_s"] = timings.get("minor_s", 0.0) + t_major - t_minor
         model_vis = _degrid(vis, model, cell, settings, nthreads)
@@ -420,6 +428,8 @@ def clean_image(
             progress(n_major, settings.max_major)
         if done == 0:
             break
+        if settings.stop_flux_fraction > 0 and abs(added) < settings.stop_flux_fraction * abs(float(model.sum())):
+            break  # the next cycle would add less still: its fluxes would not move
     else:  # the last major cycle ran out of cycles unchecked: the same divergence guard
         final_peak = float(np.max(np.abs(residual[clean_mask]))) if clean_mask.any() else 0.0
         if final_peak > 1.05 * previous_peak:
@@ -434,7 +444,7 @@ def clean_image(
         dirty=dirty, psf=psf, model=model, residual=residual, restored=restored, pb=pb, npix=npix,
         cell_deg=cell_deg, ra0_deg=layout.ra0_deg, dec0_deg=layout.dec0_deg, freq_hz=float(np.mean(vis.freqs)),
         beam_deg=beam, rms_jy=robust_rms(residual, pb >= 0.2), n_components=n_components, n_major=n_major,
-        timings=timings, pb_cutoff=settings.pb_cutoff,
+        timings=timings, pb_cutoff=settings.pb_cutoff, cycles=cycles,
     )  # fmt: skip
 
 

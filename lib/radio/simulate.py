@@ -77,6 +77,19 @@ class Source:
     flux_jy: float
     spectral_index: float = -0.7
     ref_freq_hz: float = REF_FREQ_HZ
+    lightcurve: tuple[tuple[float, float], ...] = ()  # (mjd, flux scale) pairs; empty: steady
+
+    def __post_init__(self):
+        # truth files hand the pairs back as JSON lists; keep the dataclass hashable and comparable
+        object.__setattr__(self, "lightcurve", tuple((float(t), float(s)) for t, s in self.lightcurve))
+
+    def flux_scale(self, mjd: float | np.ndarray) -> float | np.ndarray:
+        """The flux at ``mjd`` over ``flux_jy`` (linear between the light curve's points, held outside)."""
+        if not self.lightcurve:
+            return np.ones_like(np.asarray(mjd, dtype=float)) if np.ndim(mjd) else 1.0
+        times, scales = np.array(self.lightcurve).T
+        value = np.interp(mjd, times, scales)
+        return value if np.ndim(mjd) else float(value)
 
 
 def nvss_like_catalog(
@@ -231,6 +244,68 @@ class Corruptions:
         return gains, delays, np.transpose(bandpass, (0, 2, 1))
 
 
+@dataclass(frozen=True)
+class RfiInjection:
+    """Radio-frequency interference added to a group, kept in the truth (same seed = same interference).
+
+    - ``narrowband`` persistent emitters, each ``narrowband_width`` channels wide, on in every integration;
+    - ``bursts`` broadband bursts, each in one integration over ``burst_span`` of the band;
+    - one faulty input ``bad_antenna`` (an index into the group's antennas; None: none) whose
+      cross-correlations carry extra noise of ``bad_antenna_noise`` times the thermal sigma.
+
+    An emitter far away on the horizon reaches antenna a with a sidelobe coupling u_a (0.4-1) and a
+    delay tau_a (up to the array's light-crossing time), so in the MS convention a baseline sees
+    ``s(t, f) u_p u_q exp(2 pi i f (tau_p - tau_q))`` with s the emitter's amplitude (Jy) in that
+    integration and channel: the same in both hands, and on the autocorrelations too (u_p^2 s).
+    """
+
+    seed: int = 11
+    narrowband: int = 5
+    narrowband_width: tuple[int, int] = (1, 3)
+    narrowband_jy: tuple[float, float] = (10.0, 200.0)
+    bursts: int = 2
+    burst_jy: tuple[float, float] = (10.0, 100.0)
+    burst_span: tuple[float, float] = (0.25, 1.0)
+    bad_antenna: int | None = 3
+    bad_antenna_noise: float = 3.0
+
+    def evaluate(self, n_antennas: int, n_times: int, n_band_channels: int):
+        """``(amplitude (times, band channels) Jy, coupling (ants,), delay_ns (ants,))`` of the emitters."""
+        rng = np.random.default_rng(self.seed)
+        amplitude = np.zeros((n_times, n_band_channels))
+        for _ in range(self.narrowband):
+            width = int(rng.integers(self.narrowband_width[0], self.narrowband_width[1] + 1))
+            first = int(rng.integers(0, n_band_channels - width + 1))
+            amplitude[:, first : first + width] += np.exp(rng.uniform(*np.log(self.narrowband_jy)))
+        for _ in range(self.bursts):
+            span = max(1, int(rng.uniform(*self.burst_span) * n_band_channels))
+            first = int(rng.integers(0, n_band_channels - span + 1))
+            when = int(rng.integers(0, n_times))
+            amplitude[when, first : first + span] += np.exp(rng.uniform(*np.log(self.burst_jy)))
+        coupling = rng.uniform(0.4, 1.0, n_antennas)
+        delay_ns = rng.uniform(-4000.0, 4000.0, n_antennas)  # ~1.2 km arms: a few microseconds across
+        return amplitude, coupling, delay_ns
+
+
+def _add_rfi(data, freqs, cols, antpairs, amplitude, coupling, delay_ns, bad, bad_sigma, rng) -> None:
+    """Add the emitters (and the faulty input's noise) to one subband's data, pyuvdata convention, in place."""
+    i, j = antpairs[:, 0] - 1, antpairs[:, 1] - 1
+    nbls = len(antpairs)
+    # pyuvdata's convention is the conjugate of the MS one: u_p u_q exp(-2 pi i f (tau_p - tau_q))
+    fringe = (coupling[i] * coupling[j])[:, None] * np.exp(
+        -2j * np.pi * freqs[None, :] * (delay_ns[i] - delay_ns[j])[:, None] * 1e-9
+    )
+    for t in np.nonzero(amplitude[:, cols].any(axis=1))[0]:
+        rows = slice(t * nbls, (t + 1) * nbls)
+        data[rows] += (fringe * amplitude[t, cols][None, :])[:, :, None].astype(data.dtype)
+    if bad is not None and bad_sigma > 0:
+        hit = np.nonzero(((i == bad) | (j == bad)) & (i != j))[0]
+        for t in range(len(data) // nbls):  # rows are time-major: nbls rows per integration
+            sel = t * nbls + hit
+            noise = rng.standard_normal((len(sel), data.shape[1], data.shape[2], 2)) * bad_sigma
+            data[sel] += (noise[..., 0] + 1j * noise[..., 1]).astype(data.dtype)
+
+
 @dataclass
 class Truth:
     """What the simulator put into a group (see the module docstring for the convention)."""
@@ -250,6 +325,28 @@ class Truth:
     noise_sigma_jy: float
     sefd_jy: float
     convention: str = TRUTH_CONVENTION
+    rfi_amplitude: np.ndarray | None = None  # (time, freq) Jy of the emitters before coupling; None: no RFI
+    rfi_coupling: np.ndarray | None = None  # (ant,) sidelobe coupling u_a
+    rfi_delay_ns: np.ndarray | None = None  # (ant,)
+    bad_antenna: int = -1  # index into antenna_numbers of the faulty input (-1: none)
+    bad_antenna_sigma_jy: float = 0.0  # extra noise per real and imaginary part on its cross-correlations
+
+    def rfi_truth(self, ant1: np.ndarray, ant2: np.ndarray, time_index: np.ndarray, freqs_hz: np.ndarray):
+        """For MS rows (antenna *numbers*, integration index) and channels: (injected amplitude Jy, bad input).
+
+        Returns ``(rows, chans)`` float32 amplitude of the emitters on each sample and a ``(rows,)``
+        bool that is True on the faulty input's cross-correlations.
+        """
+        index = {int(n): k for k, n in enumerate(self.antenna_numbers)}
+        p = np.array([index.get(int(a), -1) for a in ant1])
+        q = np.array([index.get(int(a), -1) for a in ant2])
+        amplitude = np.zeros((len(ant1), len(freqs_hz)), np.float32)
+        if self.rfi_amplitude is not None:
+            cols = np.clip(np.searchsorted(self.freqs_hz, freqs_hz), 0, len(self.freqs_hz) - 1)
+            coupling = self.rfi_coupling[p] * self.rfi_coupling[q]
+            amplitude = (self.rfi_amplitude[np.asarray(time_index)][:, cols] * coupling[:, None]).astype(np.float32)
+        bad = (p != q) & ((p == self.bad_antenna) | (q == self.bad_antenna)) & (self.bad_antenna >= 0)
+        return amplitude, bad
 
     def jones(self) -> np.ndarray:
         """(ant, time, freq, pol) complex Jones terms J = gains * bandpass * exp(-2 pi i f tau)."""
@@ -267,6 +364,8 @@ def save_truth(truth: Truth, path: Path) -> Path:
         sefd_jy=truth.sefd_jy,
         convention=truth.convention,
         sources=[asdict(s) for s in truth.sources],
+        bad_antenna=truth.bad_antenna,
+        bad_antenna_sigma_jy=truth.bad_antenna_sigma_jy,
     )
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
@@ -459,6 +558,7 @@ def simulate_group(
     min_apparent_jy: float = 0.005,
     seed: int = 0,
     on_file: Callable[[Path], None] | None = None,
+    rfi: RfiInjection | None = None,
 ) -> SimulatedGroup:
     """Write one group of 16 subband UVH5 files into ``out_dir`` and its truth into ``truth_dir``.
 
@@ -470,6 +570,8 @@ def simulate_group(
     ``corrupt_subbands``: {subband: "truncate" | "garbage" | "wrong_shape" (40 channels)}.
     ``data_dtype``: "complex128" gives DSA-110-size files (~183 MB at 96 antennas), "complex64" half.
     ``on_file`` is called with each file once it is in place.
+    ``rfi``: interference to add (``RfiInjection``; its amplitudes and the faulty input go to the truth).
+    A source's ``lightcurve`` scales its flux to its value at the group's mid-time.
     """
     from pyuvdata import UVData
 
@@ -510,9 +612,16 @@ def simulate_group(
     antpairs = np.array([(a, b) for k, a in enumerate(numbers) for b in numbers[k:]])
     band = inst.band_frequencies(n_channels=n_channels)
     gains, delays, bandpass = corruptions.evaluate(n_antennas, times, band)
-    sigma = sefd_jy / np.sqrt(2 * inst.CHANNEL_WIDTH_HZ * inst.INTEGRATION_S) if noise else 0.0
+    thermal = sefd_jy / np.sqrt(2 * inst.CHANNEL_WIDTH_HZ * inst.INTEGRATION_S)
+    sigma = thermal if noise else 0.0
+    rfi_amplitude = rfi_coupling = rfi_delay = None
+    bad = rfi.bad_antenna if rfi is not None and rfi.bad_antenna is not None else None
+    if rfi is not None:
+        rfi_amplitude, rfi_coupling, rfi_delay = rfi.evaluate(n_antennas, n_times, len(band))
+        rfi_rng = np.random.default_rng(rfi.seed + 1)
     src_dirs = _source_enu(sky, times) if sky else np.zeros((0, n_times, 3))  # (src, time, 3)
-    flux_ref = np.array([s.flux_jy for s in sky])
+    mid_mjd = mid_jd - 2400000.5
+    flux_ref = np.array([s.flux_jy * s.flux_scale(mid_mjd) for s in sky])
     alpha = np.array([s.spectral_index for s in sky])
     ref = np.array([s.ref_freq_hz for s in sky])
 
@@ -538,6 +647,9 @@ def simulate_group(
         data = _subband_visibilities(
             enu, src_dirs, flux.T, beam, freqs, antpairs, jones, sefd_jy, sigma, rng, np.dtype(data_dtype)
         )
+        if rfi is not None:
+            _add_rfi(data, freqs, cols, antpairs, rfi_amplitude, rfi_coupling, rfi_delay, bad,
+                     rfi.bad_antenna_noise * thermal, rfi_rng)  # fmt: skip
         uv = UVData.new(
             freq_array=freqs,
             polarization_array=list(inst.POLARIZATIONS),
@@ -582,6 +694,11 @@ def simulate_group(
             sources=sky,
             noise_sigma_jy=float(sigma),
             sefd_jy=sefd_jy,
+            rfi_amplitude=rfi_amplitude,
+            rfi_coupling=rfi_coupling,
+            rfi_delay_ns=rfi_delay,
+            bad_antenna=-1 if bad is None else int(bad),
+            bad_antenna_sigma_jy=0.0 if bad is None else float(rfi.bad_antenna_noise * thermal),
         ),
         truth_dir / f"{group.group_id.replace(':', '')}.npz",
     )
@@ -692,3 +809,114 @@ def find_truth(truth_dir: Path, time_jd: float) -> Path | None:
         if times.min() - half <= time_jd <= times.max() + half:
             return path
     return None
+
+
+# --- variable skies and image-plane epochs -----------------------------------------------------------
+
+
+def variable_lightcurve(mjds, *, modulation: float = 0.3, seed: int = 0) -> tuple[tuple[float, float], ...]:
+    """A source whose flux jumps from epoch to epoch: scale ``1 + modulation N(0, 1)`` at each mjd (at least 0.05)."""
+    rng = np.random.default_rng(seed)
+    scales = np.clip(1 + modulation * rng.standard_normal(len(mjds)), 0.05, None)
+    return tuple((float(t), float(s)) for t, s in zip(mjds, scales, strict=True))
+
+
+def ese_lightcurve(mjds, *, centre_mjd: float, fwhm_days: float, depth: float) -> tuple[tuple[float, float], ...]:
+    """An ESE-like dip, ``1 - depth exp(-4 ln 2 ((t - centre) / fwhm)^2)``: symmetric, flat wings."""
+    t = np.asarray(mjds, dtype=float)
+    scales = 1 - depth * np.exp(-4 * np.log(2) * ((t - centre_mjd) / fwhm_days) ** 2)
+    return tuple((float(a), float(b)) for a, b in zip(t, scales, strict=True))
+
+
+@dataclass
+class SimulatedImage:
+    """An image-plane epoch: FITS files as ``imaging.write_fits`` writes them, and what is in them."""
+
+    prefix: Path
+    paths: dict[str, Path]
+    mjd: float
+    ra0_deg: float
+    dec0_deg: float
+    beam_deg: tuple[float, float, float]
+    noise_jy: float
+    fluxes: dict[str, float]  # source name -> intrinsic (primary-beam-corrected) flux at this epoch, Jy
+    pb: dict[str, float]  # source name -> primary beam toward it
+
+
+@dataclass
+class _EpochLayout:
+    """What ``imaging.fits_header`` reads from an MS layout, for an image with no MS behind it."""
+
+    all_freqs: np.ndarray
+    times_mjd: np.ndarray
+    telescope: str = inst.TELESCOPE_NAME
+
+
+def _beam_on_grid(shape_lm, x0: float, y0: float, beam_deg, cell_deg: float) -> np.ndarray:
+    """Peak-one Gaussian restoring beam at fractional pixel (x0 along l, y0 along m), [l, m] orientation."""
+    bmaj, bmin, bpa = beam_deg
+    x = (np.arange(shape_lm[0]) - x0)[:, None] * cell_deg
+    y = (np.arange(shape_lm[1]) - y0)[None, :] * cell_deg
+    theta = np.radians(bpa)  # major axis towards (east, north) = (sin bpa, cos bpa)
+    along = x * np.sin(theta) + y * np.cos(theta)
+    across = x * np.cos(theta) - y * np.sin(theta)
+    return np.exp(-0.5 * ((along / (bmaj / 2.3548)) ** 2 + (across / (bmin / 2.3548)) ** 2))
+
+
+def simulate_image(
+    prefix: Path,
+    sources: list[Source],
+    *,
+    ra0_deg: float,
+    dec0_deg: float,
+    mjd: float,
+    npix: int = 256,
+    cell_arcsec: float = 30.0,
+    beam_arcsec: tuple[float, float, float] = (100.0, 80.0, 30.0),
+    noise_jy: float = 1e-3,
+    freq_hz: float = 1.405e9,
+    seed: int = 0,
+) -> SimulatedImage:
+    """Write one epoch's restored, residual, primary-beam and PB-corrected images without visibilities.
+
+    What a CLEANed image of point sources is: each source's flux at ``mjd`` (its light curve applied)
+    times the primary beam toward it (an Airy dish pointed at the centre), as the restoring beam,
+    plus noise correlated like the restoring beam (white noise smoothed to the beam, ``noise_jy``
+    rms). The residual is that noise alone. Small and fast: a series of epochs for photometry and
+    variability tests. Written by ``imaging.write_fits`` (same headers, names and orientation).
+    """
+    from labpipe.radio import imaging, skymodel
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(seed)
+    cell_deg = cell_arcsec / 3600.0
+    beam_deg = (beam_arcsec[0] / 3600.0, beam_arcsec[1] / 3600.0, float(beam_arcsec[2]))
+    offsets = (np.arange(npix) - npix // 2) * np.radians(cell_deg)
+    ll, mm = np.meshgrid(offsets, offsets, indexing="ij")
+    ra, dec = imaging.lm_to_radec(ll, mm, ra0_deg, dec0_deg)
+    sep = skymodel.angular_separation(ra, dec, ra0_deg, dec0_deg)
+    pb = inst.airy_power(sep, freq_hz)
+    # noise correlated as the restoring beam: white noise smoothed by the beam's square root (sigma / sqrt 2)
+    half = (beam_deg[0] / np.sqrt(2), beam_deg[1] / np.sqrt(2), beam_deg[2])
+    kernel = _beam_on_grid((61, 61), 30, 30, half, cell_deg)
+    noise = fftconvolve(rng.standard_normal((npix, npix)), kernel, mode="same")
+    noise *= noise_jy / noise.std()
+    restored = noise.copy()
+    fluxes, beams = {}, {}
+    for s in sources:
+        l_, m_, _ = skymodel.lmn(s.ra_deg, s.dec_deg, ra0_deg, dec0_deg)
+        x0, y0 = l_ / np.radians(cell_deg) + npix // 2, m_ / np.radians(cell_deg) + npix // 2
+        if not (0 <= x0 < npix and 0 <= y0 < npix):
+            continue
+        gain = float(inst.airy_power(skymodel.angular_separation(s.ra_deg, s.dec_deg, ra0_deg, dec0_deg), freq_hz))
+        flux = s.flux_jy * float(s.flux_scale(mjd)) * (freq_hz / s.ref_freq_hz) ** s.spectral_index
+        restored += flux * gain * _beam_on_grid((npix, npix), x0, y0, beam_deg, cell_deg)
+        fluxes[s.name], beams[s.name] = flux, gain
+    result = imaging.ImageResult(
+        dirty=restored, psf=np.zeros_like(restored), model=np.zeros_like(restored), residual=noise,
+        restored=restored, pb=pb, npix=npix, cell_deg=cell_deg, ra0_deg=ra0_deg, dec0_deg=dec0_deg, freq_hz=freq_hz,
+        beam_deg=beam_deg, rms_jy=noise_jy, n_components=0, n_major=0,
+    )  # fmt: skip
+    layout = _EpochLayout(np.array([freq_hz - 90e6, freq_hz + 90e6]), np.array([mjd]))
+    paths = imaging.write_fits(result, layout, Path(prefix), kinds=("image", "residual", "pb", "image.pbcor"))
+    return SimulatedImage(Path(prefix), paths, mjd, ra0_deg, dec0_deg, beam_deg, noise_jy, fluxes, beams)

@@ -9,7 +9,12 @@ Run alone: ``flock /tmp/labpipe-bench.lock .venv/bin/python tests/bench/radio_ca
    CASA tables, apply into CORRECTED_DATA), image (ducc0, CLEAN, FITS) and QA;
 3. CASA 6.7 on a copy of the raw MS with the same MODEL_DATA: gaincal K, bandpass, gaincal G
    (solint int), applycal; tclean of its CORRECTED_DATA (same size, cell, Briggs 0);
-4. WSClean on labpipe's CORRECTED_DATA (same size, cell, weighting, auto-threshold 3).
+4. WSClean 3.1 with ``-use-wgridder`` (ducc0's w-gridder, as labpipe), two rows, like for like:
+   (a) on the same averaged visibilities labpipe grids: CORRECTED_DATA averaged by ``chan_average``
+       (4) channels with CASA ``split`` (its time reported apart), against labpipe's default;
+   (b) on all 768 channels of CORRECTED_DATA, against labpipe with ``chan_average=1``;
+   same image size, cell, Briggs 0, niter, mgain 0.8, auto-threshold 3, epsilon 1e-4 for both.
+   ``--wsclean-default-gridder`` adds the old row (WSClean's default gridder on all channels).
 
 Accuracy: the relative error of the recovered per-antenna Jones terms (K BP G) against the truth
 (reference phase removed), with the thermal expectation; catalog sources' flux ratio and offset in
@@ -48,6 +53,10 @@ def _casa_config() -> str:
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(CASA_CONFIG.format(measures=Path(casacore.__file__).parent / "data"))
     return f"wrote {config}"
+
+
+def _round(value, digits: int = 2):
+    return round(value, digits) if isinstance(value, (int, float)) else None
 
 
 def _jones_error(layout, chain, truth, noise_hint: float) -> dict:
@@ -94,11 +103,13 @@ def _read_casa_table(path: Path, kind: str, layout):
     )  # fmt: skip
 
 
-def _wsclean(ms: Path, out: Path, npix: int, cell_arcsec: float, threads: int, timeout: float) -> float:
+def _wsclean(ms: Path, out: Path, npix: int, cell_arcsec: float, threads: int, timeout: float,
+             column: str = "CORRECTED_DATA", wgridder: bool = True) -> float:  # fmt: skip
     cmd = [
         "wsclean", "-quiet", "-size", str(npix), str(npix), "-scale", f"{cell_arcsec}asec",
         "-weight", "briggs", "0", "-niter", "20000", "-auto-threshold", "3", "-mgain", "0.8",
-        "-data-column", "CORRECTED_DATA", "-pol", "I", "-j", str(threads), "-no-update-model-required",
+        "-data-column", column, "-pol", "I", "-j", str(threads), "-no-update-model-required",
+        *(["-use-wgridder", "-wgridder-accuracy", "1e-4"] if wgridder else []),
         "-name", str(out), str(ms),
     ]  # fmt: skip
     t0 = time.perf_counter()
@@ -130,6 +141,26 @@ if npix > 0:
     t["tclean_s"] = time.perf_counter() - t4
 print("CASAJSON" + json.dumps(t))
 """
+
+
+SPLIT_SCRIPT = r"""
+import sys, time
+from casatasks import split
+t0 = time.perf_counter()
+split(vis=sys.argv[1], outputvis=sys.argv[2], datacolumn="corrected", width=int(sys.argv[3]), keepflags=True)
+print("SPLITSECONDS %.3f" % (time.perf_counter() - t0))
+"""
+
+
+def _casa_split(ms: Path, out: Path, width: int) -> float:
+    """CORRECTED_DATA averaged by ``width`` channels into ``out`` (its DATA) with CASA ``split``; seconds."""
+    _casa_config()  # offline, before CASA's first import
+    proc = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, str(ms), str(out), str(width)],
+                          capture_output=True, text=True, timeout=3600)  # fmt: skip
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SPLITSECONDS")), None)
+    if line is None:
+        raise RuntimeError(f"CASA split failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return float(line.split()[1])
 
 
 def _casa(ms: Path, prefix: Path, npix: int, cell: float, refant: str) -> dict:
@@ -179,6 +210,38 @@ def _measure(image_fits: Path, pb_image_fits: Path, residual_fits: Path | None, 
     }
 
 
+def _wsclean_rows(args, figures: dict, work: Path, ms: Path, layout, settings, result, paths, field) -> None:
+    """WSClean with the w-gridder on labpipe's averaged visibilities and on all channels; the old row on request."""
+    if not shutil.which("wsclean"):
+        figures["wsclean_error"] = "wsclean not installed (Debian package wsclean)"
+        return
+    npix, cell, threads = result.npix, result.cell_deg * 3600, os.cpu_count() or 1
+    width = settings.imaging.chan_average
+    rows = []
+    if width > 1:
+        averaged = work / f"avg{width}.ms"
+        try:
+            figures["casa_split_s"] = _casa_split(ms, averaged, width)
+            rows.append(("wsclean_wgridder", averaged, "DATA", True))
+        except Exception as exc:  # no CASA: the averaged row is missing, the rest still runs
+            figures["wsclean_wgridder_error"] = f"CASA split: {str(exc)[-500:]}"
+    rows.append(("wsclean_wgridder_all_channels", ms, "CORRECTED_DATA", True))
+    if args.wsclean_default_gridder:
+        rows.append(("wsclean_default_all_channels", ms, "CORRECTED_DATA", False))
+    for name, data, column, wgridder in rows:
+        out = work / name
+        try:
+            figures[f"{name}_image_s"] = _wsclean(
+                data, out, npix, cell, threads, args.wsclean_timeout, column, wgridder
+            )
+            figures[name] = _measure(Path(f"{out}-image.fits"), paths["pb"], Path(f"{out}-residual.fits"), field,
+                                     settings.qa)  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            figures[f"{name}_error"] = (exc.stderr or exc.stdout or "")[-500:]
+        except subprocess.TimeoutExpired:
+            figures[f"{name}_error"] = f"did not finish within {args.wsclean_timeout} s"
+
+
 def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--antennas", type=int, default=96)
@@ -188,6 +251,8 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     parser.add_argument("--no-tclean", action="store_true", help="CASA calibration only.")
     parser.add_argument("--wsclean-timeout", type=float, default=2400.0)
     parser.add_argument("--max-npix", type=int, default=2048, help="Image size limit for every imager.")
+    parser.add_argument("--no-all-channels", action="store_true", help="Skip labpipe's all-768-channel row.")
+    parser.add_argument("--wsclean-default-gridder", action="store_true", help="Also WSClean's default gridder.")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -275,20 +340,23 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     print(f"imaged in {figures['labpipe_image_s']:.1f} s: {figures['labpipe_image']}", flush=True)
 
     if not args.no_wsclean:
-        if shutil.which("wsclean"):
-            try:
-                figures["wsclean_image_s"] = _wsclean(ms, work / "wsclean", result.npix, result.cell_deg * 3600,
-                                                      os.cpu_count() or 1, args.wsclean_timeout)  # fmt: skip
-                figures["wsclean_image"] = _measure(work / "wsclean-image.fits", paths["pb"],
-                                                    work / "wsclean-residual.fits", field, settings.qa)  # fmt: skip
-            except subprocess.CalledProcessError as exc:
-                figures["wsclean_error"] = (exc.stderr or exc.stdout or "")[-500:]
-            except subprocess.TimeoutExpired:
-                figures["wsclean_error"] = f"did not finish within {args.wsclean_timeout} s"
-                figures["wsclean_image_s"] = float(args.wsclean_timeout)  # a lower bound
-        else:
-            figures["wsclean_error"] = "wsclean not installed (Debian package wsclean)"
-        print(f"wsclean: {figures.get('wsclean_image_s')} {figures.get('wsclean_image', figures.get('wsclean_error'))}")
+        _wsclean_rows(args, figures, work, ms, layout, settings, result, paths, field)
+        print(f"wsclean: { {k: v for k, v in figures.items() if k.startswith('wsclean')} }", flush=True)
+
+    if not args.no_all_channels:  # labpipe's second row: all 768 channels, as WSClean's second row
+        all_channels = settings.imaging.model_copy(update={"chan_average": 1})
+        t_all = time.perf_counter()
+        result_all = imaging.clean_image(layout, all_channels, settings.calibration.sky)
+        paths_all = imaging.write_fits(result_all, layout, work / "images-all" / group.group_id)
+        figures["labpipe_image_all_channels_s"] = time.perf_counter() - t_all
+        metrics_all = qa.image_metrics(paths_all, field, settings.qa)
+        figures["labpipe_image_all_channels"] = {
+            "flux_error_rel": metrics_all["flux_error_median"],
+            "offset_beams_median": metrics_all["offset_beams_median"],
+            "n_sources": metrics_all["n_sources"], "components": result_all.n_components,
+            "major_cycles": result_all.n_major, "timings": result_all.timings,
+        }  # fmt: skip
+        print(f"labpipe, all channels: {figures['labpipe_image_all_channels_s']:.1f} s", flush=True)
 
     if not args.no_casa:
         figures["casa_config"] = _casa_config()
@@ -327,7 +395,21 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         "labpipe_calibrate_s": round(figures["labpipe_calibrate_s"], 2),
         "casa_calibrate_s": round(figures["casa_calibrate_s"], 2) if "casa_calibrate_s" in figures else None,
         "labpipe_image_s": round(figures["labpipe_image_s"], 2),
-        "wsclean_image_s": round(figures["wsclean_image_s"], 2) if "wsclean_image_s" in figures else None,
+        "wsclean_wgridder_image_s": _round(figures.get("wsclean_wgridder_image_s")),
+        "wsclean_wgridder_flux_error_rel": figures.get("wsclean_wgridder", {}).get("flux_error_rel"),
+        "wsclean_wgridder_offset_beams": figures.get("wsclean_wgridder", {}).get("offset_beams_median"),
+        "casa_split_s": _round(figures.get("casa_split_s")),
+        "labpipe_image_all_channels_s": _round(figures.get("labpipe_image_all_channels_s")),
+        "labpipe_all_channels_flux_error_rel": figures.get("labpipe_image_all_channels", {}).get("flux_error_rel"),
+        "labpipe_all_channels_offset_beams": figures.get("labpipe_image_all_channels", {}).get("offset_beams_median"),
+        "wsclean_wgridder_all_channels_image_s": _round(figures.get("wsclean_wgridder_all_channels_image_s")),
+        "wsclean_wgridder_all_channels_flux_error_rel": figures.get("wsclean_wgridder_all_channels", {}).get(
+            "flux_error_rel"
+        ),
+        "wsclean_wgridder_all_channels_offset_beams": figures.get("wsclean_wgridder_all_channels", {}).get(
+            "offset_beams_median"
+        ),
+        "wsclean_default_all_channels_image_s": _round(figures.get("wsclean_default_all_channels_image_s")),
         "casa_tclean_s": round(figures["casa_tclean_s"], 2) if "casa_tclean_s" in figures else None,
         "labpipe_convert_s": round(figures["labpipe_convert_s"], 2),
         "end_to_end_s": round(figures["end_to_end_s"], 2),
@@ -338,7 +420,6 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         if "casa_jones_error" in figures
         else None,
         "flux_error_rel": round(figures["labpipe_image"]["flux_error_rel"], 4),
-        "wsclean_flux_error_rel": figures.get("wsclean_image", {}).get("flux_error_rel"),
         "casa_flux_error_rel": figures.get("casa_image", {}).get("flux_error_rel"),
         "offset_beams_median": round(figures["labpipe_image"]["offset_beams_median"], 4),
         "n_sources": figures["labpipe_image"]["n_sources"],

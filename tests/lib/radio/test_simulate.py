@@ -185,3 +185,48 @@ def test_names_round_trip():
     assert parse_subband_name("2025-02-30T13:28:03_sb01.hdf5") is None
     assert parse_subband_name("notes.txt") is None
     assert fs_safe("2025-10-13T13:28:03") == "2025-10-13_13_28_03"
+
+
+def test_injected_rfi_is_what_the_truth_says(tmp_path):
+    """Same group with and without interference (no noise): the difference is the truth's emitters, and the
+    faulty input's extra noise on its cross-correlations only."""
+    from labpipe.radio.simulate import RfiInjection
+
+    rfi = RfiInjection(narrowband=3, bursts=1, bad_antenna=2)
+    common = dict(n_antennas=5, n_channels=4, noise=False, seed=3)
+    clean = simulate_group(tmp_path / "clean", START, truth_dir=tmp_path / "t0", **common)
+    dirty = simulate_group(tmp_path / "dirty", START, truth_dir=tmp_path / "t1", rfi=rfi, **common)
+    truth = load_truth(dirty.truth)
+    assert truth.rfi_amplitude.shape == (24, 64) and truth.bad_antenna == 2
+    assert (truth.rfi_amplitude > 0).all(axis=0).sum() >= 3  # persistent emitters: every integration
+    for sb in (0, 9):
+        a, b = _uvdata([clean.files[sb]]), _uvdata([dirty.files[sb]])
+        tidx = np.searchsorted(np.unique(a.time_array), a.time_array)
+        amplitude, bad = truth.rfi_truth(a.ant_1_array, a.ant_2_array, tidx, a.freq_array)
+        diff = np.abs(b.data_array - a.data_array)  # (blts, freqs, pols)
+        expected = np.repeat(amplitude[:, :, None], 2, axis=2)
+        good = ~bad
+        np.testing.assert_allclose(diff[good], expected[good], rtol=1e-5, atol=1e-6)
+        cross_bad = bad & (a.ant_1_array != a.ant_2_array)
+        assert cross_bad.any() and (diff[cross_bad] > 0).all()
+    assert load_truth(clean.truth).rfi_amplitude is None and load_truth(clean.truth).bad_antenna == -1
+
+
+def test_light_curves_scale_a_source_and_survive_the_truth_file(tmp_path):
+    from astropy.time import Time
+    from labpipe.radio.simulate import ese_lightcurve, simulate_image, variable_lightcurve
+
+    mjds = np.arange(60000.0, 60010.0)
+    dip = ese_lightcurve(mjds, centre_mjd=60005.0, fwhm_days=2.0, depth=0.5)
+    meridian = _meridian(Time(START, scale="utc").jd + inst.GROUP_SECONDS / 2 / 86400, 55.0)
+    source = Source("ese", float(meridian.ra.deg), 55.0, 0.2, lightcurve=dip)
+    assert source.flux_scale(60005.0) == pytest.approx(0.5) and source.flux_scale(59000.0) == pytest.approx(1.0)
+    assert source.flux_scale(60004.5) == pytest.approx(np.interp(60004.5, mjds, [s for _, s in dip]))
+    jumps = variable_lightcurve(mjds, modulation=0.3, seed=1)
+    assert np.std([s for _, s in jumps]) > 0.1 and min(s for _, s in jumps) >= 0.05
+    image = simulate_image(tmp_path / "e", [source], ra0_deg=source.ra_deg, dec0_deg=55.0, mjd=60005.0, npix=64)
+    assert image.fluxes["ese"] == pytest.approx(0.2 * 0.5 * (1.405 / 1.4) ** -0.7)
+    group = simulate_group(tmp_path / "g", START, n_antennas=3, n_channels=2, catalog=[source], noise=False,
+                           truth_dir=tmp_path / "t")  # fmt: skip
+    (kept,) = [s for s in load_truth(group.truth).sources if s.name == "ese"]
+    assert kept == source and kept.lightcurve == dip
