@@ -83,9 +83,33 @@ class SourceList:
 def _bdsf():
     try:
         import bdsf
+        from bdsf import multi_proc
     except ImportError as exc:  # pragma: no cover - the radio extra installs it
         raise ImportError("source finding needs PyBDSF: pip install 'labpipe[radio]' (the bdsf wheel)") from exc
+    if not getattr(multi_proc.parallel_map, "labpipe_serial_one_core", False):
+        multi_proc.parallel_map = _serial_on_one_core(multi_proc.parallel_map)
     return bdsf
+
+
+def _serial_on_one_core(parallel_map):
+    """PyBDSF's ``parallel_map`` that maps in this process when given one core.
+
+    Its rms map forks a manager and a worker even for ``ncores=1`` (its Gaussian fitting already runs
+    serially then). A fork gains nothing on one core, and in a process holding threads, database
+    connections and CUDA-aware libraries (a worker, the test suite) the forked child died with exit code
+    1, failing every image.
+    """
+
+    def serial_or_parallel(function, sequence, numcores=None, bar=None, weights=None):
+        if numcores == 1:
+            results = list(map(function, sequence))
+            if bar is not None and bar.started:
+                bar.stop()
+            return results
+        return parallel_map(function, sequence, numcores=numcores, bar=bar, weights=weights)
+
+    serial_or_parallel.labpipe_serial_one_core = True
+    return serial_or_parallel
 
 
 def find_sources(image_fits: Path, pb_fits: Path | None, catalogue: Path, settings: SourceFindSettings) -> SourceList:

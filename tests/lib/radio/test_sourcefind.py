@@ -55,3 +55,19 @@ def test_an_empty_sky_gives_an_empty_catalogue_and_a_missing_image_is_named(tmp_
     assert found.detections == [] and found.catalogue.is_file()
     with pytest.raises(InvalidInput, match="image not found"):
         sourcefind.find_sources(tmp_path / "nothing.image.fits", None, tmp_path / "x.srl.fits", SourceFindSettings())
+
+
+def test_one_core_runs_in_this_process_without_forking(tmp_path, monkeypatch):
+    """With ncores=1 PyBDSF's rms map must not fork: in the full suite its forked children died (exit code 1,
+    CI run of stop 19), failing every image; one core gains nothing from a fork and a manager process."""
+    from bdsf import multi_proc
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("PyBDSF forked a process with ncores=1")
+
+    monkeypatch.setattr(multi_proc.fork_context, "Process", no_fork)
+    monkeypatch.setattr(multi_proc.fork_context, "Manager", no_fork)
+    image = simulate.simulate_image(tmp_path / "one", _sky(4, seed=3), ra0_deg=RA0, dec0_deg=DEC0, mjd=60000.0)
+    found = sourcefind.find_sources(image.paths["image"], image.paths["pb"], tmp_path / "one.srl.fits",
+                                    SourceFindSettings(ncores=1))  # fmt: skip
+    assert found.catalogue.is_file() and found.detections
