@@ -4,15 +4,25 @@ Each block *is* the lib model it configures (multiple inheritance), so its
 fields are defined once, in lib/, and a flow hands the block straight to lib
 code. ``labpipe up`` registers every block type in this package (each module's
 ``Block`` subclasses) and saves a ``default`` document of each that has defaults.
-Lifecycles add their blocks as modules here (``blocks/<lifecycle>.py``).
+Lifecycles add their blocks as modules here (``blocks/<lifecycle>.py``), each with
+its loaders beside it: a function that resolves a block name to the lib settings
+(``blocks/resolve.py`` says when the built-in defaults may stand in). The loaders of
+what every lifecycle shares (layout, lab database, Dask cluster) are here.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from labpipe.blocks.resolve import resolve
 from labpipe.compute import DaskSettings
+from labpipe.config import get_settings
 from labpipe.db.settings import DatabaseSettings
 from labpipe.layout import Layout
 from prefect.blocks.core import Block
+
+if TYPE_CHECKING:
+    from labpipe.db.connect import LabDatabase as OpenLabDatabase
 
 
 class StorageLayout(Block, Layout):
@@ -52,4 +62,28 @@ class DaskCluster(Block, DaskSettings):
     """
 
 
-__all__ = ["DaskCluster", "LabDatabase", "StorageLayout"]
+def layout(name: str | None = "default") -> Layout:
+    """The storage roots of ``StorageLayout`` document ``name`` (built-in: under ``$LABPIPE_HOME``)."""
+    return resolve(StorageLayout, name, Layout.default(get_settings().home))
+
+
+def database_settings(name: str | None = "default") -> DatabaseSettings:
+    """The ``LabDatabase`` document ``name`` (built-in: ``LABPIPE_DATABASE_URL``, else the embedded server)."""
+    settings = get_settings()
+    return resolve(LabDatabase, name, DatabaseSettings(url=settings.database_url, schema_prefix=settings.schema_prefix))
+
+
+def lab_database(db: str | None = "default", layout_name: str | None = "default") -> OpenLabDatabase:
+    """The lab database opened, its object store at the layout's blob root."""
+    from labpipe.db.connect import open_lab_database
+
+    return open_lab_database(database_settings(db), blobs=layout(layout_name).blobs)
+
+
+def dask_settings(name: str | None = "default") -> DaskSettings:
+    """The ``DaskCluster`` document ``name`` (built-in: ``LABPIPE_DASK_ADDRESS``, else a local cluster)."""
+    return resolve(DaskCluster, name, DaskSettings(address=get_settings().dask_address))
+
+
+__all__ = ["DaskCluster", "LabDatabase", "StorageLayout", "dask_settings", "database_settings", "lab_database",
+           "layout"]  # fmt: skip

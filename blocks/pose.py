@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from labpipe.blocks.resolve import resolve
 from labpipe.pose.settings import PoseAnalysisSettings, PoseTrainingSettings
 from prefect.blocks.core import Block
+
+if TYPE_CHECKING:
+    from labpipe.layout import Layout
+    from labpipe.pose.models import RegistryModelStore
 
 
 class PoseTraining(Block, PoseTrainingSettings):
@@ -38,4 +45,23 @@ class PoseAnalysis(Block, PoseAnalysisSettings):
     """
 
 
-__all__ = ["PoseAnalysis", "PoseTraining"]
+def training_settings(name: str | None = "default", overrides: dict | None = None) -> PoseTrainingSettings:
+    """The ``PoseTraining`` document ``name`` (or the defaults) with ``overrides`` (a run's own values) applied."""
+    settings = resolve(PoseTraining, name, PoseTrainingSettings())
+    return PoseTrainingSettings.model_validate(settings.model_dump() | (overrides or {}))
+
+
+def analysis_settings(name: str | None = "default") -> PoseAnalysisSettings:
+    """The ``PoseAnalysis`` document ``name``, or the defaults."""
+    return resolve(PoseAnalysis, name, PoseAnalysisSettings())
+
+
+def pose_models(registry_name: str | None, roots: Layout) -> RegistryModelStore:
+    """Pose models through the lab's model registry (``ModelStore`` document), runnable copies in scratch."""
+    from labpipe.blocks.registry import model_store
+    from labpipe.pose.models import RegistryModelStore
+
+    return RegistryModelStore(model_store(registry_name).open(roots), roots.scratch / "pose" / "projects")
+
+
+__all__ = ["PoseAnalysis", "PoseTraining", "analysis_settings", "pose_models", "training_settings"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from labpipe.blocks.resolve import resolve
 from labpipe.radio.stream import RadioSettings
+from labpipe.radio.tree import RadioTree
 from prefect.blocks.core import Block
 
 
@@ -23,4 +25,16 @@ class RadioStreaming(Block, RadioSettings):
     """
 
 
-__all__ = ["RadioStreaming"]
+def radio_settings(name: str | None = "default") -> RadioSettings:
+    """The ``RadioStreaming`` document ``name``, or the built-in defaults."""
+    return resolve(RadioStreaming, name, RadioSettings())
+
+
+def radio_tree(layout_name: str | None = "default") -> RadioTree:
+    """The radio tree under the ``StorageLayout`` document's radio root, its folders made."""
+    from labpipe.blocks import layout
+
+    return RadioTree(layout(layout_name).radio).ensure()
+
+
+__all__ = ["RadioStreaming", "radio_settings", "radio_tree"]

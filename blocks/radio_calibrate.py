@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from labpipe.blocks.resolve import resolve
 from labpipe.radio.calrun import RadioCalSettings
 from prefect.blocks.core import Block
 
@@ -23,4 +24,9 @@ class RadioCalibration(Block, RadioCalSettings):
     """
 
 
-__all__ = ["RadioCalibration"]
+def calibration_settings(name: str | None = "default") -> RadioCalSettings:
+    """The ``RadioCalibration`` document ``name``, or the built-in defaults."""
+    return resolve(RadioCalibration, name, RadioCalSettings())
+
+
+__all__ = ["RadioCalibration", "calibration_settings"]

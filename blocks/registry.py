@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from labpipe.blocks.resolve import resolve
 from labpipe.registry.settings import ModelStoreSettings
 from prefect.blocks.core import Block
+
+if TYPE_CHECKING:
+    from labpipe.registry import Registry
 
 
 class ModelStore(Block, ModelStoreSettings):
@@ -24,4 +30,17 @@ class ModelStore(Block, ModelStoreSettings):
     """
 
 
-__all__ = ["ModelStore"]
+def model_store(name: str | None = "default") -> ModelStoreSettings:
+    """The ``ModelStore`` document ``name`` as plain settings (picklable for Dask workers), or the defaults."""
+    return resolve(ModelStore, name, ModelStoreSettings())
+
+
+def model_registry(name: str | None = "default", *, room: str | None = None,
+                   layout_name: str | None = "default") -> Registry:  # fmt: skip
+    """The registry the ``ModelStore`` document configures (file-system store under the models root if none)."""
+    from labpipe.blocks import layout
+
+    return model_store(name).open(layout(layout_name), room=room)
+
+
+__all__ = ["ModelStore", "model_registry", "model_store"]

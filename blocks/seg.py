@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from labpipe.blocks.resolve import resolve
 from labpipe.seg.settings import SegmentationSettings
 from prefect.blocks.core import Block
 
@@ -17,3 +18,8 @@ class SegmentationDefaults(Block, SegmentationSettings):
     defaults = SegmentationDefaults.load("BLOCK_NAME")
     print(defaults.model, defaults.step_size)
     """
+
+
+def segmentation_defaults(name: str | None = "default") -> SegmentationSettings:
+    """The ``SegmentationDefaults`` document ``name``, or the built-in defaults (``labpipe.blocks.resolve``)."""
+    return resolve(SegmentationDefaults, name, SegmentationSettings())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from labpipe.blocks.resolve import resolve
 from labpipe.vms.settings import AllocatorSettings
 from prefect.blocks.core import Block
 
@@ -23,4 +24,9 @@ class VmAllocation(Block, AllocatorSettings):
     """
 
 
-__all__ = ["VmAllocation"]
+def vm_settings(name: str | None = "default") -> AllocatorSettings:
+    """The ``VmAllocation`` document ``name``, or the defaults (local provisioner, LabLink's limits)."""
+    return resolve(VmAllocation, name, AllocatorSettings())
+
+
+__all__ = ["VmAllocation", "vm_settings"]

@@ -33,7 +33,7 @@ class DemoContext:
 
     @property
     def layout(self):
-        from labpipe.flows.common import layout
+        from labpipe.blocks import layout
 
         return layout()
 

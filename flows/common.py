@@ -1,8 +1,7 @@
-"""What every flow needs: its configuration blocks, the lab database, artifacts and GPU slots.
+"""Prefect helpers every flow uses: the run logger, progress and summary artifacts, GPU slots.
 
-Blocks are loaded by name (``default`` unless a deployment parameter says
-otherwise); with no Prefect server or no saved block (a notebook on a laptop)
-the settings' defaults under ``$LABPIPE_HOME`` are used instead.
+Configuration is resolved in ``labpipe.blocks`` (``layout``, ``lab_database``, ... are re-exported
+here for the flows that still import them from here).
 """
 
 from __future__ import annotations
@@ -16,11 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import TypeVar
 
-from labpipe.compute import DaskSettings
-from labpipe.config import get_settings
-from labpipe.db.connect import LabDatabase, open_lab_database
-from labpipe.db.settings import DatabaseSettings
-from labpipe.layout import Layout
+from labpipe.blocks import dask_settings, database_settings, lab_database, layout  # noqa: F401 - re-exported
+from labpipe.blocks.resolve import resolve
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
@@ -39,41 +35,9 @@ def logger():
         return logging.getLogger("labpipe.flows")
 
 
-def load_block(block_cls: type[B], name: str | None, default: B) -> B:
-    """Load a saved block document, or fall back to ``default`` when there is none (or no server)."""
-    if not name:
-        return default
-    try:
-        return block_cls.load(name)
-    except Exception as exc:  # no server, no such document, or block type not registered
-        logger().debug("block %s/%s not loaded (%s); using defaults", block_cls.__name__, name, exc)
-        return default
-
-
-def layout(name: str | None = "default") -> Layout:
-    from labpipe.blocks import StorageLayout
-
-    return load_block(StorageLayout, name, Layout.default(get_settings().home)).model_copy()
-
-
-def database_settings(name: str | None = "default") -> DatabaseSettings:
-    from labpipe.blocks import LabDatabase as LabDatabaseBlock
-
-    settings = get_settings()
-    fallback = DatabaseSettings(url=settings.database_url, schema_prefix=settings.schema_prefix)
-    return load_block(LabDatabaseBlock, name, fallback)
-
-
-def lab_database(db_block: str | None = "default", layout_block: str | None = "default") -> LabDatabase:
-    """The lab database with the object store at the layout's blob root."""
-    return open_lab_database(database_settings(db_block), blobs=layout(layout_block).blobs)
-
-
-def dask_settings(name: str | None = "default") -> DaskSettings:
-    from labpipe.blocks import DaskCluster
-
-    settings = get_settings()
-    return load_block(DaskCluster, name, DaskSettings(address=settings.dask_address))
+def load_block(block_cls: type, name: str | None, default: B) -> B:
+    """A block document's settings, or ``default`` (only for ``default``): ``labpipe.blocks.resolve``."""
+    return resolve(block_cls, name, default)
 
 
 class Progress:

@@ -10,32 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labpipe.flows.common import (
-    Progress,
-    gpu_slot,
-    lab_database,
-    layout,
-    load_block,
-    logger,
-    markdown_table,
-    png_markdown,
-    publish_markdown,
-)
+from labpipe.blocks import lab_database, layout
+from labpipe.blocks.pose import analysis_settings, pose_models, training_settings
+from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.layout import Layout
-from labpipe.pose.models import PoseModelCard, RegistryModelStore
 from labpipe.pose.populate import PoseRunResult, preflight_tasks, run_population
-from labpipe.pose.schema import PoseContext
+from labpipe.pose.schema import PoseContext, record_model
 from labpipe.pose.settings import PoseAnalysisSettings, PoseTrainingSettings
 from prefect import flow, task
-
-
-def model_store(registry_block: str | None, roots: Layout) -> RegistryModelStore:
-    """Pose models through the lab's model registry (the ``ModelStore`` block), runnable copies in scratch."""
-    from labpipe.blocks.registry import ModelStore
-    from labpipe.registry import ModelStoreSettings
-
-    settings = load_block(ModelStore, registry_block, ModelStoreSettings())
-    return RegistryModelStore(settings.open(roots), roots.scratch / "pose" / "projects")
 
 
 def pose_context(roots: Layout, store, settings: PoseAnalysisSettings, *, slot=None) -> PoseContext:
@@ -47,14 +29,6 @@ def pose_context(roots: Layout, store, settings: PoseAnalysisSettings, *, slot=N
         slot=slot or gpu_slot,
         extra_outputs=(roots.blobs,),
     )
-
-
-def training_settings(block: str | None, overrides: dict | None) -> PoseTrainingSettings:
-    from labpipe.blocks.pose import PoseTraining
-
-    data = load_block(PoseTraining, block, PoseTrainingSettings()).model_dump()
-    data.update(overrides or {})
-    return PoseTrainingSettings.model_validate(data)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -81,14 +55,9 @@ def train_network_task(labelled: Path, videos: Path | None, name: str, workdir: 
 def publish_task(trained, registry_block: str | None, layout_block: str | None, db_block: str | None) -> dict:
     from labpipe.pose.schema import tables
 
-    card = model_store(registry_block, layout(layout_block)).publish(trained)
+    card = pose_models(registry_block, layout(layout_block)).publish(trained)
     record_model(tables(lab_database(db_block, layout_block)), card)
     return card.__dict__
-
-
-def record_model(t, card: PoseModelCard) -> None:
-    """The model's row in the lab database, so results join to what the model was trained on."""
-    t.PoseModel.insert1(card.row(), skip_duplicates=True)
 
 
 def _training_summary(trained, card: dict) -> str:
@@ -146,7 +115,7 @@ def train_pose_model(
 def preflight_task(db_block, layout_block, registry_block, settings: PoseAnalysisSettings) -> list[dict]:
     """Every pending task checked without GPU time; problems are reported now, before any worker waits."""
     roots = layout(layout_block)
-    context = pose_context(roots, model_store(registry_block, roots), settings)
+    context = pose_context(roots, pose_models(registry_block, roots), settings)
     rows = preflight_tasks(lab_database(db_block, layout_block), context)
     for row in rows:
         for problem in row["problems"]:
@@ -161,7 +130,7 @@ def populate_task(max_calls, db_block, layout_block, registry_block, settings: P
     roots = layout(layout_block)
     db = lab_database(db_block, layout_block)
     dlc.deeplabcut()  # the slow import happens before a GPU slot is taken
-    context = pose_context(roots, model_store(registry_block, roots), settings)
+    context = pose_context(roots, pose_models(registry_block, roots), settings)
     return run_population(db, context, max_calls=max_calls, progress=Progress("videos analysed"))
 
 
@@ -190,11 +159,7 @@ def populate_pose(
     db_block: str | None = "default",
 ) -> dict:
     """One worker of the pose population: preflight, then analyse tasks (each once) until none is left."""
-    from labpipe.blocks.pose import PoseAnalysis
-
-    settings = PoseAnalysisSettings.model_validate(
-        load_block(PoseAnalysis, analysis_block, PoseAnalysisSettings()).model_dump()
-    )
+    settings = analysis_settings(analysis_block)
     checked = preflight_task(db_block, layout_block, registry_block, settings)
     result = populate_task(max_calls, db_block, layout_block, registry_block, settings)
     summary_task(result, db_block, layout_block, settings.preview_frames)

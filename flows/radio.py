@@ -11,36 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from labpipe.blocks import dask_settings, lab_database
+from labpipe.blocks.radio import radio_settings, radio_tree
 from labpipe.compute import dask_client
-from labpipe.flows.common import (
-    Progress,
-    dask_settings,
-    lab_database,
-    layout,
-    load_block,
-    logger,
-    markdown_table,
-    png_markdown,
-    publish_markdown,
-)
+from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.radio import quicklook
 from labpipe.radio.convert import convert_group
-from labpipe.radio.stream import RadioSettings, claim_next, group_rows, process_group, recover_stuck, scan_incoming
+from labpipe.radio.stream import claim_next, group_rows, process_group, recover_stuck, scan_incoming
 from labpipe.radio.tree import RadioTree
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-
-
-def radio_settings(name: str | None = "default") -> RadioSettings:
-    from labpipe.blocks.radio import RadioStreaming
-
-    loaded = load_block(RadioStreaming, name, RadioSettings())
-    return RadioSettings(**loaded.model_dump(include=set(RadioSettings.model_fields)))
-
-
-def radio_tree(layout_block: str | None) -> RadioTree:
-    return RadioTree(layout(layout_block).radio).ensure()
 
 
 @task(name="recover-stuck", task_run_name="recover-stuck")

@@ -13,27 +13,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from labpipe.flows.common import (
-    Progress,
-    dask_settings,
-    lab_database,
-    layout,
-    load_block,
-    logger,
-    markdown_table,
-    png_markdown,
-    publish_markdown,
-)
+from labpipe.blocks import dask_settings, lab_database, layout
+from labpipe.blocks.radio_calibrate import calibration_settings
+from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.radio import calrun, mosaic, products, registry
 from labpipe.radio.calibrate import calibration_client
 from prefect import flow, task
 from prefect.events import emit_event
-
-
-def settings(name: str | None = "default") -> calrun.RadioCalSettings:
-    from labpipe.blocks.radio_calibrate import RadioCalibration
-
-    return load_block(RadioCalibration, name, calrun.RadioCalSettings())
 
 
 def converted_groups(radio_root: Path) -> list[Path]:
@@ -57,7 +43,13 @@ def solve_group_task(ms: Path, cadence: str, radio_root: Path, cal_block, db_blo
     db = lab_database(db_block, layout_block)
     with calibration_client(dask_settings()) as client:
         report = calrun.solve_and_register(
-            db, radio_root, ms, cadence, settings(cal_block), client=client, progress=Progress(f"{cadence} solve units")
+            db,
+            radio_root,
+            ms,
+            cadence,
+            calibration_settings(cal_block),
+            client=client,
+            progress=Progress(f"{cadence} solve units"),
         )
     return {"group": report.group, "tables": report.tables, "timings": report.timings, "sources": report.n_sources}
 
@@ -65,7 +57,9 @@ def solve_group_task(ms: Path, cadence: str, radio_root: Path, cal_block, db_blo
 @task(name="apply-image", task_run_name="apply-image-{ms.name}")
 def apply_image_task(ms: Path, radio_root: Path, cal_block, db_block, layout_block) -> dict:
     db = lab_database(db_block, layout_block)
-    report = calrun.apply_and_image(db, radio_root, ms, settings(cal_block), progress=Progress(f"CLEAN {ms.name}"))
+    report = calrun.apply_and_image(
+        db, radio_root, ms, calibration_settings(cal_block), progress=Progress(f"CLEAN {ms.name}")
+    )
     if report.held:
         logger().warning("group %s held: %s", report.group, report.reason)
         emit_event(

@@ -17,32 +17,26 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import re
 import threading
 import time
 from pathlib import Path
 
-from labpipe.compute import DaskSettings, dask_client
+from labpipe.blocks import dask_settings, layout
+from labpipe.blocks.registry import model_registry
+from labpipe.blocks.seg import segmentation_defaults
+from labpipe.compute import dask_client
 from labpipe.errors import ConfigError
-from labpipe.flows.common import (
-    Progress,
-    dask_settings,
-    gpu_slot,
-    layout,
-    load_block,
-    logger,
-    markdown_table,
-    publish_markdown,
-)
+from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, publish_markdown
 from labpipe.layout import Layout
+from labpipe.seg import shared_models
+from labpipe.seg.cluster import window_cluster
 from labpipe.seg.mrc import TomogramInfo, validate_tomogram
 from labpipe.seg.nnunet import (
     SHORT_TRAINER,
     ModelInfo,
     TrainingCase,
     cases_from_images,
-    install_model,
     load_model_info,
     train_model,
 )
@@ -54,7 +48,6 @@ from labpipe.seg.segment import (
     finished_run,
     segment_tomogram,
 )
-from labpipe.seg.settings import SegmentationSettings
 from labpipe.seg.simulate import LABELS, simulate_training_set
 from labpipe.seg.tiles import resolve_device
 from prefect import flow, get_client, task
@@ -62,12 +55,6 @@ from prefect.artifacts import create_image_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Running
-
-
-def seg_settings(name: str | None = "default") -> SegmentationSettings:
-    from labpipe.blocks.seg import SegmentationDefaults
-
-    return load_block(SegmentationDefaults, name, SegmentationSettings())
 
 
 def _artifact_key(text: str) -> str:
@@ -136,29 +123,13 @@ def _publish_preview(run: str):
     return publish
 
 
-def _cluster(job_device: str, workers: int | None, dask_block: str | None) -> tuple[DaskSettings, int | None]:
-    """Dask settings for the windows: one worker per GPU (resources GPU=1), or CPU workers sharing the cores."""
-    settings = dask_settings(dask_block)
-    if settings.address:
-        return settings, None
-    cores = os.cpu_count() or 1
-    if job_device.startswith("cuda"):
-        import torch
-
-        gpus = max(1, torch.cuda.device_count())
-        count = min(workers or gpus, gpus)
-        return settings.model_copy(update={"n_workers": count, "gpu_resources": 1, "threads_per_worker": 1}), None
-    count = workers or max(1, cores // 2)
-    return settings.model_copy(update={"n_workers": count, "threads_per_worker": 1}), max(1, cores // count)
-
-
 @task(name="segment-windows", task_run_name="segment-{job.run}")
 def segment_task(
     job: SegmentationJob, info: TomogramInfo, workers: int | None, layout_block: str | None, dask_block: str | None
 ):
     roots = layout(layout_block)
     device = resolve_device(job.device)
-    cluster, threads = _cluster(device, workers, dask_block)
+    cluster, threads = window_cluster(dask_settings(dask_block), device, workers)
     state = RunState()
     progress = Progress(f"windows of {job.run} predicted", key=f"segment-progress-{_artifact_key(job.run)}")
     occupy = cluster.n_workers if device.startswith("cuda") and cluster.n_workers else 1
@@ -235,7 +206,7 @@ def segment(
     Parameters left empty come from the ``labpipe segmentation`` block.
     Returns the run's artifact paths and label statistics.
     """
-    defaults = seg_settings(seg_block)
+    defaults = segmentation_defaults(seg_block)
     roots = layout(layout_block)
     path = Path(tomogram) if Path(tomogram).is_absolute() else Path(roots.tomograms) / tomogram
     job = SegmentationJob(
@@ -271,56 +242,9 @@ def segment(
 # ---------------------------------------------------------------------------------------------- models
 
 
-def registry_alias(name: str) -> str:
-    return f"seg-{name}"
-
-
 def ensure_model(roots: Layout, name: str) -> ModelInfo:
-    """The model from the models root, or fetched from the lab's model registry (alias ``seg-<name>``) into it."""
-    try:
-        return load_model_info(roots, name)
-    except ConfigError as missing:
-        try:
-            from labpipe.flows.training import model_registry
-
-            resolved = model_registry().resolve(registry_alias(name))
-        except Exception as exc:
-            logger().info("model %s is not in the registry either: %s", name, exc)
-            raise missing from None
-        logger().info("model %s fetched from the model registry (%s)", name, resolved.id)
-        return install_model(resolved.path, roots, name)
-
-
-def publish_to_registry(info: ModelInfo, final_loss: float | None) -> str | None:
-    """Publish a trained model to the lab's model registry; the models root keeps it either way."""
-    try:
-        from labpipe.flows.training import model_registry
-
-        entry = model_registry().publish(
-            Path(info.folder),
-            model_type="nnunet",
-            config={
-                "trainer": info.trainer,
-                "plans": info.plans,
-                "configuration": info.configuration,
-                "network": info.network,
-                "labels": info.labels,
-                "patch_size": info.patch_size,
-            },
-            training={
-                "dataset_hash": info.checkpoint_sha256[:12],
-                "epochs": info.epochs or 0,
-                "final_loss": final_loss,
-                "training_duration_sec": info.train_seconds or 0.0,
-            },
-            checkpoint="fold_all/checkpoint_final.pth",
-            alias=registry_alias(info.name),
-            tags=["segmentation", "cryo-et"],
-        )
-        return entry.id
-    except Exception as exc:  # the registry is a convenience here; the model is safe in the models root
-        logger().warning("model %s not published to the model registry: %s", info.name, exc)
-        return None
+    """The model from the models root, or fetched from the lab's model registry into it."""
+    return shared_models.ensure_model(roots, name, model_registry())
 
 
 @task(name="simulate-training-set", task_run_name="simulate-{count}-tomograms")
@@ -398,7 +322,7 @@ def train_seg_model(
     }
     result = train_task(name, pairs, {str(k): v for k, v in labels.items()}, options, layout_block)
     info = ModelInfo(**result["model"])
-    registry_id = publish_to_registry(info, result["final_loss"]) if publish else None
+    registry_id = shared_models.publish_model(model_registry(), info, result["final_loss"]) if publish else None
     publish_markdown(
         f"# Model `{name}` trained\n{len(pairs)} tomograms, {info.trainer} ({info.network} network), "
         f"patch {info.patch_size}, voxel size {info.voxel_size_zyx} A, on {device}.\n\n"

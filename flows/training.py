@@ -16,41 +16,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from labpipe.flows.common import (
-    Progress,
-    dask_settings,
-    gpu_slot,
-    lab_database,
-    layout,
-    load_block,
-    logger,
-    markdown_table,
-    png_markdown,
-    publish_markdown,
-)
-from labpipe.layout import Layout
-from labpipe.registry import ModelStoreSettings, Registry
+from labpipe.blocks import dask_settings, lab_database, layout
+from labpipe.blocks.registry import model_registry, model_store
+from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, png_markdown, publish_markdown
+from labpipe.mei.stimuli import stimulus_folder
+from labpipe.registry import Registry
 from prefect import flow, task
-
-
-def model_store(block: str | None = "default") -> ModelStoreSettings:
-    """The ``ModelStore`` block as plain settings (picklable for Dask workers), or the defaults."""
-    from labpipe.blocks.registry import ModelStore
-
-    settings = load_block(ModelStore, block, ModelStoreSettings())
-    return ModelStoreSettings(**dict(settings))
-
-
-def model_registry(
-    block: str | None = "default", *, room: str | None = None, layout_block: str | None = "default"
-) -> Registry:
-    """The registry the ``ModelStore`` block configures (file-system store under the models root if none)."""
-    return model_store(block).open(layout(layout_block), room=room)
-
-
-def stimulus_folder(roots: Layout, setup: str = "bench2p1") -> Path:
-    """Where a rig reads its stimulus sets: ``<data>/stimuli/<setup>`` beside the share."""
-    return roots.share.parent / "stimuli" / setup
 
 
 def _register_worker(registry: Registry, status: str = "busy") -> None:
@@ -153,7 +124,7 @@ def publish_member_task(
     from labpipe.mei.training import publish_member
     from labpipe.mei.twin import TrainingResult, TwinConfig
 
-    registry = model_registry(store_block, room=room, layout_block=layout_block)
+    registry = model_registry(store_block, room=room, layout_name=layout_block)
     out = publish_member(
         lab_database(db_block, layout_block),
         registry,
@@ -227,7 +198,7 @@ def train_twin(
     db_block: str | None = "default",
 ) -> dict:
     """Train, evaluate and publish the twin ensemble of ``animal_id`` on every linked scan."""
-    registry = model_registry(store_block, room=room, layout_block=layout_block)
+    registry = model_registry(store_block, room=room, layout_name=layout_block)
     _register_worker(registry)
     try:
         return _train_twin(
@@ -432,7 +403,7 @@ def mei_candidates(
 ) -> dict:
     """MEIs for ``units`` (default: all) with the ensemble of twin ``model`` (default: alias ``mei-twin-<animal>``),
     scored by its held-out member (or the ensemble), best per unit exported to ``setup``'s stimulus folder."""
-    registry = model_registry(store_block, room=room, layout_block=layout_block)
+    registry = model_registry(store_block, room=room, layout_name=layout_block)
     _register_worker(registry)
     try:
         return _mei_candidates(
@@ -529,7 +500,7 @@ def mei_loop(
 ) -> dict:
     """One turn of the loop: link new recordings, train and publish the twins, export the next MEIs."""
     blocks = dict(store_block=store_block, layout_block=layout_block, db_block=db_block)
-    linked = link_stimuli(db_block=db_block, layout_block=layout_block)
+    linked = link_stimuli(db_block=db_block, layout_name=layout_block)
     trained = train_twin(
         animal_id,
         epochs=epochs,

@@ -11,16 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from labpipe.blocks import database_settings
+from labpipe.blocks.vms import vm_settings
 from labpipe.db.settings import DatabaseSettings
-from labpipe.flows.common import (
-    Progress,
-    database_settings,
-    load_block,
-    logger,
-    markdown_table,
-    png_markdown,
-    publish_markdown,
-)
+from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.vms import lifecycle
 from labpipe.vms.settings import AllocatorSettings
 from labpipe.vms.store import VmStore
@@ -28,13 +22,6 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 SUMMARY_COLUMNS = ["id", "hostname", "state", "owner", "gpu", "reason"]
-
-
-def vm_settings(name: str | None = "default") -> AllocatorSettings:
-    """The VM allocation block, or the defaults (local provisioner, LabLink's limits)."""
-    from labpipe.blocks.vms import VmAllocation
-
-    return load_block(VmAllocation, name, AllocatorSettings())
 
 
 @contextlib.contextmanager

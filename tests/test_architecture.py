@@ -74,3 +74,45 @@ def test_deployment_names_are_unique_per_flow():
         key = (d["entrypoint"], d["name"])
         assert key not in seen, key
         seen.add(key)
+
+
+def _imported_names(path: Path, prefix: str) -> list[tuple[str, str]]:
+    """(module, name) of every ``from <prefix>... import name`` in ``path``, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(prefix):
+            found += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "*") for alias in node.names if alias.name.startswith(prefix)]
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "flows").glob("*.py")), ids=lambda p: p.name)
+def test_no_flow_imports_another_flow(path):
+    others = {m for m, _ in _imported_names(path, "labpipe.flows")} - {"labpipe.flows.common"}
+    assert not others, f"flows/{path.name} imports {sorted(others)}: what two flows share belongs in lib or blocks"
+
+
+def test_flows_common_holds_prefect_helpers_only():
+    common = importlib.import_module("labpipe.flows.common")
+    names = ("load_block", "layout", "lab_database", "database_settings", "dask_settings")
+    loaders = [n for n in names if getattr(getattr(common, n, None), "__module__", "") == "labpipe.flows.common"]
+    assert not loaders, f"configuration loaders {loaders} belong in labpipe.blocks"
+
+
+# Prefect adapters the CLI uses to start or signal flow runs (not configuration, not lifecycle rules)
+LAUNCH_HELPERS = {"PrefectLauncher", "emit_vm_event", "gpu_slot"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deployments" / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_the_cli_imports_flows_only_to_launch_them(path):
+    from prefect import Flow
+
+    wrong = []
+    for module, name in _imported_names(path, "labpipe.flows"):
+        value = getattr(importlib.import_module(module), name, None) if name != "*" else None
+        if not isinstance(value, Flow) and name not in LAUNCH_HELPERS:
+            wrong.append(f"{module}.{name}")
+    assert not wrong, (
+        f"deployments/cli/{path.name} takes {wrong} from flows: configuration is in labpipe.blocks, rules in lib"
+    )

@@ -15,7 +15,7 @@ app = typer.Typer(
 @app.command()
 def url() -> None:
     """Print the database URL (password left out), starting the embedded server if needed."""
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     db = lab_database()
     typer.echo(db.target.url)
@@ -26,8 +26,8 @@ def url() -> None:
 @app.command()
 def dump(to: Path = typer.Option(None, help="Folder for the dump; default: the dumps root.")) -> None:
     """Write a consistent dump of every labpipe schema."""
+    from labpipe.blocks import lab_database, layout
     from labpipe.db.connect import dump_lab_database
-    from labpipe.flows.common import lab_database, layout
 
     typer.echo(dump_lab_database(lab_database(), to or layout().dumps))
 

@@ -12,7 +12,7 @@ app = typer.Typer(help="The MEI closed loop (twins, MEIs, bench2p1 stimuli).", n
 
 
 def _database():
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     return lab_database()
 
@@ -26,9 +26,9 @@ def simulate(
     meis: str = typer.Option(None, help="Instead: record a session showing this exported MEI set (set id)."),
 ) -> None:
     """Drop a simulated bench2p1 session into staging (natural images, or an exported MEI set)."""
-    from labpipe.flows.common import layout
-    from labpipe.flows.training import stimulus_folder
+    from labpipe.blocks import layout
     from labpipe.mei.simulate import record_meis, start_lab
+    from labpipe.mei.stimuli import stimulus_folder
 
     roots = layout().ensure()
     lab = start_lab(
@@ -57,7 +57,7 @@ def simulate(
 @app.command()
 def link(as_json: bool = typer.Option(False, "--json")) -> None:
     """Link ingested scans to the stimuli they showed (what the link-stimuli flow does)."""
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
     from labpipe.mei.link import link_scans
 
     report = link_scans(_database(), layout().share)

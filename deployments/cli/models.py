@@ -15,7 +15,7 @@ BlockOption = typer.Option("default", "--block", help="ModelStore block to use."
 
 
 def _registry(room: str | None, block: str):
-    from labpipe.flows.training import model_registry
+    from labpipe.blocks.registry import model_registry
 
     return model_registry(block, room=room)
 

@@ -12,21 +12,21 @@ app = typer.Typer(help="Pose estimation with DeepLabCut 3 (gpu pool).", no_args_
 
 
 def _database():
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     return lab_database()
 
 
 def _roots():
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
 
     return layout()
 
 
 def _store(roots):
-    from labpipe.flows.pose import model_store
+    from labpipe.blocks.pose import pose_models
 
-    return model_store("default", roots)
+    return pose_models("default", roots)
 
 
 def _echo_json(data) -> None:
@@ -56,10 +56,10 @@ def train(
     device: str = typer.Option(None, help="auto, cuda, cuda:N or cpu."),
 ) -> None:
     """Create or reuse a project, build the training dataset, train, evaluate and publish the model."""
+    from labpipe.blocks.pose import training_settings
     from labpipe.errors import LabpipeError
-    from labpipe.flows.pose import record_model, training_settings
     from labpipe.pose.labelled import load_labelled_set
-    from labpipe.pose.schema import tables
+    from labpipe.pose.schema import record_model, tables
     from labpipe.pose.settings import PoseTrainingSettings
     from labpipe.pose.train import train_model
 

@@ -96,14 +96,14 @@ def _bar(description: str):
 
 
 def _settings():
-    from labpipe.flows.radio import radio_settings
+    from labpipe.blocks.radio import radio_settings
 
     return radio_settings()
 
 
 def _context():
-    from labpipe.flows.common import lab_database
-    from labpipe.flows.radio import radio_tree
+    from labpipe.blocks import lab_database
+    from labpipe.blocks.radio import radio_tree
 
     return lab_database(), radio_tree("default")
 
@@ -119,9 +119,9 @@ def convert(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Convert one group of subband files into one MS, by hand (phased to the meridian at mid-time)."""
+    from labpipe.blocks import dask_settings
     from labpipe.compute import dask_client
     from labpipe.errors import LabpipeError
-    from labpipe.flows.common import dask_settings
     from labpipe.radio.convert import convert_group
 
     settings = _settings()

@@ -18,7 +18,7 @@ app = typer.Typer(help="Radio products catalogue and calibration registry.", inv
 
 
 def _database():
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     return lab_database()
 

@@ -28,7 +28,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _layout():
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
 
     return layout().ensure()
 
@@ -132,9 +132,10 @@ def train(
         _fail(exc)
     registry_id = None
     if publish:
-        from labpipe.flows.segment import publish_to_registry
+        from labpipe.blocks.registry import model_registry
+        from labpipe.seg.shared_models import publish_model
 
-        registry_id = publish_to_registry(report.model, report.final_loss)
+        registry_id = publish_model(model_registry(), report.model, report.final_loss)
     typer.echo(
         f"model {name} in {report.model.folder} (plan+preprocess {report.plan_seconds:.0f} s, "
         f"train {report.train_seconds:.0f} s, final loss {report.final_loss}); registry id {registry_id}"
@@ -174,10 +175,11 @@ def run(
     submit: bool = typer.Option(False, help="Run through the segment/tomogram deployment on the gpu pool instead."),
 ) -> None:
     """Segment FILE here, with a progress bar; artifacts land in <artifacts>/<run>/."""
+    from labpipe.blocks import dask_settings
     from labpipe.compute import dask_client
     from labpipe.errors import LabpipeError
     from labpipe.flows.common import gpu_slot
-    from labpipe.flows.segment import _cluster
+    from labpipe.seg.cluster import window_cluster
     from labpipe.seg.segment import SegmentationCancelled, SegmentationJob, estimate_only, segment_tomogram
     from labpipe.seg.tiles import resolve_device
 
@@ -210,7 +212,7 @@ def run(
     roots = _layout()
     try:
         resolved = resolve_device(device)
-        cluster, threads = _cluster(resolved, workers, None)
+        cluster, threads = window_cluster(dask_settings(None), resolved, workers)
         if dry_run:
             estimate = estimate_only(job, roots, cluster.n_workers or 1)
             typer.echo(json.dumps(estimate.as_json(), indent=1))

@@ -20,13 +20,13 @@ Block = typer.Option("default", "--block", help="VM allocation block to load (fa
 
 
 def _settings(block: str | None):
-    from labpipe.flows.vms import vm_settings
+    from labpipe.blocks.vms import vm_settings
 
     return vm_settings(block)
 
 
 def _store(block: str | None):
-    from labpipe.flows.common import database_settings
+    from labpipe.blocks import database_settings
     from labpipe.vms.store import VmStore
 
     settings = _settings(block)
@@ -81,7 +81,7 @@ def serve(
         typer.echo(f"refused: {exc}", err=True)
         raise typer.Exit(2) from exc
 
-    from labpipe.flows.common import database_settings
+    from labpipe.blocks import database_settings
     from labpipe.vms.launch import InlineLauncher
     from labpipe.vms.server import run_allocator
 

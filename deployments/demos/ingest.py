@@ -26,7 +26,7 @@ def _stage_some(share, staging, sessions: list[str]) -> None:
 
 
 def run(ctx: DemoContext) -> DemoResult:
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
     from labpipe.ingest.schema import tables
     from labpipe.ingest.simulate import simulate_share
 

@@ -25,12 +25,13 @@ def _latest_run(t) -> dict:
 
 def run(ctx: DemoContext) -> DemoResult:
     import numpy as np
-    from labpipe.flows.common import lab_database
-    from labpipe.flows.training import model_registry, stimulus_folder
+    from labpipe.blocks import lab_database
+    from labpipe.blocks.registry import model_registry
     from labpipe.mei.loop import chosen_meis
     from labpipe.mei.quality import mei_quality, summary
     from labpipe.mei.schema import tables
     from labpipe.mei.simulate import record_meis, start_lab
+    from labpipe.mei.stimuli import stimulus_folder
     from labpipe.mei.training import twin_alias
 
     roots = ctx.layout.ensure()

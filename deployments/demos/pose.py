@@ -30,8 +30,8 @@ def _add_deinterlaced_copy(t, share) -> str | None:
 
 
 def run(ctx: DemoContext) -> DemoResult:
-    from labpipe.flows.common import lab_database
-    from labpipe.flows.pose import model_store
+    from labpipe.blocks import lab_database
+    from labpipe.blocks.pose import pose_models
     from labpipe.pose.populate import assign_model
     from labpipe.pose.schema import tables
     from labpipe.pose.settings import PoseTrainingSettings
@@ -49,7 +49,7 @@ def run(ctx: DemoContext) -> DemoResult:
     settings = PoseTrainingSettings.small(batch_size=4, device="auto").model_dump()
     params = {"labelled": str(source / "labeled-data"), "videos": str(source / "videos"), "name": MODEL}
     runs.append(ctx.run("pose-train/labelled", {**params, "settings": settings}, timeout=1800))
-    outcomes = assign_model(lab_database(), model_store("default", roots), MODEL, roots.share)
+    outcomes = assign_model(lab_database(), pose_models("default", roots), MODEL, roots.share)
     refused = [o for o in outcomes if o["outcome"] == "refused"]
     assigned = [o for o in outcomes if o["outcome"] in ("assigned", "unchanged")]
     ctx.say(f"model {MODEL} assigned to {len(assigned)} videos; refused {len(refused)}")

@@ -15,7 +15,7 @@ ORDER = 20
 
 
 def run(ctx: DemoContext) -> DemoResult:
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
     from labpipe.radio.calibrators import DEFAULT_CALIBRATORS, write_calibrators
     from labpipe.radio.schema import tables
     from labpipe.radio.simulate import GroupFaults, simulate_stream

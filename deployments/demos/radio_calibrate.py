@@ -27,8 +27,8 @@ def _num(value, scale: float, spec: str) -> str:
 def run(ctx: DemoContext) -> DemoResult:
     import shutil
 
+    from labpipe.blocks import lab_database
     from labpipe.blocks.radio_calibrate import RadioCalibration
-    from labpipe.flows.common import lab_database
     from labpipe.radio import products, registry
 
     radio_root = ctx.layout.radio

@@ -44,9 +44,9 @@ def _wait(predicate, timeout: float):
 
 
 def run(ctx: DemoContext) -> DemoResult:
+    from labpipe.blocks import database_settings
+    from labpipe.blocks.vms import vm_settings
     from labpipe.errors import LabpipeError
-    from labpipe.flows.common import database_settings
-    from labpipe.flows.vms import vm_settings
     from labpipe.vms.models import Role
     from labpipe.vms.server import AllocatorProcess
     from labpipe.vms.session import ensure_session_account

@@ -31,6 +31,11 @@ ARRAY = "stimuli.npy"
 PREFIX = {"natural": "NAT", "mei": "MEI"}
 
 
+def stimulus_folder(roots, setup: str = "bench2p1") -> Path:
+    """Where a rig reads its stimulus sets: ``<data>/stimuli/<setup>`` beside the share (``roots``: a Layout)."""
+    return roots.share.parent / "stimuli" / setup
+
+
 def stimulus_id(image: np.ndarray, kind: str) -> str:
     pixels = np.ascontiguousarray(image, dtype=np.float32)
     return f"{PREFIX[kind]}-{hashlib.sha256(pixels.tobytes()).hexdigest()[:12].upper()}"

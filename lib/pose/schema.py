@@ -191,3 +191,9 @@ def tables(db: LabDatabase) -> SimpleNamespace:
     """The pose tables on ``db`` (declared on first use, after ingest's, which they reference)."""
     ingest = ingest_tables(db)
     return db.tables("pose", lambda schema: _build(schema, ingest))
+
+
+def record_model(t, card) -> None:
+    """The model's row in the lab database (``t``: the pose tables, ``card``: its PoseModelCard), so results
+    join to what the model was trained on."""
+    t.PoseModel.insert1(card.row(), skip_duplicates=True)

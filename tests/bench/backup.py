@@ -64,8 +64,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     from labpipe.backup.simulate import write_lab_share
+    from labpipe.blocks import lab_database
     from labpipe.flows.backup import backup
-    from labpipe.flows.common import lab_database
     from labpipe.layout import Layout
     from prefect.testing.utilities import prefect_test_harness
 

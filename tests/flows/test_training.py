@@ -13,9 +13,10 @@ import uuid
 import numpy as np
 import pytest
 from labpipe.blocks import LabDatabase, StorageLayout
-from labpipe.blocks.registry import ModelStore
-from labpipe.flows.training import mei_loop, model_registry, stimulus_folder, train_twin
+from labpipe.blocks.registry import ModelStore, model_registry
+from labpipe.flows.training import mei_loop, train_twin
 from labpipe.layout import Layout
+from labpipe.mei.stimuli import stimulus_folder
 
 pytestmark = pytest.mark.slow
 ANIMAL, SEED = "ANM-3001", 0
