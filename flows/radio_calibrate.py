@@ -16,7 +16,7 @@ from typing import Literal
 from labpipe.blocks import dask_settings, lab_database, layout
 from labpipe.blocks.radio_calibrate import calibration_settings
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
-from labpipe.radio import calrun, mosaic, products, registry
+from labpipe.radio import calregistry, calrun, mosaic, products
 from labpipe.radio.calibrate import calibration_client
 from prefect import flow, task
 from prefect.events import emit_event
@@ -30,7 +30,9 @@ def converted_groups(radio_root: Path) -> list[Path]:
 
 def _choose_group(radio_root: Path, cadence: str, db) -> Path | None:
     """The newest group not yet solved at this cadence (calibrator transits first for 24 h)."""
-    solved = {r["table_name"].split("_")[0] for r in registry.tables(db).CalTable.to_dicts() if r["cadence"] == cadence}
+    solved = {
+        r["table_name"].split("_")[0] for r in calregistry.tables(db).CalTable.to_dicts() if r["cadence"] == cadence
+    }
     groups = [p for p in converted_groups(radio_root) if calrun.group_of(p) not in solved]
     if cadence == "24h":
         transits = [p for p in groups if p.parent.parent.name == "calibrators"]
@@ -96,7 +98,7 @@ def _qa_markdown(result: dict) -> str:
 def _release_held(radio_root: Path, cal_block, db_block, layout_block) -> list[dict]:
     db = lab_database(db_block, layout_block)
     released = []
-    for group in registry.releasable(db):
+    for group in calregistry.releasable(db):
         result = apply_image_task(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
         released.append(result)
     return released
@@ -149,7 +151,7 @@ def radio_image(
         todo = [Path(p) for p in ms]
     else:
         imaged = {p["group_id"] for p in products.products(db, kind="image")}
-        held = {g["group_id"] for g in registry.held_groups(db)}
+        held = {g["group_id"] for g in calregistry.held_groups(db)}
         todo = [p for p in converted_groups(radio_root) if calrun.group_of(p) not in imaged | held]
     progress = Progress("groups applied and imaged")
     results, failures = [], []

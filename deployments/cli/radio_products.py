@@ -33,15 +33,15 @@ def products(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List radio products (or held groups, or registered calibration tables)."""
+    from labpipe.radio import calregistry
     from labpipe.radio import products as catalogue
-    from labpipe.radio import registry
 
     db = _database()
     if held:
-        rows = registry.held_groups(db)
+        rows = calregistry.held_groups(db)
         columns = ["group_id", "held_since", "reason", "ms_path"]
     elif registry_tables:
-        rows = registry.tables(db).CalTable.to_dicts(order_by="solve_mjd")
+        rows = calregistry.tables(db).CalTable.to_dicts(order_by="solve_mjd")
         columns = ["table_name", "kind", "status", "valid_start_mjd", "valid_end_mjd", "median_snr", "flagged_fraction"]
     else:
         day = None

@@ -29,7 +29,7 @@ def run(ctx: DemoContext) -> DemoResult:
 
     from labpipe.blocks import lab_database
     from labpipe.blocks.radio_calibrate import RadioCalibration
-    from labpipe.radio import products, registry
+    from labpipe.radio import calregistry, products
 
     radio_root = ctx.layout.radio
     catalog = _catalog(radio_root)
@@ -43,7 +43,7 @@ def run(ctx: DemoContext) -> DemoResult:
     runs = [ctx.run("radio-calibrate/daily", timeout=900), ctx.run("radio-calibrate/hourly", timeout=600)]
     runs.append(ctx.run("radio-image/groups", timeout=1500))
     db = lab_database()
-    tables = registry.tables(db).CalTable.to_dicts(order_by="solve_mjd")
+    tables = calregistry.tables(db).CalTable.to_dicts(order_by="solve_mjd")
     images = [p for p in products.products(db, kind="image") if p["subtype"] == "image.pbcor"]
     pngs = [p["path"] for p in products.products(db, kind="qa") if p["subtype"] == "png"]
     names = ", ".join(f"{t['table_name']} ({t['status']})" for t in tables)
@@ -57,6 +57,6 @@ def run(ctx: DemoContext) -> DemoResult:
                          f"median flux error {_num(d['flux_error_median'], 1, '.3f')}, "
                          f"QA {'passed' if d.get('passed') else 'NOT passed'}")  # fmt: skip
     lines += [f"QA picture: {p}" for p in pngs]
-    lines.append("held groups: " + (", ".join(g["group_id"] for g in registry.held_groups(db)) or "none"))
+    lines.append("held groups: " + (", ".join(g["group_id"] for g in calregistry.held_groups(db)) or "none"))
     ok = all(r.state and r.state.is_completed() for r in runs) and bool(images) and bool(pngs)
     return DemoResult("radio_calibrate", ok, lines)

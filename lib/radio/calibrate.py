@@ -27,12 +27,23 @@ from pathlib import Path
 import numpy as np
 from labpipe.errors import InvalidInput
 from labpipe.radio import skymodel
+from labpipe.radio.ms import (
+    CIRCULAR,
+    LINEAR,
+    SECONDS_PER_DAY,
+    MsLayout,
+    Unit,
+    UnitData,
+    add_column,
+    casacore_tables,
+    channel_span,
+    put_rows,
+    read_unit,
+    rows_of,
+    units_by_ddid,
+)
 from labpipe.radio.solver import GainSolution, NormalSums, accumulate, fit_delays, stefcal
 from pydantic import BaseModel, Field
-
-LINEAR = {9: ("X", "X"), 10: ("X", "Y"), 11: ("Y", "X"), 12: ("Y", "Y")}
-CIRCULAR = {5: ("R", "R"), 6: ("R", "L"), 7: ("L", "R"), 8: ("L", "L")}
-SECONDS_PER_DAY = 86400.0
 
 
 class CalibrationSettings(BaseModel):
@@ -48,198 +59,6 @@ class CalibrationSettings(BaseModel):
     max_flagged_fraction: float = Field(0.3, description="QA: at most this fraction of solutions flagged.")
     max_phase_scatter_deg: float = Field(30.0, description="QA: largest allowed median phase scatter of G over time.")
     sky: skymodel.SkyModelSettings = Field(default_factory=skymodel.SkyModelSettings)
-
-
-# ----------------------------------------------------------------------------------------- MS layout
-
-
-@dataclass
-class Unit:
-    """One work unit: a channel slice of one data description (spectral window)."""
-
-    ddid: int
-    spw: int
-    c0: int
-    c1: int
-    freqs: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return f"spw{self.spw:02d}-ch{self.c0:04d}"
-
-
-@dataclass
-class MsLayout:
-    """What calibration and imaging need to know about one Measurement Set."""
-
-    path: Path
-    n_ant: int
-    ant_names: list[str]
-    ant_positions: np.ndarray  # ITRF (N, 3) m
-    corr_types: list[int]
-    parallel: list[int]  # correlation indices of the parallel hands (XX, YY or RR, LL)
-    feeds: list[str]  # feed letter per parallel hand, e.g. ['X', 'Y']
-    spw_freqs: dict[int, np.ndarray]
-    ddid_spw: dict[int, int]
-    times_mjd: np.ndarray  # unique integration centres (MJD)
-    integration_s: float
-    ra0_deg: float
-    dec0_deg: float
-    n_fields: int
-    telescope: str
-    units: list[Unit] = field(default_factory=list)
-    present: np.ndarray | None = None  # bool per antenna row: appears in the data
-
-    @property
-    def longitude_deg(self) -> float:
-        return float(self.location().lon.deg)
-
-    def location(self):
-        from astropy.coordinates import EarthLocation
-
-        real = np.linalg.norm(self.ant_positions, axis=1) > 1e6  # MS writers pad unused numbers with zeros
-        x, y, z = self.ant_positions[real].mean(axis=0)
-        return EarthLocation.from_geocentric(x, y, z, unit="m")
-
-    @property
-    def all_freqs(self) -> np.ndarray:
-        return np.concatenate([self.spw_freqs[s] for s in sorted(self.spw_freqs)])
-
-    @property
-    def mid_mjd(self) -> float:
-        return float(self.times_mjd.mean())
-
-
-def _tables():
-    from casacore import tables
-
-    return tables
-
-
-def read_layout(ms: Path, channels_per_unit: int = 48) -> MsLayout:
-    """Read the MS's sub-tables; ``InvalidInput`` names the MS and what it lacks."""
-    tables = _tables()
-    ms = Path(ms)
-    if not (ms / "table.dat").exists():
-        raise InvalidInput(ms, "not a Measurement Set (no table.dat)", "pass the .ms folder of a converted group")
-    try:
-        with tables.table(str(ms / "ANTENNA"), ack=False) as t:
-            names = list(t.getcol("NAME"))
-            positions = t.getcol("POSITION")
-        with tables.table(str(ms / "POLARIZATION"), ack=False) as t:
-            corr = [int(c) for c in t.getcol("CORR_TYPE")[0]]
-        with tables.table(str(ms / "SPECTRAL_WINDOW"), ack=False) as t:
-            spw_freqs = {i: np.asarray(t.getcell("CHAN_FREQ", i), dtype=float) for i in range(t.nrows())}
-        with tables.table(str(ms / "DATA_DESCRIPTION"), ack=False) as t:
-            ddid_spw = {i: int(s) for i, s in enumerate(t.getcol("SPECTRAL_WINDOW_ID"))}
-        with tables.table(str(ms / "FIELD"), ack=False) as t:
-            phase_dir = t.getcol("PHASE_DIR")
-            n_fields = t.nrows()
-        with tables.table(str(ms / "OBSERVATION"), ack=False) as t:
-            telescope = str(t.getcell("TELESCOPE_NAME", 0)) if t.nrows() else ""
-        with tables.table(str(ms), ack=False) as t:
-            times = np.unique(t.getcol("TIME"))
-            present = np.zeros(len(names), dtype=bool)
-            present[np.unique(np.concatenate([t.getcol("ANTENNA1"), t.getcol("ANTENNA2")]))] = True
-            interval = float(np.median(t.getcol("INTERVAL", 0, min(t.nrows(), 1000))))
-    except RuntimeError as exc:
-        raise InvalidInput(ms, f"unreadable Measurement Set: {exc}", "re-run the conversion of this group") from exc
-    parallel = [i for i, c in enumerate(corr) if c in (9, 12, 5, 8)]
-    if not parallel:
-        raise InvalidInput(ms, f"no parallel-hand correlations in {corr}", "expected XX/YY or RR/LL")
-    feeds = [(LINEAR | CIRCULAR)[corr[i]][0] for i in parallel]
-    ra0, dec0 = np.degrees(phase_dir[0, 0])
-    layout = MsLayout(
-        path=ms,
-        n_ant=len(names),
-        ant_names=names,
-        ant_positions=np.asarray(positions, dtype=float),
-        corr_types=corr,
-        parallel=parallel,
-        feeds=feeds,
-        spw_freqs=spw_freqs,
-        ddid_spw=ddid_spw,
-        times_mjd=times / SECONDS_PER_DAY,
-        integration_s=interval,
-        ra0_deg=float(ra0 % 360),
-        dec0_deg=float(dec0),
-        n_fields=n_fields,
-        telescope=telescope,
-        present=present,
-    )
-    for ddid, spw in sorted(ddid_spw.items()):
-        freqs = spw_freqs[spw]
-        for c0 in range(0, len(freqs), channels_per_unit):
-            c1 = min(c0 + channels_per_unit, len(freqs))
-            layout.units.append(Unit(ddid, spw, c0, c1, freqs[c0:c1]))
-    return layout
-
-
-@dataclass
-class UnitData:
-    """Rows of one unit: visibilities of the parallel hands and their metadata."""
-
-    vis: np.ndarray  # (rows, chans, pols) complex64
-    flag: np.ndarray  # (rows, chans, pols) bool
-    weight: np.ndarray  # (rows, pols)
-    ant1: np.ndarray
-    ant2: np.ndarray
-    time_index: np.ndarray
-    uvw: np.ndarray
-    rows: np.ndarray  # row numbers in the MS
-
-
-def _rows_of(t, ddid: int, n_ddid: int) -> np.ndarray:
-    if n_ddid == 1:
-        return np.arange(t.nrows())
-    return np.nonzero(t.getcol("DATA_DESC_ID") == ddid)[0]
-
-
-def _contiguous(rows: np.ndarray) -> bool:
-    return len(rows) > 0 and rows[-1] - rows[0] + 1 == len(rows)
-
-
-def read_unit(layout: MsLayout, unit: Unit, column: str = "DATA", *, parallel_only: bool = True) -> UnitData:
-    """Read one unit's rows from the MS (flags, weights, antennas, times, uvw)."""
-    tables = _tables()
-    with tables.table(str(layout.path), ack=False) as t:
-        if column not in t.colnames():
-            raise InvalidInput(layout.path, f"has no {column} column", "run the step that writes it first")
-        rows = _rows_of(t, unit.ddid, len(layout.ddid_spw))
-        ncorr = len(layout.corr_types)
-        blc, trc = [unit.c0, 0], [unit.c1 - 1, ncorr - 1]
-        if _contiguous(rows):
-            start, n = int(rows[0]), len(rows)
-            vis = t.getcolslice(column, blc, trc, startrow=start, nrow=n)
-            flag = t.getcolslice("FLAG", blc, trc, startrow=start, nrow=n)
-            flag_row = t.getcol("FLAG_ROW", start, n) if "FLAG_ROW" in t.colnames() else np.zeros(n, bool)
-            weight = t.getcol("WEIGHT", start, n)
-            ant1, ant2 = t.getcol("ANTENNA1", start, n), t.getcol("ANTENNA2", start, n)
-            times, uvw = t.getcol("TIME", start, n), t.getcol("UVW", start, n)
-        else:
-            sub = t.selectrows(rows.tolist())
-            vis, flag = sub.getcolslice(column, blc, trc), sub.getcolslice("FLAG", blc, trc)
-            flag_row = sub.getcol("FLAG_ROW") if "FLAG_ROW" in t.colnames() else np.zeros(len(rows), bool)
-            weight = sub.getcol("WEIGHT")
-            ant1, ant2, times, uvw = (sub.getcol(c) for c in ("ANTENNA1", "ANTENNA2", "TIME", "UVW"))
-    pols = layout.parallel if parallel_only else list(range(ncorr))
-    if pols != list(range(ncorr)):
-        vis, flag = vis[:, :, pols], flag[:, :, pols]
-    if flag_row.any():
-        flag = flag | flag_row[:, None, None]
-    time_index = np.clip(
-        np.searchsorted(layout.times_mjd * SECONDS_PER_DAY, times - 1e-3), 0, len(layout.times_mjd) - 1
-    )
-    return UnitData(
-        vis=np.ascontiguousarray(vis),
-        flag=np.ascontiguousarray(flag),
-        weight=np.ascontiguousarray(weight[:, pols], dtype=float),
-        ant1=ant1,
-        ant2=ant2,
-        time_index=time_index,
-        uvw=uvw,
-        rows=rows,
-    )
 
 
 # ----------------------------------------------------------------------------------------- solutions
@@ -646,7 +465,7 @@ def _split_delay_bandpass(layout: MsLayout, per_unit: list[GainSolution], settin
             iterations=iterations, not_converged=0, **common,
         )  # fmt: skip
         for u in layout.units:
-            sel = slice(*_channel_span(layout, u))
+            sel = slice(*channel_span(layout, u))
             bandpass[sel] = gains[sel] / k_jones(delays, u.freqs, ref_freq(layout.spw_freqs[u.spw]))
         bandpass = np.where(kflags[None], np.nan, bandpass)
     # normalise: mean amplitude one per antenna and hand (CASA solnorm), so G carries the flux scale
@@ -660,85 +479,24 @@ def _split_delay_bandpass(layout: MsLayout, per_unit: list[GainSolution], settin
     return k, bp
 
 
-def _channel_span(layout: MsLayout, unit: Unit) -> tuple[int, int]:
-    start = 0
-    for u in layout.units:
-        if u is unit:
-            return start, start + len(u.freqs)
-        start += len(u.freqs)
-    raise KeyError(unit.name)
-
-
 # ----------------------------------------------------------------------------------------- write/apply
-
-
-def _add_column(t, name: str, like: str = "DATA", *, define_cells: bool = True) -> None:
-    """Add a data column shaped like ``like``; ``define_cells=False`` when the caller writes whole cells."""
-    from casacore.tables import makecoldesc
-
-    if name in t.colnames():
-        return
-    desc = makecoldesc(name, t.getcoldesc(like))
-    dminfo = t.getdminfo(like)
-    dminfo["NAME"] = f"{name}_dm"
-    t.addcols(desc, dminfo)
-    if not define_cells:
-        return
-    # a tiled-shape column has no cells until each row gets an array: define them (zeros), in chunks
-    ddids = t.getcol("DATA_DESC_ID")
-    chunk = 20000
-    for start in range(0, t.nrows(), chunk):
-        n = min(chunk, t.nrows() - start)
-        shape = t.getcell(like, start).shape
-        if np.all(ddids[start : start + n] == ddids[start]):
-            t.putcol(name, np.zeros((n, *shape), dtype=np.complex64), start, n)
-        else:
-            for row in range(start, start + n):
-                t.putcell(name, row, np.zeros(t.getcell(like, row).shape, dtype=np.complex64))
-
-
-def _units_by_ddid(layout: MsLayout) -> dict[int, list[Unit]]:
-    groups: dict[int, list[Unit]] = {}
-    for unit in layout.units:
-        groups.setdefault(unit.ddid, []).append(unit)
-    return groups
-
-
-def _put_rows(t, column: str, rows: np.ndarray, values: np.ndarray, chunk: int = 20000) -> None:
-    """Write whole cells (defines them in a tiled-shape column), contiguous rows in chunks."""
-    if _contiguous(rows):
-        for start in range(0, len(rows), chunk):
-            part = values[start : start + chunk]
-            t.putcol(column, part, int(rows[0]) + start, len(part))
-    else:
-        for i, r in enumerate(rows):
-            t.putcell(column, int(r), values[i])
 
 
 def write_model(layout: MsLayout, solution: GroupSolution) -> None:
     """Write the predicted sky model into MODEL_DATA (all correlations: parallel hands, zero cross hands)."""
-    tables = _tables()
+    tables = casacore_tables()
     scratch = solution.scratch  # type: ignore[attr-defined]
     with tables.table(str(layout.path), readonly=False, ack=False) as t:
-        _add_column(t, "MODEL_DATA", define_cells=False)
-        for ddid, units in _units_by_ddid(layout).items():
-            rows = _rows_of(t, ddid, len(layout.ddid_spw))
+        add_column(t, "MODEL_DATA", define_cells=False)
+        for ddid, units in units_by_ddid(layout).items():
+            rows = rows_of(t, ddid, len(layout.ddid_spw))
             nchan = len(layout.spw_freqs[layout.ddid_spw[ddid]])
             full = np.zeros((len(rows), nchan, len(layout.corr_types)), dtype=np.complex64)
             for unit in units:
                 path = _model_path(scratch, unit)
                 if path.exists():
                     full[:, unit.c0 : unit.c1, layout.parallel] = np.load(path)
-            _put_rows(t, "MODEL_DATA", rows, full)
-
-
-def _put_slice(t, column: str, rows: np.ndarray, unit: Unit, values: np.ndarray) -> None:
-    blc, trc = [unit.c0, 0], [unit.c1 - 1, values.shape[2] - 1]
-    if _contiguous(rows):
-        t.putcolslice(column, values, blc, trc, startrow=int(rows[0]), nrow=len(rows))
-    else:
-        for i, r in enumerate(rows):
-            t.putcellslice(column, int(r), values[i], blc, trc)
+            put_rows(t, "MODEL_DATA", rows, full)
 
 
 def _apply_kernel():
@@ -776,15 +534,15 @@ def apply_chain(layout: MsLayout, chain: CalChain, progress: Callable[[int, int]
     global _APPLY
     if _APPLY is None:
         _APPLY = _apply_kernel()
-    tables = _tables()
+    tables = casacore_tables()
     feed_index = {f: i for i, f in enumerate(layout.feeds)}
     corr_feeds = [(LINEAR | CIRCULAR)[c] for c in layout.corr_types]
     hands = np.array([(feed_index.get(f1, 0), feed_index.get(f2, 0)) for f1, f2 in corr_feeds], dtype=np.int64)
     flagged = total = done = 0
     with tables.table(str(layout.path), readonly=False, ack=False) as t:
-        _add_column(t, "CORRECTED_DATA", define_cells=False)
-        for ddid, units in _units_by_ddid(layout).items():
-            rows = _rows_of(t, ddid, len(layout.ddid_spw))
+        add_column(t, "CORRECTED_DATA", define_cells=False)
+        for ddid, units in units_by_ddid(layout).items():
+            rows = rows_of(t, ddid, len(layout.ddid_spw))
             nchan = len(layout.spw_freqs[layout.ddid_spw[ddid]])
             out = np.zeros((len(rows), nchan, len(corr_feeds)), dtype=np.complex64)
             flag_all = np.ones(out.shape, dtype=bool)
@@ -802,8 +560,8 @@ def apply_chain(layout: MsLayout, chain: CalChain, progress: Callable[[int, int]
                 done += 1
                 if progress:
                     progress(done, len(layout.units))
-            _put_rows(t, "CORRECTED_DATA", rows, out)
-            _put_rows(t, "FLAG", rows, flag_all)
+            put_rows(t, "CORRECTED_DATA", rows, out)
+            put_rows(t, "FLAG", rows, flag_all)
             flagged += int(flag_all.sum())
             total += flag_all.size
     return {"flagged_fraction": flagged / max(total, 1)}

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from labpipe.db.connect import LabDatabase
 from labpipe.errors import InvalidInput
-from labpipe.radio import calibrate, caltable, imaging, products, qa, registry, skymodel
-from labpipe.radio.calibrate import CalChain, CalibrationSettings, MsLayout
+from labpipe.radio import calibrate, calregistry, caltable, imaging, products, qa, skymodel
+from labpipe.radio.calibrate import CalChain, CalibrationSettings
+from labpipe.radio.calregistry import ValiditySettings
 from labpipe.radio.imaging import ImagingSettings
+from labpipe.radio.ms import MsLayout, read_layout
 from labpipe.radio.qa import QaSettings
-from labpipe.radio.registry import ValiditySettings
 from pydantic import BaseModel, Field
 
 
@@ -87,7 +88,7 @@ class SolveReport:
         return bool(self.tables) and all(t["status"] == "active" for t in self.tables.values())
 
 
-def load_chain(found: registry.Lookup) -> CalChain:
+def load_chain(found: calregistry.Lookup) -> CalChain:
     """Read the tables a lookup returned."""
     return CalChain(
         k=caltable.read_table(Path(found.k["path"])) if found.k else None,
@@ -111,12 +112,12 @@ def solve_and_register(
     if cadence not in ("24h", "1h"):
         raise InvalidInput(cadence, "unknown cadence", "use '24h' or '1h'")
     t0 = time.perf_counter()
-    layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+    layout = read_layout(ms, settings.calibration.channels_per_unit)
     group = group_of(ms)
     catalog = skymodel.read_catalog(catalog_path(radio_root, settings))
     chain = None
     if cadence == "1h":
-        found = registry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+        found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
         if found.bp is None:
             raise InvalidInput(ms, "no active bandpass covers this group", "run the 24 h calibration first")
         chain = load_chain(found)
@@ -146,12 +147,12 @@ def solve_and_register(
 
 def _register(db, layout: MsLayout, sol, path: Path, group: str, cadence: str, settings: RadioCalSettings) -> dict:
     solve_mjd = layout.mid_mjd
-    start, end = registry.window(
+    start, end = calregistry.window(
         sol.kind, solve_mjd, float(layout.times_mjd[0]), float(layout.times_mjd[-1]), settings.validity
     )
     figures = sol.qa()
     name = path.name
-    registry.begin_registration(
+    calregistry.begin_registration(
         db,
         dict(
             table_name=name, kind=sol.kind, cadence=cadence, path=str(path), ms_path=str(layout.path),
@@ -161,7 +162,7 @@ def _register(db, layout: MsLayout, sol, path: Path, group: str, cadence: str, s
         ),
     )  # fmt: skip
     passed, reason = calibrate.passes_qa(sol, settings.calibration)
-    status = registry.finish_registration(db, name, passed, reason)
+    status = calregistry.finish_registration(db, name, passed, reason)
     return {"path": str(path), "status": status, "reason": reason, "qa": figures}
 
 
@@ -195,14 +196,14 @@ def apply_and_image(
 ) -> GroupReport:
     """Apply the calibration valid for this group, image it, QA it, catalogue it; hold it if none is valid."""
     t0 = time.perf_counter()
-    layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+    layout = read_layout(ms, settings.calibration.channels_per_unit)
     group = group_of(ms)
     report = GroupReport(group)
-    found = registry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+    found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
     if not found.complete:
         missing = [k for k, v in (("BP", found.bp), ("G", found.g)) if not v]
         report.held, report.reason = True, f"no valid {' and '.join(missing)} table covers MJD {layout.mid_mjd:.5f}"
-        registry.hold(db, group, str(ms), layout.mid_mjd, report.reason)
+        calregistry.hold(db, group, str(ms), layout.mid_mjd, report.reason)
         return report
     report.tables = found.paths()
     chain = load_chain(found)
@@ -227,8 +228,8 @@ def apply_and_image(
         summary = {k: metrics[k] for k in ("rms_jy", "dynamic_range", "n_sources", "flux_error_median", "passed")}
         products.record_product(db, "qa", Path(path), start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
                                 detail=summary if kind == "metrics" else None)  # fmt: skip
-    if any(g["group_id"] == group for g in registry.held_groups(db)):
-        registry.release(db, group)
+    if any(g["group_id"] == group for g in calregistry.held_groups(db)):
+        calregistry.release(db, group)
     report.timings["total_s"] = time.perf_counter() - t0
     return report
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from labpipe.errors import InvalidInput
 from labpipe.files import atomic_path
-from labpipe.radio.calibrate import MsLayout, Solutions, ref_freq
+from labpipe.radio.calibrate import Solutions, ref_freq
+from labpipe.radio.ms import MsLayout
 
 JONES = {"X": -5, "Y": -6, "R": -1, "L": -2}
 FEED_OF_JONES = {v: k for k, v in JONES.items()}

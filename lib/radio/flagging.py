@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from labpipe.errors import ConfigError, InvalidInput
-from labpipe.radio.calibrate import MsLayout, Unit, read_layout, read_unit
+from labpipe.radio.ms import MsLayout, Unit, read_layout, read_unit
 from pydantic import BaseModel, Field
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from labpipe.errors import InvalidInput
 from labpipe.files import atomic_path
 from labpipe.radio import skymodel
-from labpipe.radio.calibrate import MsLayout, read_unit
+from labpipe.radio.ms import MsLayout, read_unit
 from pydantic import BaseModel, Field
 
 GRID = {"flip_u": True, "flip_v": True, "flip_w": False}

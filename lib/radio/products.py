@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from labpipe.db.connect import LabDatabase
-from labpipe.radio.registry import _now, tables
+from labpipe.radio.calregistry import now, tables
 
 
 def product_id(path: Path | str) -> str:
@@ -65,7 +65,7 @@ def record_product(
         obs_date=Time(start_mjd, format="mjd").to_datetime().date(),
         start_mjd=float(start_mjd),
         end_mjd=float(end_mjd),
-        created=_now(),
+        created=now(),
         size_bytes=_size(path),
         detail=json_safe(detail) if detail is not None else None,
     )

@@ -259,6 +259,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     from labpipe.compute import DaskSettings, dask_client
     from labpipe.radio import calibrate, calrun, caltable, imaging, qa, simulate, skymodel
     from labpipe.radio.convert import convert_group
+    from labpipe.radio.ms import add_column, read_layout
     from labpipe.radio.products import json_safe
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lp-radiocal-bench-"))
@@ -289,7 +290,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
 
     with calibrate.calibration_client() as client:  # what the flows use on one host: Dask threads
         t_cal = time.perf_counter()
-        layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
         catalog = skymodel.read_catalog(catalog_path)
         solution = calibrate.solve_group(layout, catalog, settings.calibration, client=client)
         t_solved = time.perf_counter()
@@ -364,7 +365,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
 
         # CASA solves against a model: the same MODEL_DATA labpipe predicted (what ft() of a component list gives)
         with tables.table(str(ms), ack=False) as t, tables.table(str(raw), readonly=False, ack=False) as r:
-            calibrate._add_column(r, "MODEL_DATA")
+            add_column(r, "MODEL_DATA")
             r.putcol("MODEL_DATA", t.getcol("MODEL_DATA"))
         with tables.table(str(raw / "OBSERVATION"), readonly=False, ack=False) as obs:
             obs.putcol("TELESCOPE_NAME", np.array(["OVRO_MMA"] * obs.nrows()))  # CASA knows OVRO, not DSA_110

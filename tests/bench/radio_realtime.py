@@ -154,10 +154,11 @@ def _pyuvdata_convert(files, out: Path) -> float:
 def _calibrate(ms: Path, catalog_path: Path, settings, tables_dir: Path, group: str):
     """labpipe's calibration step as the flows run it on one host; (seconds, layout, chain)."""
     from labpipe.radio import calibrate, calrun, caltable, skymodel
+    from labpipe.radio.ms import read_layout
 
     with calibrate.calibration_client() as client:
         t0 = time.perf_counter()
-        layout = calibrate.read_layout(ms, settings.calibration.channels_per_unit)
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
         solution = calibrate.solve_group(layout, skymodel.read_catalog(catalog_path), settings.calibration,
                                          client=client)  # fmt: skip
         for sol in (solution.k, solution.bp, solution.g):
@@ -190,6 +191,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
     from labpipe.radio import calrun, catalogue, flagging, imaging, qa, science, simulate, skymodel, variability
     from labpipe.radio.catalogue import Reference
     from labpipe.radio.convert import convert_group
+    from labpipe.radio.ms import add_column
     from labpipe.radio.products import json_safe
 
     bench = _calbench()
@@ -309,6 +311,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
         fig["casa_config"] = bench._casa_config()
         from casacore import tables
         from labpipe.radio import calibrate
+        from labpipe.radio.ms import add_column
 
         casa_ms = work / "casa.ms"
         shutil.copytree(raw, casa_ms)
@@ -319,7 +322,7 @@ def main() -> None:  # noqa: PLR0915 - one linear benchmark script
             fig["casa_flagdata_score"] = vars(flagging.score_flags(casa_ms, truth))
             print(f"CASA flagdata {peers['casa_flagdata_s']:.1f} s: {fig['casa_flagdata_score']}", flush=True)
             with tables.table(str(ms), ack=False) as src, tables.table(str(casa_ms), readonly=False, ack=False) as dst:
-                calibrate._add_column(dst, "MODEL_DATA")
+                add_column(dst, "MODEL_DATA")
                 dst.putcol("MODEL_DATA", src.getcol("MODEL_DATA"))
             refant = layout.ant_names[int(np.nonzero(layout.present)[0][0])]
             casa = bench._casa(casa_ms, work / "casa", 0, 0.0, refant)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from labpipe.errors import InvalidInput
-from labpipe.radio import calibrate, calrun, caltable, imaging, products, registry, skymodel
+from labpipe.radio import calibrate, calregistry, calrun, caltable, imaging, products, skymodel
+from labpipe.radio.ms import read_layout
 
 
 def _calgroup():
@@ -33,7 +34,7 @@ def sim(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def solved(sim):
-    layout = calibrate.read_layout(sim.ms, channels_per_unit=16)
+    layout = read_layout(sim.ms, channels_per_unit=16)
     catalog = skymodel.read_catalog(sim.catalog)
     return layout, calibrate.solve_group(layout, catalog, calibrate.CalibrationSettings())
 
@@ -63,7 +64,7 @@ def test_gains_delays_bandpass_recovered_to_the_noise(sim, solved):
 
 def test_dead_antenna_is_flagged_and_the_rest_still_solve(tmp_path):
     sim = _calgroup().simulate_group(tmp_path, n_ant=12, n_chan=16, n_time=4, dead_antenna=5, seed=3)
-    layout = calibrate.read_layout(sim.ms, channels_per_unit=16)
+    layout = read_layout(sim.ms, channels_per_unit=16)
     solution = calibrate.solve_group(layout, skymodel.read_catalog(sim.catalog), calibrate.CalibrationSettings())
     assert solution.g.flags[:, :, 5].all() and solution.bp.flags[:, :, 5].all()
     assert not solution.g.flags[:, :, [0, 1, 2, 3, 4, 6]].any()
@@ -82,7 +83,7 @@ def test_apply_divides_by_both_antennas_terms_and_flags_what_the_chain_flags(sim
     layout, solution = solved
     ms = tmp_path / "copy.ms"
     shutil.copytree(sim.ms, ms)
-    layout = calibrate.read_layout(ms, channels_per_unit=16)
+    layout = read_layout(ms, channels_per_unit=16)
     g = dataclasses.replace(solution.g, flags=solution.g.flags.copy())
     g.flags[:, 1, 7] = True  # the Y hand of antenna 7 is flagged
     chain = calibrate.CalChain(k=solution.k, bp=solution.bp, g=[g])
@@ -119,7 +120,7 @@ def test_tables_are_casa_tables_and_read_back_identically(solved, tmp_path):
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(InvalidInput, match="not a Measurement Set"):
-        calibrate.read_layout(tmp_path)
+        read_layout(tmp_path)
     bad = tmp_path / "cat.csv"
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(InvalidInput, match="lack a position or a flux"):
@@ -142,15 +143,15 @@ def test_calibrate_apply_image_recovers_catalog_fluxes_and_positions(sim, lab_db
     # no calibration yet: the group is held
     held = calrun.apply_and_image(lab_db, radio, science, settings)
     assert held.held and "BP" in held.reason
-    assert [g["group_id"] for g in registry.held_groups(lab_db)] == ["2025-10-13T13:28:03"]
+    assert [g["group_id"] for g in calregistry.held_groups(lab_db)] == ["2025-10-13T13:28:03"]
     solve = calrun.solve_and_register(lab_db, radio, science, "24h", settings)
     assert solve.registered, solve.tables
     assert {Path(t["path"]).name for t in solve.tables.values()} == {
         "2025-10-13T13:28:03_24h.kcal", "2025-10-13T13:28:03_24h.bpcal", "2025-10-13T13:28:03_24h.gpcal",
     }  # fmt: skip
-    assert [g["group_id"] for g in registry.releasable(lab_db)] == ["2025-10-13T13:28:03"]
+    assert [g["group_id"] for g in calregistry.releasable(lab_db)] == ["2025-10-13T13:28:03"]
     report = calrun.apply_and_image(lab_db, radio, science, settings)
-    assert not report.held and not registry.held_groups(lab_db)
+    assert not report.held and not calregistry.held_groups(lab_db)
     metrics = json.loads(Path(report.qa["metrics"]).read_text())
     assert metrics["n_sources"] >= 5
     assert abs(metrics["flux_ratio_median"] - 1) < 0.07, metrics["sources"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from labpipe.radio import calibrate, flagging, simulate, skymodel
 from labpipe.radio.convert import convert_group
+from labpipe.radio.ms import read_layout
 
 N_ANT, N_CHAN = 12, 16
 
@@ -126,7 +127,7 @@ def test_flagging_repairs_calibration_spoilt_by_rfi(rfi_group, tmp_path):
         ms = _copy(raw, tmp_path / ("flagged" if flag else "raw"))
         if flag:
             flagging.flag_ms(ms, flagging.FlagSettings(channels_per_unit=N_CHAN))
-        layout = calibrate.read_layout(ms, N_CHAN)
+        layout = read_layout(ms, N_CHAN)
         err, bad = _jones_error(layout, calibrate.solve_group(layout, catalog, settings), truth)
         good = np.ones(err.shape[-1], bool)
         good[truth.bad_antenna] = False

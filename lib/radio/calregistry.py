@@ -106,7 +106,8 @@ def tables(db: LabDatabase) -> SimpleNamespace:
     return db.tables(LIFECYCLE, _build)
 
 
-def _now() -> dt.datetime:
+def now() -> dt.datetime:
+    """Local time to the second, as the registry stores times."""
     return dt.datetime.now().replace(microsecond=0)
 
 
@@ -151,7 +152,7 @@ def begin_registration(db: LabDatabase, row: dict) -> None:
             return
         t.CalTable.update1({**row, "status": "registering"})
         return
-    t.CalTable.insert1({**row, "status": "registering", "registered": _now()})
+    t.CalTable.insert1({**row, "status": "registering", "registered": now()})
 
 
 def finish_registration(db: LabDatabase, table_name: str, passed: bool, reason: str) -> str:
@@ -214,7 +215,7 @@ def hold(db: LabDatabase, group_id: str, ms_path: str, mid_mjd: float, reason: s
     existing = (t.HeldGroup & key).to_dicts()
     if existing and existing[0]["status"] == "held":
         return False
-    row = dict(key, ms_path=ms_path, mid_mjd=mid_mjd, status="held", reason=reason[:1000], held_since=_now())
+    row = dict(key, ms_path=ms_path, mid_mjd=mid_mjd, status="held", reason=reason[:1000], held_since=now())
     if existing:
         t.HeldGroup.update1({**row, "released": None})
     else:
@@ -232,4 +233,4 @@ def releasable(db: LabDatabase) -> list[dict]:
 
 
 def release(db: LabDatabase, group_id: str, status: str = "released") -> None:
-    tables(db).HeldGroup.update1({"group_id": group_id, "status": status, "released": _now()})
+    tables(db).HeldGroup.update1({"group_id": group_id, "status": status, "released": now()})
