@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from labpipe.errors import InvalidInput
+from labpipe.errors import InvalidInput, LabpipeError
 from labpipe.files import atomic_path, atomic_write_text
 
 
@@ -311,12 +311,15 @@ def _laplace_penalty(torch, weight):
     return (rough**2).sum() / (weight**2).sum().clamp(min=1e-8)
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(LabpipeError):
     """A run stopped before its last epoch (its checkpoint is kept for a resume)."""
 
     def __init__(self, workdir: Path, epoch: int) -> None:
-        super().__init__(f"training in {workdir} stopped after epoch {epoch}")
+        super().__init__(f"training in {workdir}", f"stopped after epoch {epoch}", "run it again: it resumes there")
         self.workdir, self.epoch = workdir, epoch
+
+    def __reduce__(self):
+        return (self.__class__, (self.workdir, self.epoch))
 
 
 def _data_key(images: np.ndarray, responses: np.ndarray) -> str:

@@ -53,10 +53,15 @@ log = logging.getLogger("labpipe.vms.allocator")
 bearer = HTTPBearer(auto_error=False)
 
 
-class ApiError(Exception):
+class ApiError(LabpipeError):
+    """A refused request: HTTP ``status``, a short ``error`` code and the ``detail`` the client reads."""
+
     def __init__(self, status: int, error: str, detail: str, **extra) -> None:
-        super().__init__(detail)
+        super().__init__(error, detail)
         self.status, self.error, self.detail, self.extra = status, error, detail, extra
+
+    def __reduce__(self):
+        return (self.__class__, (self.status, self.error, self.detail), {"extra": self.extra})
 
 
 def _json_error(status: int, error: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:

@@ -152,7 +152,7 @@ class LocalProvisioner(Provisioner):
             try:
                 results[vm.id] = self._start(vm.hostname, vm.client_token, allocator_url)
             except (OSError, LabpipeError) as exc:
-                results[vm.id] = ProvisionFailure(f"{vm.hostname!r}: cannot start the client: {exc}")
+                results[vm.id] = ProvisionFailure(f"VM {vm.hostname!r}", f"cannot start the client: {exc}")
         return results
 
     def _ours(self, pid: int, hostname: str) -> bool:
@@ -196,7 +196,7 @@ class LocalProvisioner(Provisioner):
                     shutil.rmtree(folder)
                 results[row["id"]] = None
             except (OSError, LabpipeError) as exc:
-                results[row["id"]] = ProvisionFailure(f"{row['hostname']!r}: {exc}")
+                results[row["id"]] = ProvisionFailure(f"VM {row['hostname']!r}", str(exc))
         return results
 
     def reboot(self, row: dict, client_token: str, allocator_url: str) -> dict:

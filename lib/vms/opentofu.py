@@ -185,12 +185,12 @@ class OpenTofuProvisioner(Provisioner):
             try:
                 made = self.apply()
             except ToolError as exc:
-                return {vm.id: ProvisionFailure(str(exc)) for vm in vms}
+                return {vm.id: ProvisionFailure(f"VM {vm.hostname!r}", str(exc)) for vm in vms}
         results: dict[int, dict | Exception] = {}
         for vm in vms:
             info = made.get(vm.hostname)
             if info is None:
-                results[vm.id] = ProvisionFailure(f"{vm.hostname}: not in tofu's outputs after apply")
+                results[vm.id] = ProvisionFailure(f"VM {vm.hostname!r}", "not in tofu's outputs after apply")
             else:
                 results[vm.id] = {"flavor": self.flavor, "resource": self.resource(vm.hostname), **info}
         return results
@@ -209,7 +209,7 @@ class OpenTofuProvisioner(Provisioner):
                     self.init()
                     self.run("destroy", "-auto-approve", "-input=false", "-no-color")
             except ToolError as exc:
-                return {row["id"]: ProvisionFailure(str(exc)) for row in rows}
+                return {row["id"]: ProvisionFailure(f"VM {row['hostname']!r}", str(exc)) for row in rows}
         return {row["id"]: None for row in rows}
 
     def reboot(self, row: dict, client_token: str, allocator_url: str) -> dict:

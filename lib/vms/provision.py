@@ -13,13 +13,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from labpipe.config import get_settings
-from labpipe.errors import ConfigError
+from labpipe.errors import ConfigError, ToolError
 from labpipe.vms.settings import AllocatorSettings
 from labpipe.vms.store import NewVm
 
 
-class ProvisionFailure(Exception):
-    """One VM could not be made, destroyed or rebooted (the others go on)."""
+class ProvisionFailure(ToolError):
+    """One VM could not be made, destroyed or rebooted (the others go on); ``subject`` names the VM."""
 
 
 class Provisioner(ABC):

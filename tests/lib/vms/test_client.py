@@ -17,7 +17,7 @@ def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocato
     vm = allocator.store.get(vm_id)
     assert vm.address == "127.0.0.1" and vm.gpu_present is False and "no GPU" in vm.gpu_detail
     first_beat = vm.last_heartbeat
-    until(lambda: allocator.store.get(vm_id).last_heartbeat > first_beat, 10, what="a heartbeat")
+    until(lambda: allocator.store.get(vm_id).last_heartbeat > first_beat, 60, what="a heartbeat")
 
     marker = tmp_path / "pwned"
     script = "import json, sys, pathlib; pathlib.Path('args.json').write_text(json.dumps(sys.argv[1:]))"
@@ -30,13 +30,13 @@ def test_local_vms_register_beat_and_run_the_users_command_as_arguments(allocato
     assert granted.json()["vm"]["id"] == vm_id
     ref = allocator.store.get(vm_id).provider_ref
     session = Path(ref.get("session_folder") or Path(ref["folder"]) / "session")
-    until(lambda: allocator.store.get(vm_id).command_state == "exited:0", 20, what="the user's command to finish")
+    until(lambda: allocator.store.get(vm_id).command_state == "exited:0", 90, what="the user's command to finish")
     assert json.loads((session / "args.json").read_text()) == hostile  # every argument arrived verbatim
     assert not marker.exists()  # and none of them ran as shell syntax
 
     with allocator.http(user) as ada:
         assert ada.post(f"/vms/{vm_id}/release").status_code == 200
-    until(lambda: not session.exists(), 10, what="the released session to be wiped")
+    until(lambda: not session.exists(), 60, what="the released session to be wiped")
     assert allocator.store.get(other).state == VmState.available
 
 
