@@ -94,7 +94,18 @@ def train_pose_model(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """DeepLabCut project from labelled frames -> training dataset -> network -> evaluation -> registry."""
+    """Train a DeepLabCut 3 pose model from labelled frames, evaluate it, publish it to the model registry.
+
+    Args:
+        labelled: Folder of labelled frames (a DeepLabCut labeled-data folder with its CollectedData file).
+        name: Model name (registry alias pose-<name>).
+        videos: Folder of the videos the frames came from, when the labelled folder does not hold them.
+        settings: Training settings that override the pose training block for this run (e.g. {"epochs": 5}).
+        training_block: Name of the labpipe pose training block.
+        registry_block: Name of the labpipe model store block (the room's model registry).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots = layout(layout_block)
     labelled_path = Path(labelled) if Path(labelled).is_absolute() else roots.share / labelled
     videos_path = (Path(videos) if Path(videos).is_absolute() else roots.share / videos) if videos else None
@@ -158,7 +169,15 @@ def populate_pose(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """One worker of the pose population: preflight, then analyse tasks (each once) until none is left."""
+    """One worker of the pose population: preflight, then analyse videos (each once) until none is left.
+
+    Args:
+        max_calls: Stop after this many videos (empty: until none is left).
+        analysis_block: Name of the labpipe pose analysis block (device, batch size, checks).
+        registry_block: Name of the labpipe model store block the models come from.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     settings = analysis_settings(analysis_block)
     checked = preflight_task(db_block, layout_block, registry_block, settings)
     result = populate_task(max_calls, db_block, layout_block, registry_block, settings)

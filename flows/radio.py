@@ -69,7 +69,13 @@ def radio_stream(
     db_block: str | None = "default",
     radio_block: str | None = "default",
 ) -> dict:
-    """Give back groups of dead workers, record new subband files, form groups and queue the complete ones."""
+    """Give back groups of dead workers, record new subband files, form groups and queue the complete ones.
+
+    Args:
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+        radio_block: Name of the labpipe radio streaming block (grouping tolerance, incomplete groups, staging).
+    """
     recovered = recover_task(db_block, layout_block, radio_block)
     report = scan_task(db_block, layout_block, radio_block)
     db = lab_database(db_block, layout_block)
@@ -128,7 +134,17 @@ def radio_convert(
     radio_block: str | None = "default",
     dask_block: str | None = "default",
 ) -> dict:
-    """Claim pending groups (or just ``group``) and convert each into one MS; failures never stop the others."""
+    """Claim pending groups and convert each into one Measurement Set; a failed group never stops the others.
+
+    Args:
+        max_groups: Convert at most this many groups (empty: every pending group).
+        group: Convert only this group id (e.g. 2026-12-01T03:14:15).
+        use_dask: Fan each group's subbands out over the Dask cluster.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+        radio_block: Name of the labpipe radio streaming block.
+        dask_block: Name of the labpipe dask cluster block (a scheduler address, or a local cluster).
+    """
     outcomes: list[dict] = []
     claimed = claim_task(db_block, layout_block, group)
     if claimed is not None:  # a Dask cluster only when there is work: most scheduled runs find none
@@ -158,7 +174,14 @@ class _no_client:  # noqa: N801 - a context manager standing in for a Dask clien
 def radio_convert_files(
     files: list[str], out: str, radio_block: str | None = "default", use_dask: bool = False
 ) -> dict:
-    """Convert one group given as files into the MS ``out`` (a notebook or by-hand run)."""
+    """Convert one group given as files into one Measurement Set (a notebook or by-hand run).
+
+    Args:
+        files: The group's UVH5 subband files (paths).
+        out: Path of the Measurement Set to write (a .ms folder that must not exist).
+        radio_block: Name of the labpipe radio streaming block.
+        use_dask: Fan the subbands out over the Dask cluster.
+    """
     settings = radio_settings(radio_block)
     progress = Progress(f"subbands into {Path(out).name}")
     with dask_client(dask_settings()) if use_dask else _no_client() as client:

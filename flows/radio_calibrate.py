@@ -112,7 +112,15 @@ def radio_calibrate(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Solve the newest converted group (or ``ms``) at this cadence, register its tables, release held groups."""
+    """Solve a calibrator group at this cadence, register its tables if they pass QA, release held groups.
+
+    Args:
+        cadence: 24h (delay, bandpass and gains) or 1h (gains only).
+        ms: The group's Measurement Set; empty: the newest converted group.
+        cal_block: Name of the labpipe radio calibration block (sky model, solver, QA gate, imaging).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
     target = Path(ms) if ms else _choose_group(radio_root, cadence, db)
@@ -144,7 +152,14 @@ def radio_image(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Apply the valid calibration to every converted group not imaged yet (or ``ms``), image and QA it."""
+    """Apply the valid calibration to every converted group not imaged yet, image it and QA it.
+
+    Args:
+        ms: Only these Measurement Sets; empty: every converted group not imaged yet.
+        cal_block: Name of the labpipe radio calibration block (sky model, solver, QA gate, imaging).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
     if ms:
@@ -175,12 +190,18 @@ def radio_image(
 
 @flow(name="radio-mosaic", flow_run_name="radio-mosaic-{date}", log_prints=True)
 def radio_mosaic(
-    date: str | None = None, layout_block: str | None = "default", db_block: str | None = "default"
+    date: dt.date | None = None, layout_block: str | None = "default", db_block: str | None = "default"
 ) -> dict:
-    """Primary-beam-weighted linear mosaic of one night's images (default: yesterday, UTC)."""
+    """Primary-beam-weighted linear mosaic of one night's images.
+
+    Args:
+        date: The night (UTC date); empty: yesterday.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
-    day = dt.date.fromisoformat(date) if date else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    day = date or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     rows = products.products(db, date=day, kind="image")
     images = sorted({r["group_id"]: r for r in rows if r["subtype"] == "image"}.values(), key=lambda r: r["start_mjd"])
     if not images:

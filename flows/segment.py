@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from labpipe.blocks import dask_settings, layout
 from labpipe.blocks.registry import model_registry
@@ -193,7 +194,7 @@ def segment(
     step_size: float | None = None,
     mirroring: bool | None = None,
     workers: int | None = None,
-    device: str | None = None,
+    device: Literal["cpu", "cuda"] | None = None,
     preview_every: float | None = None,
     preview_factor: int | None = None,
     voxel_size: float | None = None,
@@ -201,10 +202,25 @@ def segment(
     dask_block: str | None = "default",
     seg_block: str | None = "default",
 ):
-    """Segment one tomogram (a path, or a name under the tomograms root) with a model under <models>/seg/.
+    """Segment one tomogram with an nnU-Net model: sliding windows on Dask, previews while it runs, artifacts at once.
 
-    Parameters left empty come from the ``labpipe segmentation`` block.
-    Returns the run's artifact paths and label statistics.
+    Parameters left empty come from the ``labpipe segmentation`` block. Returns the run's artifact paths and
+    label statistics.
+
+    Args:
+        tomogram: The MRC file: an absolute path, or a file name under the tomograms root.
+        model: Model name under <models>/seg/ (fetched from the model registry when missing); empty: the block's.
+        run: Name of this run's artifact folder (letters, digits, '.', '-', '_'); empty: tomogram name and time.
+        step_size: Sliding-window step as a fraction of the patch (0.5 as nnU-Net; larger is faster, coarser).
+        mirroring: Test-time mirroring (up to 8 predictions per window: slower, slightly better).
+        workers: Dask workers for the windows; empty: one per GPU, or half the cores on a CPU host.
+        device: Where the network runs; empty: CUDA when the host has a GPU (LABPIPE_DEVICE wins).
+        preview_every: Fraction of windows between previews (0.1: ten previews); 0 turns previews off.
+        preview_factor: Integer downsampling of preview images.
+        voxel_size: Voxel size in angstrom when the MRC header lacks one.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        dask_block: Name of the labpipe dask cluster block (a scheduler address, or a local cluster).
+        seg_block: Name of the labpipe segmentation block holding these defaults.
     """
     defaults = segmentation_defaults(seg_block)
     roots = layout(layout_block)
@@ -280,20 +296,34 @@ def train_seg_model(
     images: list[str] | None = None,
     simulate: int = 4,
     size: int = 48,
-    network: str = "tiny",
-    trainer: str = SHORT_TRAINER,
+    network: Literal["tiny", "default"] = "tiny",
+    trainer: Literal["nnUNetTrainerLabpipeShort", "nnUNetTrainer"] = SHORT_TRAINER,
     epochs: int = 1,
     iterations: int = 2,
-    device: str | None = None,
+    device: Literal["cpu", "cuda"] | None = None,
     reuse: bool = True,
     overwrite: bool = False,
     publish: bool = True,
     seed: int = 0,
     layout_block: str | None = "default",
 ) -> dict:
-    """Train an nnU-Net model on labelled tomograms (``images`` with ``<stem>_labels.mrc``) or simulated ones.
+    """Train an nnU-Net v2 model on labelled tomograms or simulated ones, and publish it to the model registry.
 
-    ``reuse``: a model of that name already trained is returned as it is.
+    Args:
+        name: Model name (folder under <models>/seg/, registry alias seg-<name>).
+        images: Labelled tomograms: MRC paths, each with <stem>_labels.mrc beside it; empty: simulated ones.
+        simulate: How many tomograms to simulate when no images are given.
+        size: Edge of each simulated tomogram (voxels).
+        network: 'tiny' (fast, for tests and demos) or nnU-Net's 'default' network for the plan.
+        trainer: nnU-Net trainer class: labpipe's short one (epochs and iterations below) or nnU-Net's own.
+        epochs: Training epochs (the short trainer only).
+        iterations: Iterations per epoch (the short trainer only).
+        device: Where training runs; empty: CUDA when the host has a GPU.
+        reuse: Return a model of that name already trained as it is.
+        overwrite: Train again over a model of that name.
+        publish: Publish the trained model to the lab's model registry.
+        seed: Seed of the simulated tomograms.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
     """
     roots = layout(layout_block)
     if reuse and not overwrite:

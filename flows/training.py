@@ -51,7 +51,12 @@ def link_scans_task(db_block: str | None, layout_block: str | None) -> dict:
 
 @flow(name="link-stimuli", flow_run_name="link-stimuli", log_prints=True)
 def link_stimuli(db_block: str | None = "default", layout_block: str | None = "default") -> dict:
-    """Link ingested scans to the stimuli they showed (run after ingest; idempotent)."""
+    """Link ingested scans to the stimuli they showed (run after ingest; idempotent).
+
+    Args:
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+    """
     report = link_scans_task(db_block, layout_block)
     publish_markdown(
         f"# Stimulus links\n{len(report['linked'])} scans linked now, {report['already']} before.\n\n"
@@ -197,7 +202,19 @@ def train_twin(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Train, evaluate and publish the twin ensemble of ``animal_id`` on every linked scan."""
+    """Train, evaluate and publish the twin ensemble of an animal on every linked scan; resumes a killed run.
+
+    Args:
+        animal_id: The animal (as in the subject tables, e.g. ANM-3001) whose scans train the twin.
+        epochs: Training epochs per member.
+        ensemble: Members of the ensemble (member 0 becomes alias mei-twin-<animal>, the others score MEIs).
+        link_first: Link new scans to their stimuli before training.
+        room: Registry room; empty: the model store block's.
+        simulated_seed: Seed of a simulated population, to report recovery of its true neurons (demos, tests).
+        store_block: Name of the labpipe model store block (the room's model registry).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     registry = model_registry(store_block, room=room, layout_name=layout_block)
     _register_worker(registry)
     try:
@@ -401,8 +418,23 @@ def mei_candidates(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """MEIs for ``units`` (default: all) with the ensemble of twin ``model`` (default: alias ``mei-twin-<animal>``),
-    scored by its held-out member (or the ensemble), best per unit exported to ``setup``'s stimulus folder."""
+    """Most exciting inputs by gradient ascent on the twin, scored by held-out members, best per unit to the rig.
+
+    Args:
+        animal_id: The animal whose twin generates the MEIs.
+        model: Twin model id or alias; empty: mei-twin-<animal>.
+        scorers: Model ids that score the candidates; empty: the ensemble's held-out members.
+        units: Unit ids to optimise; empty: every unit the twin fits.
+        seeds: Random starts per unit.
+        steps: Gradient-ascent steps per start.
+        setup: The rig whose stimulus folder receives the exported set.
+        use_dask: Fan out over units on the Dask cluster.
+        simulated_seed: Seed of a simulated population, to report how well MEIs match its true preferences.
+        room: Registry room; empty: the model store block's.
+        store_block: Name of the labpipe model store block (the room's model registry).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     registry = model_registry(store_block, room=room, layout_name=layout_block)
     _register_worker(registry)
     try:
@@ -498,9 +530,24 @@ def mei_loop(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """One turn of the loop: link new recordings, train and publish the twins, export the next MEIs."""
+    """One turn of the closed loop: link new recordings, train and publish the twins, export the next MEIs.
+
+    Args:
+        animal_id: The animal of the loop.
+        epochs: Training epochs per twin member.
+        ensemble: Members of the twin ensemble.
+        seeds: Random starts per unit for the MEIs.
+        steps: Gradient-ascent steps per start.
+        setup: The rig whose stimulus folder receives the exported set.
+        use_dask: Fan the MEIs out over units on the Dask cluster.
+        simulated_seed: Seed of a simulated population (demos, tests).
+        room: Registry room; empty: the model store block's.
+        store_block: Name of the labpipe model store block (the room's model registry).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     blocks = dict(store_block=store_block, layout_block=layout_block, db_block=db_block)
-    linked = link_stimuli(db_block=db_block, layout_name=layout_block)
+    linked = link_stimuli(db_block=db_block, layout_block=layout_block)
     trained = train_twin(
         animal_id,
         epochs=epochs,

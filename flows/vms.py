@@ -16,6 +16,7 @@ from labpipe.blocks.vms import vm_settings
 from labpipe.db.settings import DatabaseSettings
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.vms import lifecycle
+from labpipe.vms.models import VmState
 from labpipe.vms.settings import AllocatorSettings
 from labpipe.vms.store import VmStore
 from prefect import flow, task
@@ -96,7 +97,17 @@ def create_vms(
     vm_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Make ``count`` VMs through the block's provisioner and wait until their clients register."""
+    """Make VMs through the block's provisioner and wait until their clients register with the allocator.
+
+    Args:
+        count: How many VMs to make.
+        command: The command each VM's client runs for its user (as arguments, never through a shell).
+        request_key: Idempotency key: a rerun with the same key makes no second set of VMs.
+        allocator_url: The allocator the clients register with; empty: the block's.
+        wait_seconds: How long to wait for the clients to register before reporting them as failed.
+        vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     key = request_key or f"flow-{flow_run.get_id() or 'local'}"  # a retried run never makes more VMs
     report = start_vms(count, key, list(command or []), allocator_url, vm_block, db_block)
     with vm_store(vm_block, db_block) as (store, _):
@@ -122,12 +133,20 @@ def destroy_task(ids: list[int], reason: str, vm_block, db_block) -> dict:
 @flow(name="destroy-vms", flow_run_name="destroy-vms")
 def destroy_vms(
     ids: list[int] | None = None,
-    states: list[str] | None = None,
+    states: list[VmState] | None = None,
     reason: str = "destroyed by an admin",
     vm_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Take VMs down (by id, or every VM in ``states``); a VM whose destroy fails stays destroying for a rerun."""
+    """Take VMs down; a VM whose destroy fails stays destroying for a rerun.
+
+    Args:
+        ids: VM ids to destroy.
+        states: Or every VM in these states (e.g. failed).
+        reason: Recorded on each VM and in its event.
+        vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     with vm_store(vm_block, db_block) as (store, _):
         chosen = sorted(set(ids or []) | set(lifecycle.ids_in_states(store, states) if states else []))
     report = destroy_task(chosen, reason, vm_block, db_block) if chosen else {"destroyed": [], "failed": []}
@@ -154,7 +173,13 @@ def reap_task(allocator_url: str | None, vm_block, db_block) -> dict:
 def reap_vms(
     allocator_url: str | None = None, vm_block: str | None = "default", db_block: str | None = "default"
 ) -> dict:
-    """One sweep: reboot or fail every VM silent or stuck initializing past the block's limits."""
+    """One sweep: reboot or fail every VM silent or stuck initializing past the block's limits.
+
+    Args:
+        allocator_url: The allocator rebooted clients register with; empty: the block's.
+        vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     report = reap_task(allocator_url, vm_block, db_block)
     acted = [{"action": "reboot", **r} for r in report["rebooted"]] + [
         {"action": "fail", **r} for r in report["failed"]

@@ -14,7 +14,7 @@ from labpipe.blocks import LabDatabase, StorageLayout
 from labpipe.blocks.radio_calibrate import RadioCalibration
 from labpipe.flows.radio_calibrate import radio_calibrate, radio_image, radio_mosaic
 from labpipe.layout import Layout
-from labpipe.radio import imaging, products, registry
+from labpipe.radio import calregistry, imaging, products
 
 GROUP = "2025-10-13T13:28:03"
 
@@ -78,14 +78,14 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
     solved = radio_calibrate(cadence="24h", **kw)
     assert solved["group"] == GROUP and solved["released"] == [GROUP]
     assert {k: t["status"] for k, t in solved["tables"].items()} == {"K": "active", "BP": "active", "G": "active"}
-    assert not registry.held_groups(lab_db)
+    assert not calregistry.held_groups(lab_db)
     pbcor = [p for p in products.products(lab_db, kind="image") if p["subtype"] == "image.pbcor"]
     assert len(pbcor) == 1 and Path(pbcor[0]["path"]).exists()
 
     hourly = radio_calibrate(cadence="1h", **kw)
     assert list(hourly["tables"]) == ["G"] and hourly["tables"]["G"]["status"] == "active"
     assert Path(hourly["tables"]["G"]["path"]).name == f"{GROUP}_1h.gpcal"
-    found = registry.lookup(lab_db, pbcor[0]["start_mjd"])
+    found = calregistry.lookup(lab_db, pbcor[0]["start_mjd"])
     assert found.bp["cadence"] == "24h" and {g["cadence"] for g in found.g} <= {"24h", "1h"}
 
     mosaic = radio_mosaic(date=GROUP[:10], layout_block=name, db_block=name)
