@@ -13,7 +13,9 @@ killed training run publishes nothing and the next run resumes from its checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 from labpipe.blocks import dask_settings, lab_database, layout
@@ -24,14 +26,25 @@ from labpipe.registry import Registry
 from prefect import flow, task
 
 
-def _register_worker(registry: Registry, status: str = "busy") -> None:
-    """Heartbeat of this gpu-pool worker in the room, so clients can discover it by metadata."""
+@contextlib.contextmanager
+def _busy_in_room(registry: Registry) -> Iterator[None]:
+    """Mark this gpu-pool worker busy in the room while the body runs (available after), so clients can find it.
+
+    Discovery is advisory: a record that cannot be written is a warning, never a failed run.
+    """
     from labpipe.registry import host_metadata
 
+    def record(status: str) -> None:
+        try:
+            registry.register_worker(host_metadata(status=status), pool="gpu", tags=["mei"])
+        except Exception as exc:
+            logger().warning("worker record not written: %s", exc)
+
+    record("busy")
     try:
-        registry.register_worker(host_metadata(status=status), pool="gpu", tags=["mei"])
-    except Exception as exc:  # discovery is advisory: never fail a run over it
-        logger().warning("worker record not written: %s", exc)
+        yield
+    finally:
+        record("available")
 
 
 # --- link --------------------------------------------------------------------------------------
@@ -215,61 +228,49 @@ def train_twin(
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    registry = model_registry(store_block, room=room, layout_name=layout_block)
-    _register_worker(registry)
-    try:
-        return _train_twin(
-            animal_id, epochs, ensemble, link_first, room, simulated_seed, store_block, layout_block, db_block
-        )
-    finally:
-        _register_worker(registry, "available")
-
-
-def _train_twin(
-    animal_id, epochs, ensemble, link_first, room, simulated_seed, store_block, layout_block, db_block
-) -> dict:
     from dataclasses import replace
 
     from labpipe.mei.training import config_hash
     from labpipe.mei.twin import TwinConfig
 
-    if link_first:
-        link_scans_task(db_block, layout_block)
-    data = assemble_task(animal_id, db_block, layout_block)
-    config = replace(TwinConfig(), epochs=epochs)
-    ensemble_id = f"{data['dataset_hash'][:8]}-{config_hash(config)}"
-    members, truth = [], None
-    for member in range(ensemble):
-        trained = train_member_task(animal_id, data["path"], config.as_dict(), member, layout_block)
-        members.append(
-            publish_member_task(
-                animal_id,
-                data["path"],
-                config.as_dict(),
-                member,
-                trained,
-                ensemble_id,
-                store_block,
-                room,
-                db_block,
-                layout_block,
+    with _busy_in_room(model_registry(store_block, room=room, layout_name=layout_block)):
+        if link_first:
+            link_scans_task(db_block, layout_block)
+        data = assemble_task(animal_id, db_block, layout_block)
+        config = replace(TwinConfig(), epochs=epochs)
+        ensemble_id = f"{data['dataset_hash'][:8]}-{config_hash(config)}"
+        members, truth = [], None
+        for member in range(ensemble):
+            trained = train_member_task(animal_id, data["path"], config.as_dict(), member, layout_block)
+            members.append(
+                publish_member_task(
+                    animal_id,
+                    data["path"],
+                    config.as_dict(),
+                    member,
+                    trained,
+                    ensemble_id,
+                    store_block,
+                    room,
+                    db_block,
+                    layout_block,
+                )
             )
+            if member == 0:
+                truth = _truth_of_twin(animal_id, trained["folder"], data["units"], simulated_seed)
+        publish_markdown(
+            _training_summary(animal_id, data, members, truth),
+            key="twin-training",
+            description=f"twin ensemble of {animal_id}",
         )
-        if member == 0:
-            truth = _truth_of_twin(animal_id, trained["folder"], data["units"], simulated_seed)
-    publish_markdown(
-        _training_summary(animal_id, data, members, truth),
-        key="twin-training",
-        description=f"twin ensemble of {animal_id}",
-    )
-    return {
-        "animal_id": animal_id,
-        "dataset_hash": data["dataset_hash"],
-        "trials": data["trials"],
-        "models": [m["model_id"] for m in members],
-        "heldout_corr_median": [statistics.median(m["heldout_corr"]) for m in members],
-        "truth_corr": truth,
-    }
+        return {
+            "animal_id": animal_id,
+            "dataset_hash": data["dataset_hash"],
+            "trials": data["trials"],
+            "models": [m["model_id"] for m in members],
+            "heldout_corr_median": [statistics.median(m["heldout_corr"]) for m in members],
+            "truth_corr": truth,
+        }
 
 
 # --- MEIs --------------------------------------------------------------------------------------
@@ -435,77 +436,40 @@ def mei_candidates(
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    registry = model_registry(store_block, room=room, layout_name=layout_block)
-    _register_worker(registry)
-    try:
-        return _mei_candidates(
-            registry,
-            animal_id,
-            model,
-            scorers,
-            units,
-            seeds,
-            steps,
-            setup,
-            use_dask,
-            simulated_seed,
-            room,
-            store_block,
-            layout_block,
-            db_block,
-        )
-    finally:
-        _register_worker(registry, "available")
-
-
-def _mei_candidates(
-    registry,
-    animal_id,
-    model,
-    scorers,
-    units,
-    seeds,
-    steps,
-    setup,
-    use_dask,
-    simulated_seed,
-    room,
-    store_block,
-    layout_block,
-    db_block,
-) -> dict:
     from dataclasses import replace
 
     from labpipe.mei.generate import MeiConfig
     from labpipe.mei.schema import tables
     from labpipe.mei.training import split_ensemble, twin_alias
 
-    generator = registry.show(model or twin_alias(animal_id))
-    db = lab_database(db_block, layout_block)
-    t = tables(db)
-    twin = (t.Twin & {"model_id": generator.id}).fetch1()
-    members = [r["model_id"] for r in (t.Twin & {"ensemble": twin["ensemble"]}).to_dicts(order_by="member")]
-    generators, default_scorers = split_ensemble(members)
-    scorers = scorers or default_scorers
-    unit_ids = units or sorted((t.Twin.UnitFit & {"model_id": generator.id}).to_arrays("unit_id"))
-    config = replace(MeiConfig(), steps=steps, seeds=seeds).as_dict()
-    seed_list = list(range(seeds))
-    norm = _twin_norm(registry, generator.id)  # the contrast budget of the images the twin was trained on
-    path = candidates_task(
-        animal_id, generators, scorers, unit_ids, norm, config, seed_list, store_block, room, layout_block, use_dask
-    )
-    run = record_and_export_task(
-        animal_id, generators, scorers, unit_ids, config, seed_list, path, setup, db_block, layout_block
-    )
-    markdown, quality = _mei_summary(db, run, animal_id, simulated_seed)
-    publish_markdown(markdown, key="mei-candidates", description=f"MEIs of {animal_id}")
-    return {
-        **{k: v for k, v in run.items() if k != "stimuli"},
-        "generators": generators,
-        "scorers": scorers,
-        "units": len(unit_ids),
-        "quality": quality,
-    }
+    registry = model_registry(store_block, room=room, layout_name=layout_block)
+    with _busy_in_room(registry):
+        generator = registry.show(model or twin_alias(animal_id))
+        db = lab_database(db_block, layout_block)
+        t = tables(db)
+        twin = (t.Twin & {"model_id": generator.id}).fetch1()
+        members = [r["model_id"] for r in (t.Twin & {"ensemble": twin["ensemble"]}).to_dicts(order_by="member")]
+        generators, default_scorers = split_ensemble(members)
+        scorers = scorers or default_scorers
+        unit_ids = units or sorted((t.Twin.UnitFit & {"model_id": generator.id}).to_arrays("unit_id"))
+        config = replace(MeiConfig(), steps=steps, seeds=seeds).as_dict()
+        seed_list = list(range(seeds))
+        norm = _twin_norm(registry, generator.id)  # the contrast budget of the images the twin was trained on
+        path = candidates_task(
+            animal_id, generators, scorers, unit_ids, norm, config, seed_list, store_block, room, layout_block, use_dask
+        )
+        run = record_and_export_task(
+            animal_id, generators, scorers, unit_ids, config, seed_list, path, setup, db_block, layout_block
+        )
+        markdown, quality = _mei_summary(db, run, animal_id, simulated_seed)
+        publish_markdown(markdown, key="mei-candidates", description=f"MEIs of {animal_id}")
+        return {
+            **{k: v for k, v in run.items() if k != "stimuli"},
+            "generators": generators,
+            "scorers": scorers,
+            "units": len(unit_ids),
+            "quality": quality,
+        }
 
 
 def _twin_norm(registry: Registry, model_id: str) -> float:
