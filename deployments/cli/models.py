@@ -188,9 +188,12 @@ def workers(
 @app.command()
 def gc(
     min_age: float = typer.Option(3600, help="Only files older than this (seconds): a publish may be running."),
+    publish_lease: float = typer.Option(
+        86400, help="Keep files of a model whose publish began less than this long ago (seconds)."
+    ),
     room: str = RoomOption,
     block: str = BlockOption,
 ) -> None:
-    """Delete model files no manifest entry names (left by a crashed publish)."""
-    removed = _registry(room, block).gc(min_age_seconds=min_age)
+    """Delete model files no manifest entry names (left by a crashed publish), never those of a running publish."""
+    removed = _registry(room, block).gc(min_age_seconds=min_age, publish_lease_seconds=publish_lease)
     typer.echo(f"removed {len(removed)} orphan files")

@@ -29,9 +29,14 @@ Python API (the CLI ``labpipe models list|show|alias|pull|workers|gc`` is the sa
     registry.register_worker(host_metadata())          # heartbeat of this worker in the room
     registry.discover({"gpu_memory_mb": {"$gte": 8000}, "status": {"$eq": "available"}})
 
-Guarantees: a publish uploads and verifies the files before the manifest entry is
-written (a crash in between leaves no entry pointing at missing files; ``gc``
-removes the orphan files later); every manifest change is a conditional write
+Guarantees: a publish hashes and uploads a private staged copy of the files (a
+checkpoint rewritten meanwhile cannot publish bytes that fail pulls), verifies the
+stored bytes (store checksum or read-back, never the uploader's metadata; a store copy
+that differs is uploaded again) before the manifest entry is written (a crash in
+between leaves no entry pointing at missing files; ``gc`` removes the orphan files
+later); ``publishing``/``collecting`` leases in the manifest keep ``gc`` and ``delete``
+from deleting the files of a model being published; a store that ignores ``If-Match``
+is refused when the registry opens; every manifest change is a conditional write
 (S3 ``If-Match`` on the ETag, or compare-and-rename under a lock on a file
 system) re-read and re-applied on conflict, so concurrent publishers never lose
 an update; aliases only ever point at models in the manifest; a cached model

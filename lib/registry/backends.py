@@ -14,21 +14,34 @@ lose each other's updates.
   ETag and the write is a conditional ``PutObject`` (``If-Match: <etag>``, or
   ``If-None-Match: *`` for the first manifest); 412 Precondition Failed and 409
   ConditionalRequestConflict become ``ManifestConflict`` and the caller re-reads.
+
+What a backend says is stored is what is stored: ``stored_sha256`` is the SHA-256 of
+the bytes in the store (the file hashed, or the store's own SHA-256 checksum of the
+object, or the object read back and hashed), never the uploader's metadata, and
+``upload`` checks it after writing. ``check_conditional_writes`` probes, when a
+registry opens the store, that a conditional write which must fail does fail: a store
+that ignores ``If-Match`` would silently lose concurrent manifest updates.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
+import logging
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from labpipe.errors import ConfigError, ConflictError, InvalidInput, ToolError
 from labpipe.files import atomic_path, atomic_write_bytes, sha256_file
+
+log = logging.getLogger("labpipe.registry")
+CHUNK = 4 << 20
 
 
 class ManifestConflict(ConflictError):
@@ -52,10 +65,14 @@ class Backend(Protocol):
 
     def put_bytes(self, room: str, key: str, data: bytes) -> None: ...
 
-    def upload(self, room: str, key: str, source: Path, sha256: str) -> None: ...
+    def check_conditional_writes(self, room: str) -> None:
+        """Raise ``ConfigError`` if the store does not honour conditional writes (probed once)."""
 
-    def stored_sha256(self, room: str, key: str) -> str | None:
-        """The SHA-256 recorded for a stored file, or None if the file is absent."""
+    def upload(self, room: str, key: str, source: Path, sha256: str) -> None:
+        """Store ``source`` (which must not change meanwhile) and check the stored bytes have ``sha256``."""
+
+    def stored_sha256(self, room: str, key: str, *, expect: str | None = None) -> str | None:
+        """SHA-256 of the bytes stored at ``key`` (None if absent); ``expect`` may let a store skip a read-back."""
 
     def download(self, room: str, key: str, dest: Path) -> None: ...
 
@@ -120,14 +137,17 @@ class FilesystemBackend:
     def put_bytes(self, room: str, key: str, data: bytes) -> None:
         atomic_write_bytes(self.path(room, key), data)
 
+    def check_conditional_writes(self, room: str) -> None:
+        """Nothing to probe: ``write_if`` compares and renames under this process's own ``flock``."""
+
     def upload(self, room: str, key: str, source: Path, sha256: str) -> None:
         dest = self.path(room, key)
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest) as tmp:  # fsynced, then renamed: the key holds the old file or the whole new one
             shutil.copyfile(source, tmp)
             if sha256_file(tmp) != sha256:
                 raise ConflictError(source, "changed while it was being published", "publish it again")
 
-    def stored_sha256(self, room: str, key: str) -> str | None:
+    def stored_sha256(self, room: str, key: str, *, expect: str | None = None) -> str | None:
         path = self.path(room, key)
         return sha256_file(path) if path.is_file() else None
 
@@ -192,6 +212,7 @@ class S3Backend:
             endpoint_url,
         )
         self._lock = threading.Lock()
+        self._conditional_writes_checked = False
         session = boto3.session.Session(
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
         )
@@ -259,6 +280,7 @@ class S3Backend:
     def write_if(self, room: str, key: str, data: bytes, etag: str | None) -> str:
         from botocore.exceptions import ClientError
 
+        self.check_conditional_writes(room)  # once per backend; deferred here if the store was down at open
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             response = self.client.put_object(
@@ -283,26 +305,100 @@ class S3Backend:
         except ClientError as exc:
             raise self._fail(room, key, exc, "write") from exc
 
+    def check_conditional_writes(self, room: str) -> None:
+        """Probe that the store refuses a conditional write it must refuse (``If-None-Match: *``, ``If-Match``).
+
+        Writes a probe object under the room, tries to create it again and to replace it with a wrong
+        ETag; both must fail with 412/409. A store that accepts either (old MinIO, some gateways and
+        proxies) raises ``ConfigError``: concurrent manifest updates there would silently lose one another.
+        """
+        from botocore.exceptions import ClientError
+
+        if self._conditional_writes_checked:
+            return
+        key = f".labpipe-probe/{uuid.uuid4().hex}"
+        where = f"{self.url(room, '')} at {self.endpoint_url or 'AWS'}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(room, key), Body=b"1", IfNoneMatch="*")
+            for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"00000000000000000000000000000000"'}):
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(room, key), Body=b"2", **condition)
+                except ClientError as exc:
+                    status, code = self._status(exc)
+                    if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                        continue
+                    raise self._fail(room, key, exc, "conditional write probe") from exc
+                header = "If-Match" if "IfMatch" in condition else "If-None-Match"
+                raise ConfigError(
+                    where,
+                    f"the store ignores {header} on PutObject (If-Match/If-None-Match conditional writes): a write "
+                    "that had to fail succeeded, so concurrent registry updates would silently overwrite each other",
+                    "use a store with conditional writes (AWS S3, recent MinIO, Ceph RGW) or the filesystem backend",
+                )
+        except ClientError as exc:
+            raise self._fail(room, key, exc, "conditional write probe") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(room, key))
+        self._conditional_writes_checked = True
+
     def upload(self, room: str, key: str, source: Path, sha256: str) -> None:
+        """Upload with an S3 SHA-256 checksum (the store checks the bytes it receives), then verify the stored bytes.
+
+        The metadata ``sha256`` is informative only; what counts is ``stored_sha256`` after the upload.
+        """
         from botocore.exceptions import ClientError
 
         try:
             self.client.upload_file(
-                str(source), self.bucket, self._key(room, key), ExtraArgs={"Metadata": {"sha256": sha256}}
+                str(source),
+                self.bucket,
+                self._key(room, key),
+                ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
             )
         except ClientError as exc:
             raise self._fail(room, key, exc, "upload") from exc
+        stored = self.stored_sha256(room, key, expect=sha256)
+        if stored != sha256:
+            raise ConflictError(
+                self.url(room, key),
+                f"stored bytes have SHA-256 {stored}, expected {sha256} (the upload was altered or the file changed)",
+                "publish again; if it persists, check the store",
+            )
 
-    def stored_sha256(self, room: str, key: str) -> str | None:
+    def stored_sha256(self, room: str, key: str, *, expect: str | None = None) -> str | None:
+        """SHA-256 of the stored bytes: the store's full-object SHA-256 checksum when it equals ``expect``,
+        otherwise the object read back and hashed (constant memory). Never the uploader's metadata."""
         from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(room, key))
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(room, key), ChecksumMode="ENABLED")
         except ClientError as exc:
             if self._status(exc)[0] == 404:
                 return None
             raise self._fail(room, key, exc, "head") from exc
-        return head.get("Metadata", {}).get("sha256", "")
+        checksum = head.get("ChecksumSHA256") or ""
+        if expect and checksum and "-" not in checksum:  # "-N": a checksum of part checksums, not of the bytes
+            with contextlib.suppress(ValueError):
+                if base64.b64decode(checksum).hex() == expect:
+                    return expect
+        return self._read_back_sha256(room, key)
+
+    def _read_back_sha256(self, room: str, key: str) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        digest = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(room, key))["Body"]
+            for block in body.iter_chunks(CHUNK):
+                digest.update(block)
+        except BotoCoreError as exc:  # the body streams outside the client call
+            raise StoreUnreachable(self.url(room, key), f"read back failed: {exc}", "check the endpoint") from exc
+        except ClientError as exc:
+            if self._status(exc)[0] == 404:
+                return None
+            raise self._fail(room, key, exc, "read back") from exc
+        return digest.hexdigest()
 
     def download(self, room: str, key: str, dest: Path) -> None:
         from botocore.exceptions import ClientError

@@ -8,6 +8,13 @@ per model the ``files`` with their SHA-256 (what caches verify against), the tra
 seed's name but holds the storage URL of the model folder on either backend
 (``s3://bucket/...`` or ``file:///...``). Unknown fields are kept, so a newer writer's
 additions survive an older reader's update.
+
+Two lease maps serialise publishing against deleting files through the manifest's
+conditional write: ``publishing`` (model id -> lease of a publish whose files are being
+uploaded or checked, before its entry is written) and ``collecting`` (model id -> lease of
+a ``gc`` or ``delete`` removing that model's files). A publish waits while its id is being
+collected; ``gc`` and ``delete`` leave alone an id being published. Leases carry the
+writer's clock (``since``); they assume hosts' clocks agree to within minutes.
 """
 
 from __future__ import annotations
@@ -50,6 +57,17 @@ class ModelFile(BaseModel):
     size_bytes: int
 
 
+class Lease(BaseModel):
+    """Who holds a model id for publishing or collecting, since when (``token``: one attempt)."""
+
+    token: str
+    worker: str = ""
+    since: dt.datetime = Field(default_factory=utc_now)
+
+    def age_seconds(self, now: dt.datetime | None = None) -> float:
+        return ((now or utc_now()) - self.since).total_seconds()
+
+
 class ModelEntry(BaseModel):
     """One published model (the seed's model record plus ``files``, ``config``, ``metrics``)."""
 
@@ -85,6 +103,8 @@ class Manifest(BaseModel):
     revision: int = 0
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
+    publishing: dict[str, Lease] = Field(default_factory=dict, description="Model id -> publish in progress.")
+    collecting: dict[str, Lease] = Field(default_factory=dict, description="Model id -> its files being deleted.")
 
     @classmethod
     def empty(cls, room: str) -> Manifest:

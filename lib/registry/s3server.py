@@ -8,6 +8,10 @@ server therefore runs moto's WSGI application with conditional writes serialised
 (one lock around any request carrying ``If-Match``/``If-None-Match`` that changes
 an object); every other request is served concurrently.
 
+``ignore_conditional_writes=True`` (``--ignore-conditional-writes``) serves a store that drops
+``If-Match``/``If-None-Match`` on writes, as some S3-compatible stores and proxies do: every
+conditional write "succeeds". Tests use it to check that labpipe refuses such a store.
+
 ``python -m labpipe.registry.s3server --port 9000`` runs it in the foreground.
 """
 
@@ -45,6 +49,18 @@ def atomic_conditional_writes(app):
     return wrapped
 
 
+def ignoring_conditional_writes(app):
+    """WSGI middleware: a store that drops ``If-Match``/``If-None-Match`` on writes (a broken store, for tests)."""
+
+    def wrapped(environ, start_response):
+        if environ.get("REQUEST_METHOD") in MUTATING:
+            environ.pop("HTTP_IF_MATCH", None)
+            environ.pop("HTTP_IF_NONE_MATCH", None)
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -54,8 +70,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalS3Server:
     """moto's S3 server on ``host:port`` in a child process; a context manager."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", *, ignore_conditional_writes: bool = False
+    ) -> None:
         self.host, self.port = host, port or free_port(host)
+        self.ignore_conditional_writes = ignore_conditional_writes
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -67,8 +86,9 @@ class LocalS3Server:
         env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
         # a file, not a pipe: a pipe nobody reads fills up and the server's logging blocks every request
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server, closed by stop()
+        argv = [sys.executable, "-m", "labpipe.registry.s3server", "--host", self.host, "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "labpipe.registry.s3server", "--host", self.host, "--port", str(self.port)],
+            argv + (["--ignore-conditional-writes"] if self.ignore_conditional_writes else []),
             env=env,
             stdout=self._log,
             stderr=self._log,
@@ -116,9 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument(
+        "--ignore-conditional-writes", action="store_true", help="Drop If-Match/If-None-Match on writes (tests)."
+    )
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     app = atomic_conditional_writes(DomainDispatcherApplication(create_backend_app))
+    if args.ignore_conditional_writes:
+        app = ignoring_conditional_writes(app)
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 
 

@@ -43,6 +43,7 @@ class _NoLocking:
 
 def _publisher(args) -> dict:
     endpoint, prefix, room, index, locking, start_at, workdir = args
+    from labpipe.files import sha256_file
     from labpipe.registry import Registry, S3Backend
 
     backend = S3Backend(BUCKET, endpoint_url=endpoint, prefix=prefix, access_key_id="bench", secret_access_key="bench")
@@ -57,11 +58,21 @@ def _publisher(args) -> dict:
     (folder / "best.ckpt").write_bytes(os.urandom(1 << 20))
     (folder / "training_config.json").write_text(json.dumps({"publisher": index}))
     time.sleep(max(0.0, start_at - time.time()))  # all publishers start together
+    from labpipe.errors import ConflictError
+    from labpipe.registry import derive_model_id
+    from labpipe.registry.manifest import ModelFile
+
+    files = {p.name: ModelFile(sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in folder.iterdir()}
+    model_id = derive_model_id("bench", {"publisher": index}, files)
     t0 = time.perf_counter()
-    entry = registry.publish(
-        folder, model_type="bench", config={"publisher": index}, checkpoint="best.ckpt", alias=f"publisher-{index}"
-    )
-    return {"id": entry.id, "ms": 1000 * (time.perf_counter() - t0), "conflicts": registry.stats.conflicts}
+    try:
+        registry.publish(
+            folder, model_type="bench", config={"publisher": index}, checkpoint="best.ckpt", alias=f"publisher-{index}"
+        )
+    except ConflictError:  # the baseline: its publishing lease was overwritten (a lost update) until it gave up
+        if locking:
+            raise
+    return {"id": model_id, "ms": 1000 * (time.perf_counter() - t0), "conflicts": registry.stats.conflicts}
 
 
 def run_round(endpoint: str, publishers: int, locking: bool, workdir: str) -> dict:

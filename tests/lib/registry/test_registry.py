@@ -182,7 +182,8 @@ def test_concurrent_publishers_lose_no_update(make_registry, model_dir):
     assert sorted(manifest.models) == sorted(ids)
     assert {manifest.aliases[f"run-{i}"] for i in range(n)} == set(ids)
     assert manifest.aliases["latest"] in ids and manifest.dangling_aliases() == {}
-    assert manifest.revision == 2 * n  # every write landed exactly once
+    assert manifest.revision == 3 * n  # every write landed exactly once (lease + entry, then alias)
+    assert manifest.publishing == {} and manifest.collecting == {}
 
 
 CRASHING_PUBLISH = """
@@ -191,8 +192,12 @@ from pathlib import Path
 from labpipe.registry import FilesystemBackend, Registry
 
 backend = FilesystemBackend(Path(sys.argv[1]))
-def crash(*args, **kwargs):
-    os._exit(9)  # the process dies after the files are stored, before the manifest entry
+write_if, writes = backend.write_if, []
+def crash(room, key, data, etag):
+    writes.append(key)
+    if len(writes) == 2:
+        os._exit(9)  # the process dies after the files are stored, before the manifest entry
+    return write_if(room, key, data, etag)  # the first write: the publishing lease
 backend.write_if = crash
 Registry(backend, "lab", Path(sys.argv[2])).publish(Path(sys.argv[3]), model_type="t")
 """
@@ -214,7 +219,10 @@ def test_a_publish_killed_between_files_and_manifest_leaves_no_entry(tmp_path, m
     orphan = stored - set(manifest.models)
     assert len(orphan) == 1  # the files were uploaded first
     assert registry.gc(min_age_seconds=3600) == []  # could be a publish still in progress
-    assert len(registry.gc(min_age_seconds=0)) == 2
+    assert registry.gc(min_age_seconds=0) == []  # its publishing lease (a day) still holds the id
+    assert sorted(registry.manifest().publishing) == sorted(orphan)
+    assert len(registry.gc(min_age_seconds=0, publish_lease_seconds=0)) == 2
+    assert registry.manifest().publishing == {} and registry.manifest().collecting == {}
     assert not (store / "lab" / "models" / orphan.pop()).exists()
 
 
@@ -280,9 +288,12 @@ def test_a_write_whose_answer_is_lost_is_applied_exactly_once(backend, tmp_path,
     registry = Registry(_LostAnswers(backend, lose=1), "lab", tmp_path / "cache")
     entry = registry.publish(model_dir(), model_type="t", alias="prod")
     manifest = registry.manifest()
-    assert list(manifest.models) == [entry.id] and manifest.revision == 1 and registry.stats.ambiguous == 1
+    # two writes (publishing lease, then entry and lease release); the lost answer of the first is not repeated
+    assert list(manifest.models) == [entry.id] and manifest.revision == 2 and registry.stats.ambiguous == 1
+    assert manifest.publishing == {}
     registry.backend.lose = 1
     registry.remove_alias("prod")
     registry.backend.lose = 1
-    registry.delete(entry.id)
-    assert registry.manifest().models == {} and registry.manifest().revision == 3
+    registry.delete(entry.id)  # entry out with a collecting lease, files deleted, lease released
+    assert registry.manifest().models == {} and registry.manifest().revision == 5
+    assert registry.manifest().collecting == {}
