@@ -26,14 +26,12 @@ from labpipe.calcium.scanimage import check_pages
 from labpipe.calcium.settings import DenoiseSettings
 from labpipe.calcium.spikes import device_of
 from labpipe.files import atomic_path
+from labpipe.optional import require
 
 
 def _n2v(settings: DenoiseSettings, device: str):
-    try:
-        from autoden.algorithms.noise2void import N2V
-        from autoden.models.config import NetworkParamsUNet
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("denoising needs auto-denoise: pip install 'labpipe[calcium]'") from exc
+    N2V = require("autoden.algorithms.noise2void", "calcium", "denoising").N2V
+    NetworkParamsUNet = require("autoden.models.config", "calcium", "denoising").NetworkParamsUNet
     network = NetworkParamsUNet(n_levels=settings.levels, n_features=settings.features)
     return N2V(network, device=device, verbose=False)
 

@@ -29,14 +29,11 @@ from labpipe.calcium.settings import SpikeSettings
 from labpipe.calcium.simulate import calcium_kernel, dff_from_spikes, noise_level, noisy_dff, spike_trains
 from labpipe.errors import InvalidInput
 from labpipe.files import atomic_path
+from labpipe.optional import require
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("spike inference needs torch: pip install 'labpipe[calcium]'") from exc
-    return torch
+    return require("torch", "calcium", "spike inference")
 
 
 def device_of(name: str, cpu_threads: int | None = None) -> str:

@@ -23,15 +23,13 @@ from labpipe.calcium.scanimage import ScanInfo
 from labpipe.calcium.settings import Suite2pSettings
 from labpipe.errors import InvalidInput, ToolError
 from labpipe.files import atomic_path
+from labpipe.optional import require
 
 OUTPUT_FILES = ("ops.npy", "stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
 
 
 def _suite2p():
-    try:
-        import suite2p
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("suite2p is not installed: pip install 'labpipe[calcium]'") from exc
+    suite2p = require("suite2p", "calcium", "cell detection")
     logging.getLogger("suite2p").setLevel(logging.WARNING)
     return suite2p
 

@@ -25,13 +25,11 @@ from pathlib import Path
 import numpy as np
 from labpipe.errors import InvalidInput, LabpipeError
 from labpipe.files import atomic_path, atomic_write_text
+from labpipe.optional import require
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is in the training extra
-        raise ImportError("the MEI twin needs torch: pip install 'labpipe[training]'") from exc
+    torch = require("torch", "mei", "the MEI twin")
     # small models on shared cores: one thread each (more threads only spin against other work);
     # LABPIPE_TORCH_THREADS raises it on a dedicated host
     threads = max(1, int(os.environ.get("LABPIPE_TORCH_THREADS", "1")))

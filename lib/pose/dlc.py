@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from labpipe.errors import ConfigError
-
-INSTALL_HINT = "install the pose extra: pip install -e '.[pose]' (deeplabcut==3.0.2 with torch)"
+from labpipe.optional import require
 
 
 def prepare_environment() -> None:
@@ -36,13 +35,9 @@ def deeplabcut():
     prepare_environment()
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import deeplabcut as dlc
-    except ImportError as exc:
-        raise ImportError(f"DeepLabCut is not importable ({exc}); {INSTALL_HINT}") from exc
-    return dlc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return require("deeplabcut", "pose", "pose estimation")
 
 
 def version() -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from labpipe.errors import ConfigError, InvalidInput
+from labpipe.optional import require
 from labpipe.radio.ms import MsLayout, Unit, read_layout, read_unit
 from pydantic import BaseModel, Field
 
@@ -74,11 +75,7 @@ class FlagReport:
 
 
 def _aoflagger():
-    try:
-        import aoflagger
-    except ImportError as exc:  # pragma: no cover - the radio extra installs it
-        raise ImportError("RFI flagging needs AOFlagger: pip install 'labpipe[radio]' (the aoflagger wheel)") from exc
-    return aoflagger
+    return require("aoflagger", "radio", "RFI flagging")
 
 
 def _kernels():

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from labpipe.errors import InvalidInput, ToolError
 from labpipe.files import atomic_path
+from labpipe.optional import require
 from pydantic import BaseModel, Field
 
 
@@ -81,11 +82,8 @@ class SourceList:
 
 
 def _bdsf():
-    try:
-        import bdsf
-        from bdsf import multi_proc
-    except ImportError as exc:  # pragma: no cover - the radio extra installs it
-        raise ImportError("source finding needs PyBDSF: pip install 'labpipe[radio]' (the bdsf wheel)") from exc
+    bdsf = require("bdsf", "radio", "source finding")
+    multi_proc = require("bdsf.multi_proc", "radio", "source finding")
     if not getattr(multi_proc.parallel_map, "labpipe_serial_one_core", False):
         multi_proc.parallel_map = _serial_on_one_core(multi_proc.parallel_map)
     return bdsf

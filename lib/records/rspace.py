@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from labpipe.optional import require
 from labpipe.records.pyrat import ServiceUnavailable
 from labpipe.records.settings import RSpaceSettings
 
@@ -36,10 +37,7 @@ class SessionSummary:
 
 
 def _client(settings: RSpaceSettings):
-    try:
-        from rspace_client.eln.eln import ELNClient
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("RSpace summaries need rspace-client: pip install 'labpipe[records]'") from exc
+    ELNClient = require("rspace_client.eln.eln", "records", "RSpace summaries").ELNClient
     return ELNClient(settings.url, settings.api_key.get_secret_value(), timeout=settings.timeout_s, max_retries=0)
 
 

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from labpipe.errors import ConfigError, ConflictError, InvalidInput, ToolError
 from labpipe.files import atomic_path, atomic_write_bytes, sha256_file
+from labpipe.optional import require
 
 log = logging.getLogger("labpipe.registry")
 CHUNK = 4 << 20
@@ -201,11 +202,8 @@ class S3Backend:
         secret_access_key: str | None = None,
         create_bucket: bool = False,
     ) -> None:
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as exc:  # pragma: no cover - boto3 is in the training extra
-            raise ImportError("the S3 model store needs boto3: pip install 'labpipe[training]'") from exc
+        boto3 = require("boto3", "registry", "the S3 model store")
+        Config = require("botocore.config", "registry", "the S3 model store").Config
         self.bucket, self.prefix, self.endpoint_url = (
             bucket,
             prefix.strip("/") + "/" if prefix.strip("/") else "",

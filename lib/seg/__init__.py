@@ -8,21 +8,16 @@ accumulated, previews, cancellation), ``artifacts`` (mask.mrc/.nii.gz/.nrrd and
 stats.json), ``memory`` (the memory estimate checked before a run).
 
 nnU-Net, torch, mrcfile, nibabel and pynrrd are the ``seg`` extra; modules that
-need them import them behind :func:`require`.
+need them import them behind :func:`require` (``labpipe.optional``).
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
+
+from labpipe import optional
 
 
 def require(module: str) -> ModuleType:
-    """Import an optional dependency of the segmentation lifecycle or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - the seg extra is installed here
-        raise ImportError(
-            f"labpipe's segmentation lifecycle needs {module!r}: install it with `pip install -e '.[seg]'` "
-            f"(or `make install`)"
-        ) from exc
+    """Import an optional dependency of the segmentation lifecycle (the ``seg`` extra)."""
+    return optional.require(module, "seg", "segmentation")
