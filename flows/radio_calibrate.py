@@ -16,7 +16,7 @@ from typing import Literal
 from labpipe.blocks import dask_settings, lab_database, layout
 from labpipe.blocks.radio_calibrate import calibration_settings
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
-from labpipe.radio import calregistry, calrun, mosaic, products
+from labpipe.radio import calregistry, calrun, products
 from labpipe.radio.calibrate import calibration_client
 from prefect import flow, task
 from prefect.events import emit_event
@@ -192,31 +192,28 @@ def radio_image(
 def radio_mosaic(
     date: dt.date | None = None, layout_block: str | None = "default", db_block: str | None = "default"
 ) -> dict:
-    """Primary-beam-weighted linear mosaic of one night's images.
+    """Primary-beam-weighted mosaics of one night's images, one per declination strip.
 
     Args:
         date: The night (UTC date); empty: yesterday.
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    radio_root = layout(layout_block).radio
-    db = lab_database(db_block, layout_block)
     day = date or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    rows = products.products(db, date=day, kind="image")
-    images = sorted({r["group_id"]: r for r in rows if r["subtype"] == "image"}.values(), key=lambda r: r["start_mjd"])
-    if not images:
+    results = calrun.night_mosaics(lab_database(db_block, layout_block), layout(layout_block).radio, day)
+    if not results:
         publish_markdown(f"No images on {day}.", key="radio-mosaic", description="nothing to mosaic")
-        return {"mosaic": None}
-    prefixes = [Path(r["path"]).with_suffix("").with_suffix("") for r in images]
-    dec = next((r["detail"]["dec_deg"] for r in rows if r["subtype"] == "image.pbcor" and r.get("detail")), 0.0)
-    out = radio_root / "images" / "mosaics" / mosaic.mosaic_name(images[0]["group_id"], images[-1]["group_id"], dec)
-    result = mosaic.linear_mosaic(prefixes, out)
-    products.record_product(db, "mosaic", out, start_mjd=images[0]["start_mjd"], end_mjd=images[-1]["end_mjd"],
-                            detail={"n_images": result.n_images, "dec_deg": dec})  # fmt: skip
-    publish_markdown(
-        f"# mosaic {day}\n`{out}`: {result.n_images} images, {result.npix[1]} x {result.npix[0]} pixels, "
-        f"best noise {result.rms_jy * 1e3:.2f} mJy/beam",
-        key="radio-mosaic",
-        description="nightly mosaic",
-    )
-    return {"mosaic": str(out), "n_images": result.n_images}
+        return {"mosaic": None, "mosaics": []}
+    rows = [
+        {
+            "mosaic": r.path.name,
+            "images": r.n_images,
+            "dec (deg)": f"{r.dec_deg:.2f}",
+            "pixels": f"{r.npix[1]} x {r.npix[0]}",
+            "best noise (mJy/beam)": f"{r.rms_jy * 1e3:.2f}",
+        }
+        for r in results
+    ]
+    publish_markdown(f"# mosaics of {day}\n" + markdown_table(rows), key="radio-mosaic", description="nightly mosaics")
+    return {"mosaic": str(results[0].path), "mosaics": [str(r.path) for r in results],
+            "n_images": sum(r.n_images for r in results)}  # fmt: skip

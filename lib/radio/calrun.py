@@ -265,3 +265,33 @@ def expected_gain_noise(layout: MsLayout, sefd_jy: float, model_flux_jy: float, 
     """Thermal error of one antenna gain: sigma_vis / (|M| sqrt(N_ant - 1) sqrt(samples per solution))."""
     sigma = sefd_jy / np.sqrt(2 * 244_140.625 * layout.integration_s)
     return float(sigma / (model_flux_jy * np.sqrt(max(layout.n_ant - 1, 1)) * np.sqrt(max(n_samples, 1))))
+
+
+def night_mosaics(db: LabDatabase, radio_root: Path, day, settings=None) -> list:
+    """One primary-beam-weighted mosaic per declination strip of the images observed on ``day`` (UTC date).
+
+    The images are the catalogued ``image`` products of that night (one per group, its pointing declination
+    from its ``image.pbcor`` record); each mosaic goes to ``images/mosaics/`` and is recorded as a ``mosaic``
+    product. Returns ``mosaic.MosaicResult``s (empty when the night has no image).
+    """
+    from labpipe.radio import mosaic
+
+    rows = products.products(db, date=day, kind="image")
+    decs = {r["group_id"]: r["detail"]["dec_deg"] for r in rows if r["subtype"] == "image.pbcor" and r.get("detail")}
+    images = {
+        r["group_id"]: mosaic.MosaicInput(
+            Path(r["path"]).with_suffix("").with_suffix(""), r["group_id"], r["start_mjd"], decs.get(r["group_id"], 0.0)
+        )  # fmt: skip
+        for r in rows
+        if r["subtype"] == "image"
+    }
+    if not images:
+        return []
+    inputs = sorted(images.values(), key=lambda i: i.mjd)
+    spans = {r["group_id"]: (r["start_mjd"], r["end_mjd"]) for r in rows if r["subtype"] == "image"}
+    results = mosaic.strip_mosaics(inputs, inputs[0].mjd, inputs[-1].mjd, radio_root / "images" / "mosaics", settings)
+    for result in results:
+        start, end = min(spans[g][0] for g in result.groups), max(spans[g][1] for g in result.groups)
+        products.record_product(db, "mosaic", result.path, start_mjd=start, end_mjd=end,
+                                detail={"n_images": result.n_images, "dec_deg": result.dec_deg})  # fmt: skip
+    return results

@@ -17,7 +17,7 @@ included, which a SIN or TAN grid does not. ``strip_mosaics`` groups images by p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class MosaicResult:
     npix: tuple[int, int]
     rms_jy: float  # noise where the weights peak
     dec_deg: float = float("nan")
+    groups: list[str] = field(default_factory=list)  # the groups of its images (strip_mosaics)
 
 
 @dataclass
@@ -195,7 +196,9 @@ def strip_mosaics(
     for strip in strips(chosen, settings.dec_tolerance_deg):
         dec = float(np.median([i.dec_deg for i in strip]))
         out = Path(out_dir) / mosaic_name(strip[0].group, strip[-1].group, dec)
-        results.append(linear_mosaic([i.prefix for i in strip], out, settings=settings))
+        result = linear_mosaic([i.prefix for i in strip], out, settings=settings)
+        result.groups = [i.group for i in strip]
+        results.append(result)
     return results
 
 
