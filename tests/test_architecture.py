@@ -116,3 +116,13 @@ def test_the_cli_imports_flows_only_to_launch_them(path):
     assert not wrong, (
         f"deployments/cli/{path.name} takes {wrong} from flows: configuration is in labpipe.blocks, rules in lib"
     )
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: f"{d['entrypoint'].split(':')[1]}/{d['name']}")
+def test_every_deployed_flow_documents_its_parameters(deployment):
+    """The run form in the Prefect UI shows each parameter's description (the flow docstring's Args:)."""
+    module, name = deployment["entrypoint"].split(":")
+    flow = getattr(importlib.import_module("labpipe.flows." + Path(module).stem), name)
+    properties = flow.parameters.model_dump()["properties"]
+    undocumented = [p for p, schema in properties.items() if not schema.get("description")]
+    assert not undocumented, f"{name}: parameters without a description in its docstring's Args: {undocumented}"
