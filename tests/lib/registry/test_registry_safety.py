@@ -138,6 +138,20 @@ def test_gc_between_a_publishers_checks_and_its_manifest_write_does_not_delete_i
     _pullable(make_registry, entry)
 
 
+def test_a_delete_between_a_republishers_checks_and_its_manifest_write_does_not_leave_it_without_files(
+    make_registry, model_dir
+):
+    folder = model_dir()
+    first = make_registry("gpu@first").publish(folder, model_type="t", checkpoint="best.ckpt", alias="prod")
+    admin = make_registry("gpu@admin")
+    publisher = make_registry("gpu@second")
+    # the model is in the manifest: the republisher finds its files stored, then an admin deletes the model
+    publisher.backend = _Hooked(publisher.backend, "write_if", lambda: admin.delete(first.id, force=True))
+    again = publisher.publish(folder, model_type="t", checkpoint="best.ckpt", alias="latest")
+    assert publisher.backend.fired and again.id == first.id
+    _pullable(make_registry, again)
+
+
 @pytest.fixture(scope="module")
 def careless_s3_server():
     """An S3 endpoint that accepts every conditional write (drops If-Match / If-None-Match)."""
