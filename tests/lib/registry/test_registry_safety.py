@@ -138,6 +138,20 @@ def test_gc_between_a_publishers_checks_and_its_manifest_write_does_not_delete_i
     _pullable(make_registry, entry)
 
 
+def test_a_delete_between_a_republishers_checks_and_its_manifest_write_does_not_leave_it_without_files(
+    make_registry, model_dir
+):
+    folder = model_dir()
+    first = make_registry("gpu@first").publish(folder, model_type="t", checkpoint="best.ckpt", alias="prod")
+    admin = make_registry("gpu@admin")
+    publisher = make_registry("gpu@second")
+    # the model is in the manifest: the republisher finds its files stored, then an admin deletes the model
+    publisher.backend = _Hooked(publisher.backend, "write_if", lambda: admin.delete(first.id, force=True))
+    again = publisher.publish(folder, model_type="t", checkpoint="best.ckpt", alias="latest")
+    assert publisher.backend.fired and again.id == first.id
+    _pullable(make_registry, again)
+
+
 @pytest.fixture(scope="module")
 def careless_s3_server():
     """An S3 endpoint that accepts every conditional write (drops If-Match / If-None-Match)."""
@@ -162,3 +176,38 @@ def test_opening_a_store_that_ignores_if_match_fails_with_a_clear_error(careless
     with pytest.raises(ConfigError, match="If-Match") as raised:
         settings.open(room="lab")
     assert careless_s3_server.endpoint_url in str(raised.value)
+
+
+class _AlteringStore:
+    """An S3 store whose uploads land with other bytes than were sent (a faulty gateway, a truncating proxy)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def upload(self, room, key, source, sha256):
+        client = self._backend.client._client  # the boto3 client inside S3Backend's wrapper
+        original = client.upload_file
+
+        def altered(filename, bucket, s3_key, ExtraArgs=None, **kwargs):  # noqa: N803 - boto3's name
+            client.put_object(Bucket=bucket, Key=s3_key, Body=b"altered", Metadata=ExtraArgs["Metadata"])
+
+        client.upload_file = altered
+        try:
+            return self._backend.upload(room, key, source, sha256)
+        finally:
+            client.upload_file = original
+
+
+def test_an_upload_whose_stored_bytes_differ_is_refused_and_not_published(s3_server, tmp_path, model_dir):
+    from labpipe.registry import Registry
+
+    from .conftest import s3_backend
+
+    backend = s3_backend(s3_server)
+    registry = Registry(_AlteringStore(backend), "lab", tmp_path / "cache")
+    with pytest.raises(ConflictError, match="stored bytes"):
+        registry.publish(model_dir(), model_type="t", alias="prod")
+    assert registry.manifest().models == {} and registry.manifest().aliases == {}
