@@ -98,7 +98,7 @@ def train_pose_model(
 
     Args:
         labelled: Folder of labelled frames (a DeepLabCut labeled-data folder with its CollectedData file).
-        name: Model name (registry alias pose-<name>).
+        name: Model name (registry alias pose-NAME).
         videos: Folder of the videos the frames came from, when the labelled folder does not hold them.
         settings: Training settings that override the pose training block for this run (e.g. {"epochs": 5}).
         training_block: Name of the labpipe pose training block.

@@ -209,7 +209,7 @@ def segment(
 
     Args:
         tomogram: The MRC file: an absolute path, or a file name under the tomograms root.
-        model: Model name under <models>/seg/ (fetched from the model registry when missing); empty: the block's.
+        model: Model name in the models root's seg folder (else fetched from the model registry); empty: the block's.
         run: Name of this run's artifact folder (letters, digits, '.', '-', '_'); empty: tomogram name and time.
         step_size: Sliding-window step as a fraction of the patch (0.5 as nnU-Net; larger is faster, coarser).
         mirroring: Test-time mirroring (up to 8 predictions per window: slower, slightly better).
@@ -310,8 +310,8 @@ def train_seg_model(
     """Train an nnU-Net v2 model on labelled tomograms or simulated ones, and publish it to the model registry.
 
     Args:
-        name: Model name (folder under <models>/seg/, registry alias seg-<name>).
-        images: Labelled tomograms: MRC paths, each with <stem>_labels.mrc beside it; empty: simulated ones.
+        name: Model name (a folder in the models root's seg folder, registry alias seg-NAME).
+        images: Labelled tomograms: MRC paths, each with STEM_labels.mrc beside it; empty: simulated ones.
         simulate: How many tomograms to simulate when no images are given.
         size: Edge of each simulated tomogram (voxels).
         network: 'tiny' (fast, for tests and demos) or nnU-Net's 'default' network for the plan.

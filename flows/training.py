@@ -220,7 +220,7 @@ def train_twin(
     Args:
         animal_id: The animal (as in the subject tables, e.g. ANM-3001) whose scans train the twin.
         epochs: Training epochs per member.
-        ensemble: Members of the ensemble (member 0 becomes alias mei-twin-<animal>, the others score MEIs).
+        ensemble: Members of the ensemble (member 0 becomes alias mei-twin-ANIMAL, the others score MEIs).
         link_first: Link new scans to their stimuli before training.
         room: Registry room; empty: the model store block's.
         simulated_seed: Seed of a simulated population, to report recovery of its true neurons (demos, tests).
@@ -423,7 +423,7 @@ def mei_candidates(
 
     Args:
         animal_id: The animal whose twin generates the MEIs.
-        model: Twin model id or alias; empty: mei-twin-<animal>.
+        model: Twin model id or alias; empty: mei-twin-ANIMAL.
         scorers: Model ids that score the candidates; empty: the ensemble's held-out members.
         units: Unit ids to optimise; empty: every unit the twin fits.
         seeds: Random starts per unit.
