@@ -61,7 +61,7 @@ def pose_models(registry_name: str | None, roots: Layout) -> RegistryModelStore:
     from labpipe.blocks.registry import model_store
     from labpipe.pose.models import RegistryModelStore
 
-    return RegistryModelStore(model_store(registry_name).open(roots), roots.scratch / "pose" / "projects")
+    return RegistryModelStore.of_room(model_store(registry_name), roots)
 
 
 __all__ = ["PoseAnalysis", "PoseTraining", "analysis_settings", "pose_models", "training_settings"]

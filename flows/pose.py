@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labpipe.blocks import lab_database, layout
-from labpipe.blocks.pose import analysis_settings, pose_models, training_settings
+from labpipe.blocks import database_settings, layout
+from labpipe.blocks.pose import analysis_settings, training_settings
+from labpipe.blocks.registry import model_store
+from labpipe.db.connect import open_lab_database
+from labpipe.db.settings import DatabaseSettings
 from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.layout import Layout
+from labpipe.pose.models import RegistryModelStore
 from labpipe.pose.populate import PoseRunResult, preflight_tasks, run_population
 from labpipe.pose.schema import PoseContext, record_model
 from labpipe.pose.settings import PoseAnalysisSettings, PoseTrainingSettings
+from labpipe.registry import ModelStoreSettings
 from prefect import flow, task
 
 
@@ -52,11 +57,11 @@ def train_network_task(labelled: Path, videos: Path | None, name: str, workdir: 
 
 
 @task(name="publish-pose-model", task_run_name="publish-{trained.name}", retries=2, retry_delay_seconds=10)
-def publish_task(trained, registry_block: str | None, layout_block: str | None, db_block: str | None) -> dict:
+def publish_task(trained, store: ModelStoreSettings, roots: Layout, db: DatabaseSettings) -> dict:
     from labpipe.pose.schema import tables
 
-    card = pose_models(registry_block, layout(layout_block)).publish(trained)
-    record_model(tables(lab_database(db_block, layout_block)), card)
+    card = RegistryModelStore.of_room(store, roots).publish(trained)
+    record_model(tables(open_lab_database(db, blobs=roots.blobs)), card)
     return card.__dict__
 
 
@@ -114,7 +119,7 @@ def train_pose_model(
     trained = train_network_task(
         labelled_path, videos_path, name, roots.models / "pose-training", training_settings(training_block, settings)
     )
-    card = publish_task(trained, registry_block, layout_block, db_block)
+    card = publish_task(trained, model_store(registry_block), roots, database_settings(db_block))
     publish_markdown(_training_summary(trained, card), key=f"pose-train-{name}".lower(), description="pose model")
     return {**card, "evaluation": trained.evaluation.__dict__}
 
@@ -123,11 +128,10 @@ def train_pose_model(
 
 
 @task(name="preflight-pose-tasks", task_run_name="preflight-pose-tasks")
-def preflight_task(db_block, layout_block, registry_block, settings: PoseAnalysisSettings) -> list[dict]:
+def preflight_task(db: DatabaseSettings, roots: Layout, store: ModelStoreSettings, settings: PoseAnalysisSettings):
     """Every pending task checked without GPU time; problems are reported now, before any worker waits."""
-    roots = layout(layout_block)
-    context = pose_context(roots, pose_models(registry_block, roots), settings)
-    rows = preflight_tasks(lab_database(db_block, layout_block), context)
+    context = pose_context(roots, RegistryModelStore.of_room(store, roots), settings)
+    rows = preflight_tasks(open_lab_database(db, blobs=roots.blobs), context)
     for row in rows:
         for problem in row["problems"]:
             logger().warning("task %s will be refused: %s", row["file_name"], problem)
@@ -135,23 +139,24 @@ def preflight_task(db_block, layout_block, registry_block, settings: PoseAnalysi
 
 
 @task(name="populate-pose", task_run_name="populate-pose")
-def populate_task(max_calls, db_block, layout_block, registry_block, settings: PoseAnalysisSettings) -> PoseRunResult:
+def populate_task(
+    max_calls, db: DatabaseSettings, roots: Layout, store: ModelStoreSettings, settings: PoseAnalysisSettings
+) -> PoseRunResult:
     from labpipe.pose import dlc
 
-    roots = layout(layout_block)
-    db = lab_database(db_block, layout_block)
     dlc.deeplabcut()  # the slow import happens before a GPU slot is taken
-    context = pose_context(roots, pose_models(registry_block, roots), settings)
-    return run_population(db, context, max_calls=max_calls, progress=Progress("videos analysed"))
+    context = pose_context(roots, RegistryModelStore.of_room(store, roots), settings)
+    return run_population(
+        open_lab_database(db, blobs=roots.blobs), context, max_calls=max_calls, progress=Progress("videos analysed")
+    )
 
 
 @task(name="summarise-pose-run", task_run_name="summarise-pose-run")
-def summary_task(result: PoseRunResult, db_block, layout_block, preview_frames: int) -> str:
+def summary_task(result: PoseRunResult, db_settings: DatabaseSettings, roots: Layout, preview_frames: int) -> str:
     import matplotlib.pyplot as plt
     from labpipe.pose.summary import preview_figure, result_rows, summary_markdown
 
-    roots = layout(layout_block)
-    db = lab_database(db_block, layout_block)
+    db = open_lab_database(db_settings, blobs=roots.blobs)
     text = summary_markdown(result_rows(db, result.analysed), result.errors, result.remaining, markdown_table)
     figure = preview_figure(db, roots.share, result.analysed, frames=preview_frames)
     if figure is not None:
@@ -178,10 +183,11 @@ def populate_pose(
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    settings = analysis_settings(analysis_block)
-    checked = preflight_task(db_block, layout_block, registry_block, settings)
-    result = populate_task(max_calls, db_block, layout_block, registry_block, settings)
-    summary_task(result, db_block, layout_block, settings.preview_frames)
+    settings = analysis_settings(analysis_block)  # each block resolved once for the run
+    db, roots, store = database_settings(db_block), layout(layout_block), model_store(registry_block)
+    checked = preflight_task(db, roots, store, settings)
+    result = populate_task(max_calls, db, roots, store, settings)
+    summary_task(result, db, roots, settings.preview_frames)
     return {
         "analysed": len(result.analysed),
         "errors": len(result.errors),

@@ -125,12 +125,9 @@ def _publish_preview(run: str):
 
 
 @task(name="segment-windows", task_run_name="segment-{job.run}")
-def segment_task(
-    job: SegmentationJob, info: TomogramInfo, workers: int | None, layout_block: str | None, dask_block: str | None
-):
-    roots = layout(layout_block)
+def segment_task(job: SegmentationJob, info: TomogramInfo, workers: int | None, roots: Layout, dask: DaskSettings):
     device = resolve_device(job.device)
-    cluster, threads = window_cluster(dask_settings(dask_block), device, workers)
+    cluster, threads = window_cluster(dask, device, workers)
     state = RunState()
     progress = Progress(f"windows of {job.run} predicted", key=f"segment-progress-{_artifact_key(job.run)}")
     occupy = cluster.n_workers if device.startswith("cuda") and cluster.n_workers else 1
@@ -243,7 +240,7 @@ def segment(
         publish_markdown(_summary(done, model_info), key="segment-summary", description="segmentation run summary")
         return {k: v for k, v in done.as_json().items() if k != "memory"}
     try:
-        result = segment_task(job, info, workers or defaults.workers, layout_block, dask_block)
+        result = segment_task(job, info, workers or defaults.workers, roots, dask_settings(dask_block))
     except SegmentationCancelled as exc:
         publish_markdown(
             f"# Segmentation `{job.run}`: cancelled\n{exc}",
@@ -269,8 +266,7 @@ def simulate_training_task(folder: Path, count: int, size: int, seed: int) -> li
 
 
 @task(name="train-nnunet", task_run_name="train-{name}")
-def train_task(name: str, cases: list[tuple[str, str]], label_names: dict, options: dict, layout_block) -> dict:
-    roots = layout(layout_block)
+def train_task(name: str, cases: list[tuple[str, str]], label_names: dict, options: dict, roots: Layout) -> dict:
     progress = Progress(f"epochs of {name}")
     with gpu_slot():
         report = train_model(
@@ -350,7 +346,7 @@ def train_seg_model(
         "device": device,
         "overwrite": overwrite,
     }
-    result = train_task(name, pairs, {str(k): v for k, v in labels.items()}, options, layout_block)
+    result = train_task(name, pairs, {str(k): v for k, v in labels.items()}, options, roots)
     info = ModelInfo(**result["model"])
     registry_id = shared_models.publish_model(model_registry(), info, result["final_loss"]) if publish else None
     publish_markdown(

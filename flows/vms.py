@@ -26,9 +26,8 @@ SUMMARY_COLUMNS = ["id", "hostname", "state", "owner", "gpu", "reason"]
 
 
 @contextlib.contextmanager
-def vm_store(vm_block: str | None, db_block: str | None) -> Iterator[tuple[VmStore, AllocatorSettings]]:
-    settings = vm_settings(vm_block)
-    db: DatabaseSettings = database_settings(db_block)
+def vm_store(settings: AllocatorSettings, db: DatabaseSettings) -> Iterator[tuple[VmStore, AllocatorSettings]]:
+    """The VM tables (a small connection pool) and the allocation settings, closed after."""
     store = VmStore.open(settings.model_copy(update={"pool_size": 2}), db)
     try:
         yield store, settings
@@ -65,8 +64,15 @@ def _registration_figure(store: VmStore, ids: list[int]):
 
 
 @task(name="start-vms", task_run_name="start-{count}-vms-{request_key}")
-def start_vms(count: int, request_key: str, command: list[str], allocator_url: str | None, vm_block, db_block) -> dict:
-    with vm_store(vm_block, db_block) as (store, settings):
+def start_vms(
+    count: int,
+    request_key: str,
+    command: list[str],
+    allocator_url: str | None,
+    vm: AllocatorSettings,
+    db: DatabaseSettings,
+) -> dict:
+    with vm_store(vm, db) as (store, settings):
         report = lifecycle.create_vms(
             store,
             settings,
@@ -82,8 +88,10 @@ def start_vms(count: int, request_key: str, command: list[str], allocator_url: s
 
 
 @task(name="wait-for-registration", task_run_name="wait-{timeout}s")
-def wait_for_registration(ids: list[int], timeout: float, vm_block, db_block) -> dict[int, str]:
-    with vm_store(vm_block, db_block) as (store, _):
+def wait_for_registration(
+    ids: list[int], timeout: float, vm: AllocatorSettings, db: DatabaseSettings
+) -> dict[int, str]:
+    with vm_store(vm, db) as (store, _):
         return lifecycle.wait_settled(store, ids, timeout)
 
 
@@ -108,12 +116,13 @@ def create_vms(
         vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
+    config = vm_settings(vm_block), database_settings(db_block)  # resolved once for the run
     key = request_key or f"flow-{flow_run.get_id() or 'local'}"  # a retried run never makes more VMs
-    report = start_vms(count, key, list(command or []), allocator_url, vm_block, db_block)
-    with vm_store(vm_block, db_block) as (store, _):
+    report = start_vms(count, key, list(command or []), allocator_url, *config)
+    with vm_store(*config) as (store, _):
         ids = [vm.id for vm in store.list(request_key=key)]  # a rerun also reports the VMs the first run made
-    states = wait_for_registration(report["created"], wait_seconds, vm_block, db_block) if report["created"] else {}
-    with vm_store(vm_block, db_block) as (store, _):
+    states = wait_for_registration(report["created"], wait_seconds, *config) if report["created"] else {}
+    with vm_store(*config) as (store, _):
         rows = _rows(store, ids)
         figure = png_markdown(_registration_figure(store, ids), "time to registration") if ids else ""
     summary = (
@@ -125,8 +134,8 @@ def create_vms(
 
 
 @task(name="destroy-vms", task_run_name="destroy-{ids}")
-def destroy_task(ids: list[int], reason: str, vm_block, db_block) -> dict:
-    with vm_store(vm_block, db_block) as (store, settings):
+def destroy_task(ids: list[int], reason: str, vm: AllocatorSettings, db: DatabaseSettings) -> dict:
+    with vm_store(vm, db) as (store, settings):
         return lifecycle.destroy_vms(store, settings, ids, reason=reason, progress=Progress("VMs destroyed")).as_json()
 
 
@@ -147,10 +156,11 @@ def destroy_vms(
         vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    with vm_store(vm_block, db_block) as (store, _):
+    config = vm_settings(vm_block), database_settings(db_block)  # resolved once for the run
+    with vm_store(*config) as (store, _):
         chosen = sorted(set(ids or []) | set(lifecycle.ids_in_states(store, states) if states else []))
-    report = destroy_task(chosen, reason, vm_block, db_block) if chosen else {"destroyed": [], "failed": []}
-    with vm_store(vm_block, db_block) as (store, _):
+    report = destroy_task(chosen, reason, *config) if chosen else {"destroyed": [], "failed": []}
+    with vm_store(*config) as (store, _):
         rows = _rows(store, chosen)
     publish_markdown(
         f"# destroy-vms\n{len(report['destroyed'])} destroyed, {len(report['failed'])} failed\n\n"
@@ -164,8 +174,8 @@ def destroy_vms(
 
 
 @task(name="reap", task_run_name="reap")
-def reap_task(allocator_url: str | None, vm_block, db_block) -> dict:
-    with vm_store(vm_block, db_block) as (store, settings):
+def reap_task(allocator_url: str | None, vm: AllocatorSettings, db: DatabaseSettings) -> dict:
+    with vm_store(vm, db) as (store, settings):
         return lifecycle.reap(store, settings, allocator_url=allocator_url).as_json()
 
 
@@ -180,7 +190,8 @@ def reap_vms(
         vm_block: Name of the labpipe vm allocation block (provisioner, limits, allocator URL).
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    report = reap_task(allocator_url, vm_block, db_block)
+    config = vm_settings(vm_block), database_settings(db_block)  # resolved once for the run
+    report = reap_task(allocator_url, *config)
     acted = [{"action": "reboot", **r} for r in report["rebooted"]] + [
         {"action": "fail", **r} for r in report["failed"]
     ]

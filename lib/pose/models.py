@@ -127,6 +127,11 @@ class RegistryModelStore:
     def __init__(self, registry, projects_root: Path) -> None:
         self.registry, self.projects_root = registry, Path(projects_root)
 
+    @classmethod
+    def of_room(cls, store, roots) -> RegistryModelStore:
+        """The room ``store`` (ModelStoreSettings) configures; runnable copies under ``roots``' scratch."""
+        return cls(store.open(roots), roots.scratch / "pose" / "projects")
+
     def publish(self, trained: TrainedModel, *, alias: str | None = None) -> PoseModelCard:
         """Publish ``trained`` (idempotent: the same files give the same id); ``alias`` defaults to its name."""
         card = trained.card()
