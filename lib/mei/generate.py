@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from labpipe.errors import InvalidInput
-from labpipe.mei.twin import LoadedTwin, _torch, model_device
+from labpipe.mei.twin import LoadedTwin, model_device, torch_module
 
 
 @dataclass
@@ -90,7 +90,7 @@ def generate_meis(
     seeds: list[int] | None = None,
 ) -> list[MeiCandidate]:
     """MEI candidates of one unit, one per seed (all seeds optimised as one batch; one seed is a batch of one)."""
-    torch = _torch()
+    torch = torch_module()
     twins = twins if isinstance(twins, list) else [twins]
     config = config or MeiConfig()
     seeds = list(seeds) if seeds is not None else list(range(config.seeds))

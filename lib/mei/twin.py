@@ -28,7 +28,8 @@ from labpipe.files import atomic_path, atomic_write_text
 from labpipe.optional import require
 
 
-def _torch():
+def torch_module():
+    """torch, with one thread per process unless LABPIPE_TORCH_THREADS says more."""
     torch = require("torch", "mei", "the MEI twin")
     # small models on shared cores: one thread each (more threads only spin against other work);
     # LABPIPE_TORCH_THREADS raises it on a dedicated host
@@ -45,7 +46,7 @@ def device():
     Only the CPU path runs on the development machine; on a GPU host the same code moves
     the model and each batch to ``cuda`` (expect about 10-50x faster training).
     """
-    torch = _torch()
+    torch = torch_module()
     wanted = os.environ.get("LABPIPE_DEVICE", "auto")
     if wanted == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
@@ -86,7 +87,7 @@ class TwinConfig:
 
 def build_twin(n_units: int, size: int, config: TwinConfig):
     """The twin network for ``n_units`` neurons on ``size`` x ``size`` images."""
-    torch = _torch()
+    torch = torch_module()
     nn = torch.nn
 
     class Readout(nn.Module):
@@ -156,7 +157,7 @@ def per_unit_correlation(prediction: np.ndarray, target: np.ndarray) -> np.ndarr
 
 
 def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    torch = _torch()
+    torch = torch_module()
     model.eval()
     with torch.no_grad():
         dev = model_device(model)
@@ -168,7 +169,7 @@ def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, history: list[dict], meta: dict) -> None:
-    torch = _torch()
+    torch = torch_module()
     with atomic_path(path) as tmp:
         torch.save(
             {
@@ -199,7 +200,7 @@ def train_twin(
     where a neuron was not recorded for an image (masked out of the loss).
     ``stop_after_epoch`` ends early (tests use it to simulate a killed run).
     """
-    torch = _torch()
+    torch = torch_module()
     images = np.ascontiguousarray(images, dtype=np.float32)
     responses = np.ascontiguousarray(responses, dtype=np.float32)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
@@ -334,7 +335,7 @@ META_FILE = "twin.json"
 
 def save_twin(model, folder: Path, *, unit_ids: list[str], animal_id: str, config: TwinConfig, extra: dict) -> Path:
     """Write the publishable model folder: ``twin.pt`` (weights) and ``twin.json`` (how to rebuild it)."""
-    torch = _torch()
+    torch = torch_module()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     size = int(np.sqrt(model.readout.spatial.shape[1]))
@@ -362,7 +363,7 @@ class LoadedTwin:
 
 def load_twin(folder: Path) -> LoadedTwin:
     """Rebuild a twin from its model folder (a registry cache folder)."""
-    torch = _torch()
+    torch = torch_module()
     folder = Path(folder)
     meta_path = folder / META_FILE
     if not meta_path.exists():
