@@ -118,19 +118,19 @@ class SimulatedLab:
     def home(self, host: str) -> Path:
         return self.root / "hosts" / host / "home"
 
+    @property
+    def shared_env_file(self) -> Path:
+        return self.root / "etc" / "labpipe.env"
+
     def env_file(self, host: str) -> Path:
-        return self.root / "hosts" / host / "labpipe.env"
+        return self.root / "hosts" / host / "host.env"
 
     def secret(self, name: str) -> Path:
         return self.secrets / name
 
-    def host_env(self, host: str) -> dict[str, str]:
-        """The host's environment file, as a lab host's /etc/labpipe/labpipe.env would hold it."""
-        cert, key = self.certs / f"{host}.pem", self.certs / f"{host}-key.pem"
-        env = {
-            "LABPIPE_HOME": str(self.home(host)),
-            "LABPIPE_LAB_HOST": host,
-            "PREFECT_HOME": str(self.home(host) / "prefect"),
+    def shared_env(self) -> dict[str, str]:
+        """/etc/labpipe/labpipe.env: the same on every host."""
+        return {
             "PREFECT_API_URL": self.api_url,
             "LABPIPE_PREFECT_API_URL": self.api_url,
             "PREFECT_API_SSL_CERT_FILE": str(self.certs / "ca.pem"),
@@ -142,6 +142,16 @@ class SimulatedLab:
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(self.certs / "ca.pem"),
             "MPLBACKEND": "Agg",
+        }
+
+    def host_env(self, host: str) -> dict[str, str]:
+        """/etc/labpipe/host.env: what differs per host (its address, certificate, role)."""
+        cert, key = self.certs / f"{host}.pem", self.certs / f"{host}-key.pem"
+        env = {
+            "LABPIPE_HOME": str(self.home(host)),  # /srv/labpipe on every real host; apart here, on one disk
+            "PREFECT_HOME": str(self.home(host) / "prefect"),
+            "LABPIPE_LAB_HOST": host,
+            "LABPIPE_HOST_ADDRESS": self.net.address(host),
         }
         for role in ("SCHEDULER", "WORKER", "CLIENT"):
             env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(cert)
@@ -169,7 +179,8 @@ class SimulatedLab:
             "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self.home(host)),
             "LANG": "C.UTF-8",
-            **read_env_file(self.env_file(host)),
+            **read_env_file(self.shared_env_file),
+            **read_env_file(self.env_file(host)),  # as systemd reads them: the host's file last
         }
 
     def with_secrets(self, argv: list[str]) -> list[str]:
@@ -351,8 +362,7 @@ class SimulatedLab:
             phase("network")
             make_certs(self.certs, {h: [self.net.address(h), f"{h}.lab"] for h in self.net.hosts}, lab=self.net.prefix)
             self._write_secrets()
-            for host in self.net.hosts:
-                self._write_env_file(host)
+            self._write_env_files()
             self._prepare_ssh()
             phase("certificates and secrets")
             self._init_postgres()
@@ -400,10 +410,14 @@ class SimulatedLab:
         lab_db = f"postgresql://labpipe:{password['lab-db']}@{self.main}:{POSTGRES_PORT}/labpipe"
         write_private(self.secret("lab-database-url"), f"{lab_db}\n".encode())
 
-    def _write_env_file(self, host: str) -> None:
-        lines = [f"# the simulated lab's {host} host: /etc/labpipe/labpipe.env on a real one (docs/lab.md)"]
-        lines += [f"{name}={value}" for name, value in self.host_env(host).items()]
-        self.env_file(host).write_text("\n".join(lines) + "\n")
+    def _write_env_files(self) -> None:
+        self.shared_env_file.parent.mkdir(exist_ok=True)
+        files = {self.shared_env_file: ("every host", self.shared_env())}
+        files |= {self.env_file(host): (f"the {host} host", self.host_env(host)) for host in self.net.hosts}
+        for path, (whom, env) in files.items():
+            lines = [f"# {whom} of the simulated lab; on a real host /etc/labpipe/{path.name} (docs/lab.md)"]
+            lines += [f"{name}={value}" for name, value in env.items()]
+            path.write_text("\n".join(lines) + "\n")
 
     def _prepare_ssh(self) -> None:
         from cryptography.hazmat.primitives import serialization
