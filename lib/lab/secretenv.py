@@ -49,7 +49,11 @@ def read_secret_file(path: Path, variable: str) -> str:
 
 
 def resolve_secret_files(environ: MutableMapping[str, str]) -> list[str]:
-    """Set each ``NAME`` whose ``NAME_FILE`` is set from that file; returns the names set."""
+    """Set each ``NAME`` whose ``NAME_FILE`` is set from that file and drop ``NAME_FILE``; returns the names set.
+
+    Dropping it makes resolving idempotent: a ``labpipe`` command started by a service (or a flow run of a
+    worker) that was resolved already finds ``NAME`` alone.
+    """
     resolved = []
     for name in SECRET_VARIABLES:
         file = environ.get(f"{name}_FILE")
@@ -58,6 +62,7 @@ def resolve_secret_files(environ: MutableMapping[str, str]) -> list[str]:
         if environ.get(name):
             raise ConfigError(name, f"is set and so is {name}_FILE", f"keep only {name}_FILE (the secret's file)")
         environ[name] = read_secret_file(Path(file), name)
+        del environ[f"{name}_FILE"]
         resolved.append(name)
     return resolved
 

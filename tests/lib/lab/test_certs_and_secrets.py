@@ -88,7 +88,9 @@ def test_secret_files_become_variables_and_readable_ones_are_refused(tmp_path):
     assert resolve_secret_files(env) == ["PREFECT_API_AUTH_STRING"]
     assert env["PREFECT_API_AUTH_STRING"] == "labpipe:s3cret"
     assert "DASK_DISTRIBUTED__COMM__TLS__CA" not in env  # only the listed secrets, not every *_FILE
+    assert resolve_secret_files(env) == [] and env["PREFECT_API_AUTH_STRING"] == "labpipe:s3cret"  # once is enough
 
+    env["PREFECT_API_AUTH_STRING_FILE"] = str(secret)
     with pytest.raises(ConfigError, match="is set and so is"):
         resolve_secret_files(env)
     secret.chmod(0o644)
@@ -103,10 +105,11 @@ def test_the_wrapper_execs_the_service_with_its_secrets(tmp_path):
     secret.chmod(0o600)
     env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL_FILE": str(secret)}
     env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-    show = "import os; print(os.environ['PREFECT_SERVER_DATABASE_CONNECTION_URL'])"
+    name = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    show = f"import os; print(os.environ['{name}'], os.environ.get('{name}_FILE'))"
     wrapped = [sys.executable, "-m", "labpipe.lab.secretenv", sys.executable, "-c", show]
     result = subprocess.run(wrapped, env=env, capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "postgresql+asyncpg://prefect:pw@127.0.0.1/prefect", result.stderr
+    assert result.stdout.split() == ["postgresql+asyncpg://prefect:pw@127.0.0.1/prefect", "None"], result.stderr
     secret.chmod(0o640)
     result = subprocess.run(wrapped, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "chmod 600" in result.stderr
