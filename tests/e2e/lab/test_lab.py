@@ -225,6 +225,16 @@ def test_the_backup_host_pulls_from_main_over_key_only_ssh(lab, tmp_path):
     assert anonymous.returncode == 255 and "Permission denied" in anonymous.stderr
 
 
+def test_labpipe_status_works_on_a_lab_host_with_its_env_files(lab):
+    """The command line reads the secret files and trusts the lab's CA (it failed on both before)."""
+    result = lab.run("backup", [LABPIPE, "status", "--json"], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["server"] == lab.api_url
+    online = {p["pool"]: [w["name"] for w in p["workers"] if w["status"] == "ONLINE"] for p in data["pools"]}
+    assert online == {"cpu": ["cpu@main"], "gpu": ["gpu@gpu"], "backup": ["backup@backup"]}
+
+
 def test_teardown_leaves_no_namespace_process_or_folder(lab):
     pids = {s["pid"] for s in lab.status()["services"].values()} | {p for ps in lab.net.pids().values() for p in ps}
     down = _simulate("down", timeout=300)
