@@ -5,10 +5,12 @@ basic auth and TLS (uvicorn's own), the Dask scheduler (mutual TLS), a Dask work
 worker and an sshd (key only, forced ``rrsync -ro``) for the backup pull. ``gpu``: a Dask worker with the
 resource ``GPU=1`` and the ``gpu`` pool worker. ``backup``: the ``backup`` pool worker.
 
-Everything the lab keeps lives in ``/run/labpipe-lab-<prefix>`` (certificates, 0600 secret files, one
-environment file per host written as a lab's ``/etc/labpipe/labpipe.env`` would be, logs, the database);
-``down`` ends every process in the namespaces, deletes the namespaces and that folder. Every service
-starts through ``labpipe.lab.secretenv``, as the systemd units do, so the secrets reach it from files.
+The labpipe services are the units of ``infra/systemd``: their ExecStart, Environment and WorkingDirectory as
+systemd would run them (with ``/opt/labpipe`` mapped onto this checkout, and as root: the real units run as
+``labpipe``), so the e2e test proves the units themselves. PostgreSQL and sshd are Debian's programs. The lab
+keeps everything in ``/run/labpipe-lab-<prefix>`` (certificates, 0600 secret files, ``etc/labpipe.env`` and
+``hosts/<host>/host.env`` as a real host's ``/etc/labpipe`` holds them, logs, the database); ``down`` ends every
+process in the namespaces, deletes the namespaces and that folder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -71,8 +75,10 @@ def _tool(name: str) -> str:
 class Service:
     name: str
     host: str
-    argv: list[str]
+    argv: list[str] | None = None  # a program of Debian's (PostgreSQL, sshd), or None: the unit's ExecStart
     user: str | None = None  # run as this account (setpriv); None: as the caller (root)
+    unit: str | None = None  # infra/systemd/<unit>
+    instance: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -84,6 +90,48 @@ def read_env_file(path: Path) -> dict[str, str]:
             name, _, value = line.partition("=")
             env[name.strip()] = value.strip()
     return env
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # lib/lab/simulate.py -> the checkout (infra/ beside lib/)
+UNITS = CHECKOUT / "infra" / "systemd"
+INSTALL_ROOT = "/opt/labpipe"  # where the units expect labpipe; the simulated lab maps it onto this checkout
+
+
+def _on_this_checkout(word: str) -> str:
+    venv_bin = f"{INSTALL_ROOT}/.venv/bin/"
+    if word.startswith(venv_bin):
+        name = word.removeprefix(venv_bin)
+        return sys.executable if name == "python" else str(Path(sys.executable).parent / name)
+    return word.replace(INSTALL_ROOT, str(CHECKOUT))
+
+
+def _expand(word: str, env: dict[str, str]) -> list[str]:
+    """systemd's expansion of one ExecStart word: ``$NAME`` alone splits on blanks, ``${NAME}`` stays one word."""
+    whole = re.fullmatch(r"\$(\w+)", word)
+    if whole:
+        return env.get(whole.group(1), "").split()
+    return [re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), word)]
+
+
+def unit_command(unit: str, env: dict[str, str], instance: str = "", host: str = "") -> tuple[list[str], dict, Path]:
+    """The command, extra environment and working folder of ``infra/systemd/<unit>`` as systemd would run it
+    with ``env`` (its EnvironmentFiles), ``%i`` = ``instance`` and ``%H`` = ``host``, on this checkout."""
+    path = UNITS / unit
+    if not path.exists():
+        raise ToolError(path, "the simulated lab runs the units of a labpipe checkout", "run it from a checkout")
+    exec_start, extra, workdir = "", {}, CHECKOUT
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        value = value.replace("%i", instance).replace("%H", host)
+        if key == "ExecStart":
+            exec_start = value
+        elif key == "Environment":
+            name, _, setting = value.partition("=")
+            extra[name] = _on_this_checkout(setting)
+        elif key == "WorkingDirectory":
+            workdir = Path(_on_this_checkout(value))
+    words = [w for word in shlex.split(exec_start) for w in _expand(word, {**env, **extra})]
+    return [_on_this_checkout(w) for w in words], extra, workdir
 
 
 class SimulatedLab:
@@ -166,6 +214,9 @@ class SimulatedLab:
                 LABPIPE_TLS_CERT=str(cert),
                 LABPIPE_TLS_KEY=str(key),
             )
+        if host in ("main", "gpu"):  # what labpipe-dask-worker.service adds to its command line
+            resources = " --resources GPU=1" if host == "gpu" else ""
+            env["DASK_WORKER_ARGS"] = f"--nworkers 1 --nthreads 2 --name {host}{resources}"
         if host == "gpu":
             env["LABPIPE_GPUS"] = "1"
         if host == "backup":
@@ -196,11 +247,8 @@ class SimulatedLab:
     # --- services ---------------------------------------------------------------------------------------
 
     def services(self) -> list[Service]:
-        python, main = sys.executable, self.main
-        uvicorn = [python, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
-        dask_worker = ["dask", "worker", self.dask_address, "--nworkers", "1", "--nthreads", "2"]
-        dask_worker += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]  # health and metrics: loopback
-        bindir = postgres_bindir()
+        """Debian's PostgreSQL and sshd, and labpipe's own systemd units (their ExecStart, run as written)."""
+        main, bindir = self.main, postgres_bindir()
         return [
             Service(
                 "postgres",
@@ -211,49 +259,39 @@ class SimulatedLab:
                 + [f"--ssl_cert_file={self.pgdata / 'server.crt'}", f"--ssl_key_file={self.pgdata / 'server.key'}"],
                 user=POSTGRES_USER,
             ),
-            Service(
-                "prefect-server",
-                "main",
-                uvicorn
-                + ["--host", main, "--port", str(PREFECT_PORT), "--timeout-keep-alive", "5"]
-                + ["--ssl-certfile", str(self.certs / "main.pem"), "--ssl-keyfile", str(self.certs / "main-key.pem")],
-            ),
-            Service(
-                "dask-scheduler",
-                "main",
-                ["dask", "scheduler", "--protocol", "tls", "--host", main, "--port", str(DASK_PORT)]
-                + ["--dashboard-address", DASK_DASHBOARD],
-            ),
-            Service("dask-worker-main", "main", dask_worker + ["--host", main, "--name", "main"]),
-            Service(
-                "dask-worker-gpu",
-                "gpu",
-                dask_worker + ["--host", self.net.address("gpu"), "--name", "gpu", "--resources", "GPU=1"],
-            ),
             Service("sshd", "main", [_tool("sshd"), "-D", "-e", "-f", str(self.ssh / "sshd_config")]),
+            Service("prefect-server", "main", unit="labpipe-prefect-server.service"),
+            Service("dask-scheduler", "main", unit="labpipe-dask-scheduler.service"),
+            Service("dask-worker-main", "main", unit="labpipe-dask-worker.service"),
+            Service("dask-worker-gpu", "gpu", unit="labpipe-dask-worker.service"),
         ] + [
-            Service(f"worker-{pool}", host, ["prefect", "worker", "start", "--pool", pool, "--type", "process"])
+            Service(f"worker-{pool}", host, unit="labpipe-worker@.service", instance=pool)
             for pool, host in (("cpu", "main"), ("gpu", "gpu"), ("backup", "backup"))
         ]
 
     def _service(self, name: str) -> Service:
         return next(s for s in self.services() if s.name == name)
 
-    def start(self, service: Service) -> int:
-        argv = self.with_secrets(service.argv)
+    def command(self, service: Service) -> tuple[list[str], dict[str, str], Path]:
+        """What ``service`` runs on its host: argv, environment, working folder."""
         env = self.process_env(service.host)
-        if service.name.startswith("worker-"):
-            argv += ["--name", f"{service.name.removeprefix('worker-')}@{service.host}"]
+        if service.unit:
+            argv, extra, workdir = unit_command(service.unit, env, service.instance, service.host)
+            return argv, {**env, **extra}, workdir
+        assert service.argv is not None
         if service.user:  # the database's own account: none of labpipe's environment or secrets
             argv = [_tool("setpriv"), f"--reuid={service.user}", f"--regid={service.user}", "--init-groups"]
-            argv += service.argv
-            env = {"PATH": env["PATH"], "LANG": "C.UTF-8"}
+            return argv + service.argv, {"PATH": env["PATH"], "LANG": "C.UTF-8"}, self.home(service.host)
+        return service.argv, env, self.home(service.host)
+
+    def start(self, service: Service) -> int:
+        argv, env, workdir = self.command(service)
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{service.name}.log", "ab") as log:
             child = subprocess.Popen(
                 self.net.exec_argv(service.host, argv),
                 env=env,
-                cwd=self.home(service.host),
+                cwd=workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
