@@ -87,9 +87,14 @@ class ServerDown(ToolError):
     """No Prefect server answers at the platform's API address."""
 
 
+def api_tls_verify() -> str | bool:
+    """What probes of the API verify its certificate against: the lab's CA when set (docs/lab.md), as Prefect does."""
+    return os.environ.get("PREFECT_API_SSL_CERT_FILE") or True
+
+
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
-        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+        return httpx.get(f"{api_url}/health", timeout=timeout, verify=api_tls_verify()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -105,7 +110,8 @@ def wait_for_api(api_url: str, within: float, *, starting: Callable[[], bool] = 
         refused = False
         try:
             remaining = max(0.5, deadline - time.monotonic())
-            if httpx.get(f"{api_url}/ready", timeout=min(10.0, remaining)).status_code == 200:
+            ready = httpx.get(f"{api_url}/ready", timeout=min(10.0, remaining), verify=api_tls_verify())
+            if ready.status_code == 200:
                 return True
         except httpx.ConnectError:
             refused = True
@@ -352,6 +358,7 @@ def status(settings: Settings, recent: int = 10, wait: float = 15.0) -> dict:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
 
     if not wait_for_api(settings.api_url, wait, starting=_processes(settings)["prefect-server"].running):
         raise ServerDown(
@@ -401,7 +408,10 @@ def status(settings: Settings, recent: int = 10, wait: float = 15.0) -> dict:
                 flow_run_filter=started, limit=recent, sort=FlowRunSort.EXPECTED_START_TIME_DESC
             )
         ]
-        limit = client.read_global_concurrency_limit_by_name("gpu")
+        try:
+            limit = client.read_global_concurrency_limit_by_name("gpu")
+        except ObjectNotFound:  # a server `labpipe up` has not set up yet (a lab's, before its first up)
+            limit = None
     return {
         "server": settings.api_url,
         "ui": settings.api_url.removesuffix("/api"),

@@ -255,6 +255,9 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
+        from labpipe.lab.secretenv import resolve_secret_files
+
+        resolve_secret_files(os.environ)  # a lab host's env file names secret files (PREFECT_API_AUTH_STRING_FILE)
         # before anything imports prefect: every command talks to the platform's server, never an ephemeral one
         os.environ.setdefault("PREFECT_API_URL", _settings().api_url)
         _register_subcommands()

@@ -37,14 +37,14 @@ def test_units_verify(unit, tmp_path):
 def test_units_read_the_shared_environment_file():
     for unit in UNITS:
         assert "EnvironmentFile=/etc/labpipe/labpipe.env" in unit.read_text(), unit.name
-    env = (ROOT / "infra" / "labpipe.env.example").read_text()
+    env = (ROOT / "infra" / "labpipe.env.example").read_text() + (ROOT / "infra" / "host.env.example").read_text()
     for name in (
         "LABPIPE_DATABASE_URL",
         "PREFECT_API_URL",
         "PREFECT_SERVER_DATABASE_CONNECTION_URL",
         "DASK_SCHEDULER_ADDRESS",
     ):
-        assert re.search(rf"^{name}=", env, re.M), name
+        assert re.search(rf"^{name}(_FILE)?=", env, re.M), name  # secrets as NAME_FILE (docs/lab.md)
     assert not re.search(r"\b172\.2[56]\.", env), "lab IPs belong in the deployed env file, not the repository"
 
 

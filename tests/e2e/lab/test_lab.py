@@ -1,0 +1,255 @@
+"""The simulated lab as an engineer brings it up: three namespaces, real services, auth and TLS, clean teardown.
+
+One bring-up (``labpipe lab simulate up``) serves the module; every check waits on a condition, never a
+sleep, and the lab is torn down (by the command, then by the library as a safety net) even when a test
+or the bring-up fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from labpipe.lab.netns import namespaces_permitted
+
+
+def _why_not() -> str | None:
+    reason = namespaces_permitted()
+    if reason:
+        return reason
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        return "Debian's PostgreSQL server programs are not installed (apt-get install postgresql)"
+    for tool, package in (("sshd", "openssh-server"), ("rrsync", "rsync"), ("setpriv", "util-linux")):
+        if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
+            return f"{tool} is not installed (apt-get install {package})"
+    return None
+
+
+WHY_NOT = _why_not()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
+
+PREFIX = f"lpe{os.getpid() % 10000}"
+SUBNET = "10.233.0"
+LABPIPE = str(Path(sys.executable).parent / "labpipe")
+
+
+def _simulate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [LABPIPE, "lab", "simulate", *args, "--prefix", PREFIX, "--subnet", SUBNET],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from labpipe.lab.simulate import SimulatedLab
+
+    lab = SimulatedLab(prefix=PREFIX, subnet=SUBNET)
+    try:
+        up = _simulate("up", "--json")
+        assert up.returncode == 0, up.stdout + up.stderr
+        lab.brought_up = json.loads(up.stdout)
+        print(f"simulated lab up: {lab.brought_up['bringup_seconds']} (seconds)")
+        yield lab
+    finally:
+        lab.down()  # after the teardown test this finds nothing; after a failure it removes everything
+
+
+def _in_namespace(lab, host: str) -> set[int]:
+    return set(lab.net.pids().get(lab.net.namespace(host), []))
+
+
+def test_every_host_runs_its_services_and_nothing_listens_on_a_wildcard(lab):
+    services = lab.brought_up["services"]
+    expected = {
+        "main": {"postgres", "prefect-server", "dask-scheduler", "dask-worker-main", "worker-cpu", "sshd"},
+        "gpu": {"dask-worker-gpu", "worker-gpu"},
+        "backup": {"worker-backup"},
+    }
+    for host, names in expected.items():
+        assert {n for n, s in services.items() if s["host"] == host} == names
+        running = _in_namespace(lab, host)
+        for name in names:
+            assert services[name]["pid"] in running, f"{name} is not running in {host}'s namespace"
+    for host in expected:
+        listening = subprocess.run(
+            ["ip", "netns", "exec", lab.net.namespace(host), "ss", "-Hltn"], capture_output=True, text=True
+        ).stdout
+        addresses = [line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()]
+        assert addresses and not {"0.0.0.0", "*", "[::]"} & set(addresses), f"{host}: {addresses}"
+        assert set(addresses) <= {"127.0.0.1", "[::1]", lab.net.address(host)}, f"{host}: {addresses}"
+
+
+def test_the_prefect_server_runs_on_the_labs_postgresql_with_pg_trgm(lab):
+    conn = lab._postgres_connect("prefect")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT extname FROM pg_extension")
+            assert "pg_trgm" in {row[0] for row in cur.fetchall()}
+            cur.execute("SELECT count(*) FROM work_pool WHERE name IN ('cpu', 'gpu', 'backup')")
+            assert cur.fetchone()[0] == 3  # the pools the workers made live in this database
+    finally:
+        conn.close()
+
+
+def test_the_prefect_api_wants_the_auth_string_over_tls(lab):
+    for host in ("main", "gpu", "backup"):
+        assert lab.api("POST", "/flow_runs/filter", json={}, auth=False, host=host).status_code == 401
+    with_wrong = lab.net.call(
+        "backup",
+        lambda: (
+            httpx.post(
+                f"{lab.api_url}/flow_runs/filter",
+                json={},
+                auth=("labpipe", "guess"),
+                verify=str(lab.certs / "ca.pem"),
+            ).status_code
+        ),
+    )
+    assert with_wrong == 401
+    runs = lab.api("POST", "/flow_runs/filter", json={"limit": 5}, host="gpu")
+    assert runs.status_code == 200 and isinstance(runs.json(), list)
+    assert lab.api("GET", "/health", auth=False).status_code == 200  # probes stay open, as Prefect intends
+    ui = lab.net.call("backup", lambda: httpx.get(lab.api_url.removesuffix("/api"), verify=str(lab.certs / "ca.pem")))
+    assert ui.status_code == 200 and "<html" in ui.text.lower()
+    with pytest.raises(httpx.HTTPError):  # no plain HTTP on the port
+        lab.net.call("main", lambda: httpx.get(f"http://{lab.main}:4200/api/health", timeout=5))
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # the lab's CA, not the world's
+        lab.net.call("main", lambda: httpx.get(f"{lab.api_url}/health", timeout=5))
+
+
+DASK_PROBE = textwrap.dedent(
+    """
+    import json, os, socket, ssl, sys
+    from distributed import Client
+    from distributed.security import Security
+
+    host, port = sys.argv[1], int(sys.argv[2])
+    address, ca, stranger = os.environ["LABPIPE_DASK_ADDRESS"], sys.argv[3], sys.argv[4]
+    seen = {}
+
+    def refused(attempt):
+        try:
+            attempt()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return None
+
+    def no_certificate():
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+            tls.sendall(b"hello")
+            if not tls.recv(1):
+                raise ConnectionError("closed by the scheduler")
+
+    def connect(security, where=address):
+        with Client(where, security=security, timeout=5):
+            pass
+
+    seen["no certificate"] = refused(no_certificate)
+    seen["foreign CA"] = refused(lambda: connect(Security(
+        tls_ca_file=ca, tls_client_cert=stranger + "/intruder.pem", tls_client_key=stranger + "/intruder-key.pem",
+        require_encryption=True)))
+    seen["plain tcp"] = refused(lambda: connect(Security(require_encryption=False), f"tcp://{host}:{port}"))
+
+    def network_namespace():
+        return os.stat("/proc/self/ns/net").st_ino
+
+    with Client(address, timeout=30) as client:  # the lab's certificate, from the host's environment file
+        future = client.submit(network_namespace, resources={"GPU": 1}, pure=False)
+        seen["gpu task namespace"] = future.result(timeout=120)
+        seen["gpu task worker"] = sorted(client.who_has(future)[future.key])
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_dask_wants_the_lab_certificate_and_gpu_tasks_run_on_the_gpu_host(lab, tmp_path):
+    from labpipe.lab.certs import make_certs
+
+    make_certs(tmp_path / "stranger", {"intruder": [lab.main]}, lab="stranger")
+    (tmp_path / "probe.py").write_text(DASK_PROBE)
+    result = lab.run(
+        "main",
+        [sys.executable, str(tmp_path / "probe.py"), lab.main, "8786", str(lab.certs / "ca.pem")]
+        + [str(tmp_path / "stranger")],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    for attempt in ("no certificate", "foreign CA", "plain tcp"):
+        assert seen[attempt], f"a client with {attempt} connected to the scheduler"
+    assert seen["gpu task namespace"] == os.stat(f"/run/netns/{lab.net.namespace('gpu')}").st_ino
+    assert [w.split("//")[1].rsplit(":", 1)[0] for w in seen["gpu task worker"]] == [lab.net.address("gpu")]
+
+
+def test_the_backup_host_pulls_from_main_over_key_only_ssh(lab, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from labpipe.lab.certs import write_private
+
+    marker = lab.home("main") / "pull-me.txt"
+    marker.write_text("from main\n")
+    dest = tmp_path / "pulled"
+    dest.mkdir()
+    config = lab.host_env("backup")["LABPIPE_SSH_CONFIG"]
+    pulled = lab.run("backup", ["rsync", "-a", "-e", f"ssh -F {config}", "main:pull-me.txt", f"{dest}/"], timeout=60)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (dest / "pull-me.txt").read_text() == "from main\n"
+
+    shell = lab.run("backup", ["ssh", "-F", config, "main", "cat /etc/hostname"], timeout=60)
+    assert shell.returncode != 0 and not shell.stdout  # the key runs rrsync -ro, nothing else
+    writing = lab.run("backup", ["rsync", "-a", "-e", f"ssh -F {config}", str(dest / "pull-me.txt"), "main:x"])
+    assert writing.returncode != 0 and not (lab.home("main") / "x").exists()  # read-only
+    # another key (not in authorized_keys): refused, and no password is asked for (BatchMode)
+    stranger = tmp_path / "stranger"
+    write_private(
+        stranger,
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    other = tmp_path / "ssh_config"
+    other.write_text(Path(config).read_text().replace(str(Path(config).parent / "id_ed25519"), str(stranger)))
+    anonymous = lab.run("backup", ["ssh", "-F", str(other), "main", "true"], timeout=60)
+    assert anonymous.returncode == 255 and "Permission denied" in anonymous.stderr
+
+
+def test_labpipe_status_works_on_a_lab_host_with_its_env_files(lab):
+    """The command line reads the secret files and trusts the lab's CA (it failed on both before)."""
+    result = lab.run("backup", [LABPIPE, "status", "--json"], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["server"] == lab.api_url
+    online = {p["pool"]: [w["name"] for w in p["workers"] if w["status"] == "ONLINE"] for p in data["pools"]}
+    assert online == {"cpu": ["cpu@main"], "gpu": ["gpu@gpu"], "backup": ["backup@backup"]}
+
+
+def test_teardown_leaves_no_namespace_process_or_folder(lab):
+    pids = {s["pid"] for s in lab.status()["services"].values()} | {p for ps in lab.net.pids().values() for p in ps}
+    down = _simulate("down", timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert lab.net.existing() == []
+    assert not [ns for ns in os.listdir("/run/netns") if ns.startswith(f"{PREFIX}-")]
+    assert not lab.root.exists()
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert not alive, f"still running after down: {alive}"
+    status = _simulate("status")
+    assert status.returncode == 3 and "not up" in status.stdout
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
