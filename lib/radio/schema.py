@@ -57,6 +57,7 @@ def _build(schema) -> SimpleNamespace:
         incomplete = 0 : bool              # queued by the timeout with subbands missing
         attempts = 0 : int32
         worker = null : varchar(255)       # host:pid of the converting process
+        claim = null : varchar(32)         # token of the attempt holding (or that completed) the group
         heartbeat = null : datetime
         started = null : datetime
         finished = null : datetime
@@ -94,11 +95,21 @@ def _build(schema) -> SimpleNamespace:
         detail = '' : varchar(4000)
         staging = '' : varchar(16)         # tmpfs | disk
         seconds = null : float32
+        token = '' : varchar(32)           # the attempt's claim token (its staging folders are named by it)
         """
 
+    for table in (SubbandGroup, ConversionAttempt):
+        _add_new_attributes(table)
     return SimpleNamespace(
         schema=schema, SubbandGroup=SubbandGroup, SubbandFile=SubbandFile, ConversionAttempt=ConversionAttempt
     )
+
+
+def _add_new_attributes(table) -> None:
+    """Bring a table declared by an older labpipe up to its definition (only nullable/defaulted additions)."""
+    wanted = {line.split(":")[0].split("=")[0].strip() for line in table.definition.splitlines() if ":" in line}
+    if wanted - set(table.heading.names):
+        table().alter(prompt=False)
 
 
 def tables(db: LabDatabase) -> SimpleNamespace:
