@@ -105,11 +105,29 @@ def _build(schema) -> SimpleNamespace:
     )
 
 
+# attributes added after a release: a table declared by an older labpipe gains them when it is opened
+ADDED_ATTRIBUTES = {
+    "SubbandGroup": {"claim": "varchar(32) NULL"},
+    "ConversionAttempt": {"token": "varchar(32) NOT NULL DEFAULT ''"},
+}
+
+
 def _add_new_attributes(table) -> None:
-    """Bring a table declared by an older labpipe up to its definition (only nullable/defaulted additions)."""
-    wanted = {line.split(":")[0].split("=")[0].strip() for line in table.definition.splitlines() if ":" in line}
-    if wanted - set(table.heading.names):
-        table().alter(prompt=False)
+    """``ALTER TABLE ... ADD COLUMN`` for the attributes of ``ADDED_ATTRIBUTES`` the table lacks.
+
+    (DataJoint 2.3.5's ``Table.alter`` writes MySQL's ``MODIFY`` on PostgreSQL too, so not through it.)
+    """
+    from datajoint.heading import Heading
+
+    added = ADDED_ATTRIBUTES.get(table.__name__, {})
+    missing = {name: ddl for name, ddl in added.items() if name not in table.heading.names}
+    if not missing:
+        return
+    connection = table.connection
+    for name, ddl in missing.items():
+        column = connection.adapter.quote_identifier(name)
+        connection.query(f"ALTER TABLE {table.full_table_name} ADD COLUMN {column} {ddl}")
+    table._heading = Heading(table_info=table.heading.table_info)
 
 
 def tables(db: LabDatabase) -> SimpleNamespace:
