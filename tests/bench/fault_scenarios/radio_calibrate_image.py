@@ -19,8 +19,9 @@ from pathlib import Path
 from fault_scenarios import Context, Outcome, Scenario, partial_names, schema_prefix, sha256
 
 GROUP = "2025-10-13T13:28:03"
-KINDS = ("kcal", "bpcal", "gpcal")
-IMAGES = ("image.pbcor", "residual", "psf", "pb")
+KINDS = ("K", "BP", "G")
+TABLES = tuple(f"{GROUP}_24h.{suffix}" for suffix in ("kcal", "bpcal", "gpcal"))
+IMAGES = ("dirty", "image", "image.pbcor", "model", "pb", "psf", "residual")
 
 
 def _calgroup():
@@ -118,7 +119,7 @@ class RadioCalibrateImage(Scenario):
         decided = {
             r["table_name"] for r in registry.tables(db).CalTable.to_dicts() if r["status"] in ("active", "rejected")
         }
-        if decided != {f"{GROUP}_24h.{k}" for k in KINDS}:  # what the daily flow's choice of group amounts to
+        if decided != set(TABLES):  # what the daily flow's choice of group amounts to
             calrun.solve_and_register(db, root / "radio", ms, "24h", settings)
         report = calrun.apply_and_image(db, root / "radio", ms, settings)
         if report.held:
@@ -152,7 +153,7 @@ class RadioCalibrateImage(Scenario):
                 status = {r["table_name"]: r["status"] for r in registry.tables(db).CalTable.to_dicts()}
             finally:
                 db.connection.close()
-            active = all(status.get(f"{GROUP}_24h.{k}") == "active" for k in KINDS)
+            active = all(status.get(name) == "active" for name in TABLES)
             complete = active and all(p.exists() for p in [*tables.values(), *images.values()]) and bool(qa)
             detail = f"tables {status}; images {[k for k, p in images.items() if p.exists()]}; qa {len(qa)}"
         return Outcome(complete=complete, lost_files=lost, half_written=half, detail=detail)
