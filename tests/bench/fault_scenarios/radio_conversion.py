@@ -7,6 +7,7 @@ worker's process gone, puts its group back to pending, removes that attempt's fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from pathlib import Path
@@ -83,6 +84,8 @@ class RadioConversion(Scenario):
         recover_stuck(db, settings, tree=tree, convert_settings=settings)
         scan_incoming(db, tree, settings)
         outcomes = convert_pending(db, tree, settings=settings)
+        with contextlib.suppress(OSError):
+            settings.tmpfs_root.rmdir()  # this trial's tmpfs root, empty once every attempt removed its folders
         if any(o["state"] != "completed" for o in outcomes):
             raise SystemExit(f"not converted: {outcomes}")
 
