@@ -472,10 +472,11 @@ def convert_group(
 
     ``final_ms``: the MS path, or a function choosing it once the files' times are known
     (science or calibrator). ``workspace``: this group's scratch folder on the final file system
-    (default ``<final folder>/.<name>.staging``); the MS is built there and renamed into place; it is
-    emptied before and removed after. ``client``: a ``distributed.Client`` whose workers see the
-    parts folder (None: threads in this process). ``progress(done, total)`` counts per-subband
-    slabs. ``failed_ms``: where the partial MS goes if the conversion fails (None: discarded).
+    (default ``<final folder>/.<name>.staging``); the MS is built in this attempt's subfolder of it
+    and renamed into place; that subfolder is removed after (other attempts' are never touched).
+    ``client``: a ``distributed.Client`` whose workers see the parts folder (None: threads in this
+    process). ``progress(done, total)`` counts per-subband slabs. ``failed_ms``: where the partial
+    MS goes if the conversion fails (None: discarded).
     ``attempt``: this attempt's token; its folders are named by it and only they are removed
     (default: a fresh token). ``publish_guard(result)``: a context manager the final rename runs
     inside (the streaming worker's check that it still holds its claim); raising ``ClaimLost``
