@@ -104,6 +104,8 @@ def convert_task(group: str, client, db_block, layout_block, radio_block) -> dic
             resource={"prefect.resource.id": f"labpipe.radio.group.{group}", "prefect.resource.name": "radio"},
             payload={k: v for k, v in outcome.items() if k in ("group_id", "kind", "ms_path", "flagged", "calibrator")},
         )
+    elif outcome["state"] == "lost":  # another attempt holds the group now; this one published nothing
+        logger().warning("group %s: %s", group, outcome.get("error"))
     else:
         logger().error("group %s failed: %s (log %s)", group, outcome.get("error"), outcome.get("log_path"))
     return outcome
@@ -112,7 +114,8 @@ def convert_task(group: str, client, db_block, layout_block, radio_block) -> dic
 def _convert_summary(outcomes: list[dict], tree: RadioTree, pictures: int = 3) -> str:
     done = [o for o in outcomes if o["state"] == "completed"]
     lines = [
-        f"# radio convert: {len(done)} groups converted, {len(outcomes) - len(done)} failed",
+        f"# radio convert: {len(done)} groups converted, {sum(o['state'] == 'failed' for o in outcomes)} failed, "
+        f"{sum(o['state'] == 'lost' for o in outcomes)} taken over by another attempt",
         markdown_table(outcomes, ["group_id", "state", "kind", "calibrator", "flagged", "seconds", "ms_path", "error"]),
     ]
     for o in done[-pictures:]:
@@ -156,7 +159,7 @@ def radio_convert(
                 claimed = claim_task(db_block, layout_block, None)
     tree = radio_tree(layout_block)
     publish_markdown(_convert_summary(outcomes, tree), key="radio-convert", description="radio conversion summary")
-    failed = [o["group_id"] for o in outcomes if o["state"] != "completed"]
+    failed = [o["group_id"] for o in outcomes if o["state"] == "failed"]
     if failed:
         raise RuntimeError(f"{len(failed)} groups failed to convert ({', '.join(failed)}); see ms/failed/*/<group>.log")
     return {"converted": [o["group_id"] for o in outcomes], "failed": failed}

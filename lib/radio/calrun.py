@@ -6,10 +6,14 @@ the QA gate, catalogue them. ``apply_and_image``: look the calibration up for th
 (waiting for registrations in flight), hold the group when nothing valid exists, else apply into
 CORRECTED_DATA, image, write FITS, QA metrics and picture, and catalogue everything.
 Idempotent: re-running finds the finished products (and re-registers nothing already decided).
+Each runs under a server lock of its group (and cadence), so what a killed run left staged beside
+the products (``atomic_path``'s ``.<name>.*.part``) is known to be nobody's and is removed first.
 """
 
 from __future__ import annotations
 
+import glob
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +101,17 @@ def load_chain(found: calregistry.Lookup) -> CalChain:
     )
 
 
+def _clear_killed_staging(folder: Path, stem: str) -> list[Path]:
+    """Remove ``atomic_path`` staging (``.<stem>*.part``) a killed run left in ``folder``.
+
+    Only under the group's server lock: then no live run of this group is writing there.
+    """
+    removed = sorted(Path(folder).glob(f".{glob.escape(stem)}*.part")) if Path(folder).is_dir() else []
+    for staged in removed:
+        shutil.rmtree(staged, ignore_errors=True)
+    return removed
+
+
 def solve_and_register(
     db: LabDatabase,
     radio_root: Path,
@@ -109,6 +124,25 @@ def solve_and_register(
     write_model: bool = True,
 ) -> SolveReport:
     """Solve one group at a cadence ('24h': K+BP+G, '1h': G on the active K+BP), write, QA, register."""
+    group = group_of(ms)
+    with db.server_lock(f"radio caltables {group} {cadence}"):
+        _clear_killed_staging(table_path(radio_root, group, cadence, "K").parent, f"{group}_{cadence}.")
+        return _solve_and_register(
+            db, radio_root, ms, cadence, settings, client=client, progress=progress, write_model=write_model
+        )
+
+
+def _solve_and_register(
+    db: LabDatabase,
+    radio_root: Path,
+    ms: Path,
+    cadence: str,
+    settings: RadioCalSettings,
+    *,
+    client=None,
+    progress: Callable[[int, int], None] | None = None,
+    write_model: bool = True,
+) -> SolveReport:
     if cadence not in ("24h", "1h"):
         raise InvalidInput(cadence, "unknown cadence", "use '24h' or '1h'")
     t0 = time.perf_counter()
@@ -167,8 +201,6 @@ def _register(db, layout: MsLayout, sol, path: Path, group: str, cadence: str, s
 
 
 def _cleanup(solution) -> None:
-    import shutil
-
     scratch = getattr(solution, "scratch", None)
     if scratch and Path(scratch).name.startswith("labpipe-cal-"):
         shutil.rmtree(scratch, ignore_errors=True)
@@ -195,6 +227,21 @@ def apply_and_image(
     progress: Callable[[int, int], None] | None = None,
 ) -> GroupReport:
     """Apply the calibration valid for this group, image it, QA it, catalogue it; hold it if none is valid."""
+    group = group_of(ms)
+    with db.server_lock(f"radio images {group}"):
+        _clear_killed_staging(image_prefix(radio_root, group).parent, f"{group}.")
+        _clear_killed_staging(qa_dir(radio_root, group), f"{group}.")
+        return _apply_and_image(db, radio_root, ms, settings, progress=progress)
+
+
+def _apply_and_image(
+    db: LabDatabase,
+    radio_root: Path,
+    ms: Path,
+    settings: RadioCalSettings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> GroupReport:
     t0 = time.perf_counter()
     layout = read_layout(ms, settings.calibration.channels_per_unit)
     group = group_of(ms)

@@ -14,10 +14,13 @@
    conjugate to the CASA convention, ascending channels), at most
    ``max_in_flight`` at once so memory stays bounded, while this process writes
    each finished subband into its slice of the MS (``MsWriter``).
-4. Stage under tmpfs (``/dev/shm/labpipe/<group>/``) when it has room, else on
-   disk beside the final folder; then move into place atomically (a copy to the
-   radio tree's ``tmp/staging`` on the final file system, then ``rename``).
-   Staging is removed after success and after failure.
+4. Stage under tmpfs (``/dev/shm/labpipe/<group>/<attempt>/``) when it has room,
+   else on disk beside the final folder; then move into place atomically (a copy
+   to the radio tree's ``tmp/staging/<group>/<attempt>/`` on the final file
+   system, fsync, then ``rename``). The rename runs inside ``publish_guard``: the
+   streaming worker only renames while its claim on the group is still held.
+   Each attempt removes its own folders after success and after failure, and
+   never another attempt's.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from labpipe.errors import ConflictError, InvalidInput
+from labpipe.files import path_component
 from labpipe.radio import instrument as inst
 from labpipe.radio.metadata import GroupMeta, phase_to, read_group_meta
 from labpipe.radio.ms import MsWriter
@@ -46,6 +51,10 @@ from labpipe.radio.uvh5 import SubbandHeader, phase_part, read_header
 from pydantic import BaseModel, Field
 
 log = logging.getLogger("labpipe.radio.convert")
+
+
+class ClaimLost(ConflictError):
+    """The attempt converting a group no longer holds its claim: it must neither publish nor quarantine."""
 
 
 class ConvertSettings(BaseModel):
@@ -357,10 +366,21 @@ def workers_are_local(client) -> bool:
     return all(urlsplit(address).hostname in names for address in workers)
 
 
-def clean_staging(settings: ConvertSettings, group: str, workspace: Path) -> None:
-    """Remove whatever an attempt at ``group`` left in tmpfs and in its workspace (a killed worker's leftovers)."""
-    shutil.rmtree(settings.tmpfs_root / fs_safe(group), ignore_errors=True)
-    shutil.rmtree(workspace, ignore_errors=True)
+def attempt_folders(settings: ConvertSettings, group: str, workspace: Path, attempt: str) -> tuple[Path, Path]:
+    """One attempt's own folders: its per-subband parts in tmpfs and its build beside the final folder."""
+    name = f"attempt-{path_component(attempt, what='attempt token')}"
+    return settings.tmpfs_root / fs_safe(group) / name, Path(workspace) / name
+
+
+def clean_staging(settings: ConvertSettings, group: str, workspace: Path, attempt: str) -> None:
+    """Remove what one attempt at ``group`` left (a killed worker's leftovers), never another attempt's files.
+
+    The group's folders themselves go only once no attempt uses them.
+    """
+    for folder in attempt_folders(settings, group, workspace, attempt):
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # the group's folder, unless another attempt is using it
 
 
 def _same_filesystem(a: Path, b: Path) -> bool:
@@ -384,11 +404,21 @@ def move_into_place(built: Path, final: Path, workspace: Path, *, fsync: bool = 
     (never into the final folder, so a killed worker leaves nothing there), then
     renamed. An existing ``final`` is a conflict unless ``overwrite``.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    workspace.mkdir(parents=True, exist_ok=True)
+    ready = stage_for_move(built, final, workspace, fsync=fsync, overwrite=overwrite)
+    rename_into_place(ready, final, workspace, overwrite=overwrite)
+
+
+def _refuse_existing(final: Path, overwrite: bool) -> None:
     if final.exists() and not overwrite:
         hint = "remove it, or convert with overwrite"
         raise ConflictError(final, "a Measurement Set of this name is already there", hint)
+
+
+def stage_for_move(built: Path, final: Path, workspace: Path, *, fsync: bool = True, overwrite: bool = False) -> Path:
+    """The slow half of ``move_into_place``: the MS copied onto the final file system (in ``workspace``), fsynced."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    workspace.mkdir(parents=True, exist_ok=True)
+    _refuse_existing(final, overwrite)
     if _same_filesystem(built.parent, final.parent):
         ready = built
     else:
@@ -397,6 +427,12 @@ def move_into_place(built: Path, final: Path, workspace: Path, *, fsync: bool = 
         shutil.copytree(built, ready)
     if fsync:
         _fsync_tree(ready)
+    return ready
+
+
+def rename_into_place(ready: Path, final: Path, workspace: Path, *, overwrite: bool = False) -> None:
+    """The quick half of ``move_into_place``: rename (replacing ``final`` when ``overwrite``), fsync the folder."""
+    _refuse_existing(final, overwrite)
     old = None
     if final.exists():
         old = workspace / f"{final.name}.old"
@@ -429,15 +465,22 @@ def convert_group(
     progress: Callable[[int, int], None] | None = None,
     failed_ms: Path | None = None,
     overwrite: bool = False,
+    attempt: str | None = None,
+    publish_guard: Callable[[ConversionResult], AbstractContextManager] | None = None,
 ) -> ConversionResult:
     """Convert the subband ``files`` of one group into one Measurement Set.
 
     ``final_ms``: the MS path, or a function choosing it once the files' times are known
     (science or calibrator). ``workspace``: this group's scratch folder on the final file system
-    (default ``<final folder>/.<name>.staging``); the MS is built there and renamed into place; it is
-    emptied before and removed after. ``client``: a ``distributed.Client`` whose workers see the
-    parts folder (None: threads in this process). ``progress(done, total)`` counts per-subband
-    slabs. ``failed_ms``: where the partial MS goes if the conversion fails (None: discarded).
+    (default ``<final folder>/.<name>.staging``); the MS is built in this attempt's subfolder of it
+    and renamed into place; that subfolder is removed after (other attempts' are never touched).
+    ``client``: a ``distributed.Client`` whose workers see the parts folder (None: threads in this
+    process). ``progress(done, total)`` counts per-subband slabs. ``failed_ms``: where the partial
+    MS goes if the conversion fails (None: discarded).
+    ``attempt``: this attempt's token; its folders are named by it and only they are removed
+    (default: a fresh token). ``publish_guard(result)``: a context manager the final rename runs
+    inside (the streaming worker's check that it still holds its claim); raising ``ClaimLost``
+    from it, or from ``progress``, abandons the attempt without publishing or quarantining.
     Raises ``InvalidInput`` naming the file at fault when the group cannot be converted.
     """
     settings = settings or ConvertSettings()
@@ -458,15 +501,15 @@ def convert_group(
     workspace = Path(workspace) if workspace else final_ms.parent / f".{final_ms.name}.staging"
     meta = group_metadata(plan, group)
     timings["metadata_s"] = time.perf_counter() - started
-    clean_staging(settings, group, workspace)
     if client is not None and settings.staging != "disk" and not workers_are_local(client):
         log.info("Dask workers on other hosts cannot see this host's tmpfs: parts go to %s", workspace)
         settings = settings.model_copy(update={"staging": "disk"})
-    # this attempt's own folders: a worker that lost its claim (silent too long) never deletes the files
-    # of the attempt that took over; the next attempt and the recovery remove the whole group's folders
-    attempt = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # this attempt's own folders: a worker that lost its claim never deletes the files of the attempt that
+    # took over, nor the other way round; a killed worker's folders go when its death is proven (recover_stuck)
+    attempt = attempt or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     staging_root, kind = choose_staging(settings, group, _parts_bytes(meta), workspace)
-    parts_dir, own = staging_root / attempt, workspace / attempt
+    own = attempt_folders(settings, group, workspace, attempt)[1]
+    parts_dir = staging_root / own.name  # own itself when the parts are on disk
     parts_dir.mkdir(parents=True)
     built = own / "build" / final_ms.name
     built.parent.mkdir(parents=True)
@@ -488,12 +531,31 @@ def convert_group(
         writer.finish(f"\n{note}; phased to the meridian at JD {meta.mid_jd:.6f}.")
         writer = None
         t_move = time.perf_counter()
-        move_into_place(built, final_ms, own, fsync=settings.fsync, overwrite=overwrite)
+        entry = meta.phase_center_catalog[next(iter(meta.phase_center_catalog))]
+        result = ConversionResult(
+            ms_path=str(final_ms),
+            n_rows=meta.n_rows,
+            n_channels=meta.n_chan,
+            subbands_written=sorted(written),
+            subbands_flagged=sorted(flagged),
+            bad_files=dict(plan.bad),
+            phase_ra_deg=float(np.degrees(entry["cat_lon"]) % 360),
+            phase_dec_deg=float(np.degrees(entry["cat_lat"])),
+            mid_time=_iso(meta.mid_jd),
+            first_jd=first,
+            last_jd=last,
+            staging=kind,
+            timings=timings,
+        )
+        ready = stage_for_move(built, final_ms, own, fsync=settings.fsync, overwrite=overwrite)
+        result.seconds = time.perf_counter() - started
+        with publish_guard(result) if publish_guard else contextlib.nullcontext():
+            rename_into_place(ready, final_ms, own, overwrite=overwrite)
         timings["move_s"] = time.perf_counter() - t_move
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
-        if failed_ms is not None and built.exists():
+        if failed_ms is not None and built.exists() and not isinstance(exc, ClaimLost):
             with contextlib.suppress(Exception):
                 move_into_place(built, failed_ms, own, fsync=False, overwrite=True)
         raise
@@ -502,23 +564,8 @@ def convert_group(
             shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):
                 folder.parent.rmdir()  # the group's folder, unless another attempt is using it
-    entry = meta.phase_center_catalog[next(iter(meta.phase_center_catalog))]
-    return ConversionResult(
-        ms_path=str(final_ms),
-        n_rows=meta.n_rows,
-        n_channels=meta.n_chan,
-        subbands_written=sorted(written),
-        subbands_flagged=sorted(flagged),
-        bad_files=dict(plan.bad),
-        phase_ra_deg=float(np.degrees(entry["cat_lon"]) % 360),
-        phase_dec_deg=float(np.degrees(entry["cat_lat"])),
-        mid_time=_iso(meta.mid_jd),
-        first_jd=first,
-        last_jd=last,
-        staging=kind,
-        seconds=time.perf_counter() - started,
-        timings=timings,
-    )
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def _write_parts(writer, plan: GroupPlan, meta: GroupMeta, parts_dir: Path, client, settings, progress):

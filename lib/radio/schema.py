@@ -57,6 +57,7 @@ def _build(schema) -> SimpleNamespace:
         incomplete = 0 : bool              # queued by the timeout with subbands missing
         attempts = 0 : int32
         worker = null : varchar(255)       # host:pid of the converting process
+        claim = null : varchar(32)         # token of the attempt holding (or that completed) the group
         heartbeat = null : datetime
         started = null : datetime
         finished = null : datetime
@@ -94,11 +95,39 @@ def _build(schema) -> SimpleNamespace:
         detail = '' : varchar(4000)
         staging = '' : varchar(16)         # tmpfs | disk
         seconds = null : float32
+        token = '' : varchar(32)           # the attempt's claim token (its staging folders are named by it)
         """
 
+    for table in (SubbandGroup, ConversionAttempt):
+        _add_new_attributes(table)
     return SimpleNamespace(
         schema=schema, SubbandGroup=SubbandGroup, SubbandFile=SubbandFile, ConversionAttempt=ConversionAttempt
     )
+
+
+# attributes added after a release: a table declared by an older labpipe gains them when it is opened
+ADDED_ATTRIBUTES = {
+    "SubbandGroup": {"claim": "varchar(32) NULL"},
+    "ConversionAttempt": {"token": "varchar(32) NOT NULL DEFAULT ''"},
+}
+
+
+def _add_new_attributes(table) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for the attributes of ``ADDED_ATTRIBUTES`` the table lacks.
+
+    (DataJoint 2.3.5's ``Table.alter`` writes MySQL's ``MODIFY`` on PostgreSQL too, so not through it.)
+    """
+    from datajoint.heading import Heading
+
+    added = ADDED_ATTRIBUTES.get(table.__name__, {})
+    missing = {name: ddl for name, ddl in added.items() if name not in table.heading.names}
+    if not missing:
+        return
+    connection = table.connection
+    for name, ddl in missing.items():
+        column = connection.adapter.quote_identifier(name)
+        connection.query(f"ALTER TABLE {table.full_table_name} ADD COLUMN {column} {ddl}")
+    table._heading = Heading(table_info=table.heading.table_info)
 
 
 def tables(db: LabDatabase) -> SimpleNamespace:

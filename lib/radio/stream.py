@@ -11,10 +11,17 @@ first file is queued with the missing subbands flagged, or *failed*, by
 later for it is recorded as *late* (or *duplicate*) and reported.
 
 Workers ``claim_next`` a pending group with a conditional UPDATE (exactly one
-wins), heartbeat while converting, and finish it *completed* or *failed*
-(partial MS and ``.log`` quarantined in ``ms/failed``). ``recover_stuck`` puts
-a group back to *pending* when its worker is dead (same host, no such
-process) or silent for ``stale_after_s``; after ``max_attempts`` it fails.
+wins) that also sets a fresh claim token, heartbeat from a thread of their own
+while they hold it (whatever the conversion is doing), and finish it
+*completed* or *failed* (partial MS and ``.log`` quarantined in ``ms/failed``).
+Every write of a worker is conditional on its token: the final rename of the MS
+runs inside a transaction that first locks the group row ``WHERE claim =
+token`` and marks it completed before committing, so a worker whose claim was
+taken away never publishes. ``recover_stuck`` puts a group back to *pending*
+when its worker is dead (same host, no such process) or silent for
+``stale_after_s``; after ``max_attempts`` it fails. Each attempt stages in
+folders named by its token and removes only those; ``recover_stuck`` removes
+a dead worker's.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,7 +47,7 @@ from labpipe.files import atomic_write_text
 from labpipe.procs import pid_alive
 from labpipe.radio import instrument as inst
 from labpipe.radio.calibrators import DEFAULT_RADIUS_DEG, load_calibrators, transiting_calibrator
-from labpipe.radio.convert import ConversionResult, ConvertSettings, clean_staging, convert_group
+from labpipe.radio.convert import ClaimLost, ConversionResult, ConvertSettings, clean_staging, convert_group
 from labpipe.radio.naming import group_id as group_id_of
 from labpipe.radio.naming import parse_subband_name
 from labpipe.radio.schema import tables
@@ -272,45 +282,145 @@ def claim_next(db: LabDatabase, worker: str | None = None, *, group: str | None 
     candidates = (t.SubbandGroup & "state = 'pending'" & restriction).to_arrays("group_id", order_by="group_id")
     for gid in candidates:
         now = now_utc()
+        token = uuid.uuid4().hex[:16]
         claimed = _execute(
             t,
-            f"UPDATE {table} SET state = 'in_progress', worker = %s, heartbeat = %s, started = %s, "
+            f"UPDATE {table} SET state = 'in_progress', worker = %s, claim = %s, heartbeat = %s, started = %s, "
             "attempts = attempts + 1, error = NULL WHERE group_id = %s AND state = 'pending'",
-            (worker, now, now, gid),
+            (worker, token, now, now, gid),
         )
         if claimed == 1:
             previous = (t.ConversionAttempt & {"group_id": gid}).to_arrays("attempt")
             attempt = int(max(previous, default=0)) + 1  # numbered over the group's life (requeues included)
-            t.ConversionAttempt.insert1(dict(group_id=gid, attempt=attempt, worker=worker, started=now))
+            t.ConversionAttempt.insert1(dict(group_id=gid, attempt=attempt, worker=worker, started=now, token=token))
             return str(gid)
     return None
 
 
-def heartbeat(db: LabDatabase, group: str, worker: str) -> bool:
-    """Tell the database this worker still converts ``group``; False if the claim was taken away."""
+def _held(claim: str | None) -> tuple[str, tuple]:
+    """SQL condition (and its arguments) that the group row is still held by the attempt ``claim``.
+
+    ``claim`` is None only for a group claimed by a labpipe from before claim tokens.
+    """
+    condition = "state = 'in_progress' AND worker = %s AND "
+    return (condition + "claim = %s", (claim,)) if claim else (condition + "claim IS NULL", ())
+
+
+def heartbeat(db: LabDatabase, group: str, worker: str, claim: str | None = None) -> bool:
+    """Tell the database this worker still converts ``group``; False if the claim was taken away.
+
+    Without ``claim`` any attempt of ``worker`` counts (the CLI's view); workers always pass their token.
+    """
     t = tables(db)
-    sql = (
-        f"UPDATE {t.SubbandGroup.full_table_name} SET heartbeat = %s "
-        "WHERE group_id = %s AND worker = %s AND state = 'in_progress'"
-    )
-    return _execute(t, sql, (now_utc(), group, worker)) == 1
+    return _beat(t.schema.connection, t.SubbandGroup.full_table_name, group, worker, claim, any_claim=claim is None)
 
 
-def _finish(db: LabDatabase, group: str, worker: str, state: str, fields: dict, attempt_fields: dict) -> bool:
-    """Move ``group`` from in_progress (held by ``worker``) to ``state``; False if the claim was lost."""
+def _beat(connection, table: str, group: str, worker: str, claim: str | None, *, any_claim: bool = False) -> bool:
+    condition, args = ("state = 'in_progress' AND worker = %s", ()) if any_claim else _held(claim)
+    sql = f"UPDATE {table} SET heartbeat = %s WHERE group_id = %s AND {condition}"
+    return connection.query(sql, (now_utc(), group, worker, *args)).rowcount == 1
+
+
+def current_claim(db: LabDatabase, group: str, worker: str) -> tuple[bool, str | None]:
+    """(whether ``worker`` holds ``group``, the claim token it holds it with)."""
+    t = tables(db)
+    rows = (t.SubbandGroup & {"group_id": group, "worker": worker} & "state = 'in_progress'").to_arrays("claim")
+    return (True, rows[0] or None) if len(rows) else (False, None)
+
+
+def _attempt_rows(t, group: str, worker: str | None, claim: str | None):
+    """The unfinished ConversionAttempt row of one attempt (by token; by worker for pre-token rows)."""
+    which = {"group_id": group, "token": claim} if claim else {"group_id": group, "worker": worker}
+    return t.ConversionAttempt & which & "finished IS NULL"
+
+
+def _finish(
+    db: LabDatabase, group: str, worker: str, claim: str | None, state: str, fields: dict, attempt_fields: dict
+) -> bool:
+    """Move ``group`` from in_progress (held by this attempt) to ``state``; False (and nothing changed) if the
+    claim was lost."""
     t = tables(db)
     now = now_utc()
     columns = dict(fields, state=state, finished=now, worker=None)
+    if state == "pending":
+        columns.update(claim=None, finished=None, heartbeat=None)
     assignments = ", ".join(f"{name} = %s" for name in columns)
-    sql = (
-        f"UPDATE {t.SubbandGroup.full_table_name} SET {assignments} "
-        "WHERE group_id = %s AND worker = %s AND state = 'in_progress'"
-    )
-    done = _execute(t, sql, (*columns.values(), group, worker)) == 1
-    attempts = t.ConversionAttempt & {"group_id": group, "worker": worker} & "finished IS NULL"
-    for key in attempts.keys():  # noqa: SIM118 - DataJoint keys(), not a dict
-        t.ConversionAttempt.update1(dict(key, finished=now, **attempt_fields))
+    condition, args = _held(claim)
+    sql = f"UPDATE {t.SubbandGroup.full_table_name} SET {assignments} WHERE group_id = %s AND {condition}"
+    done = _execute(t, sql, (*columns.values(), group, worker, *args)) == 1
+    if done:
+        for key in _attempt_rows(t, group, worker, claim).keys():  # noqa: SIM118 - DataJoint keys(), not a dict
+            t.ConversionAttempt.update1(dict(key, finished=now, **attempt_fields))
     return done
+
+
+class ClaimKeeper:
+    """Holds a worker's claim on a group while it converts it.
+
+    A thread of its own heartbeats every ``every_s`` over a connection of its own, so
+    silent phases (planning, ``finish``, the copy from tmpfs, fsync) never look stale;
+    when the database says the claim is gone the thread stops and ``check`` raises
+    ``ClaimLost``. ``publish_guard`` is the only way the MS reaches its final folder.
+    """
+
+    def __init__(self, db: LabDatabase, group: str, worker: str, claim: str | None, every_s: float) -> None:
+        self.db, self.group, self.worker, self.claim, self.every_s = db, group, worker, claim, every_s
+        self.table = tables(db).SubbandGroup.full_table_name
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat {group}", daemon=True)
+        self._own: LabDatabase | None = None
+
+    def __enter__(self) -> ClaimKeeper:
+        self._own = LabDatabase(self.db.target, self.db.blobs, self.db.prefix)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._own is not None:
+            self._own.connection.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                held = _beat(self._own.connection, self.table, self.group, self.worker, self.claim)
+            except Exception as exc:  # the claim is not lost until the database says so
+                log.warning("group %s: heartbeat failed (%s); retrying", self.group, exc)
+                continue
+            if not held:
+                log.warning("group %s: %s lost its claim", self.group, self.worker)
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise ClaimLost(
+                self.group,
+                f"{self.worker} lost its claim on the group",
+                "another attempt took it over (this one looked dead or silent); it publishes nothing",
+            )
+
+    def publish_guard(self, completed: Callable[[ConversionResult], tuple[dict, dict]]):
+        """A context manager for ``convert_group``: the rename runs with the group row locked while this
+        attempt still holds it, and the group becomes completed in the same transaction."""
+
+        @contextmanager
+        def guard(result: ConversionResult) -> Iterator[None]:
+            self.check()
+            fields, attempt_fields = completed(result)
+            with self.db.connection.transaction:
+                condition, args = _held(self.claim)
+                lock = f"UPDATE {self.table} SET heartbeat = %s WHERE group_id = %s AND {condition}"
+                if self.db.connection.query(lock, (now_utc(), self.group, self.worker, *args)).rowcount != 1:
+                    self.lost.set()
+                    self.check()
+                yield  # the rename
+                if not _finish(self.db, self.group, self.worker, self.claim, "completed", fields, attempt_fields):
+                    raise RuntimeError(f"group {self.group}: the locked row changed under its lock")
+
+        return guard
 
 
 def worker_is_dead(worker: str | None) -> bool:
@@ -344,17 +454,18 @@ def recover_stuck(
         state = "failed" if exhausted else "pending"
         error = f"abandoned {g['attempts']} times; last: {g['worker']}: {why}" if exhausted else None
         table = t.SubbandGroup.full_table_name
+        condition, args = _held(g["claim"])
         sql = (
-            f"UPDATE {table} SET state = %s, worker = NULL, heartbeat = NULL, error = %s "
-            "WHERE group_id = %s AND state = 'in_progress' AND worker = %s"
+            f"UPDATE {table} SET state = %s, worker = NULL, claim = NULL, heartbeat = NULL, error = %s "
+            f"WHERE group_id = %s AND {condition}"
         )
-        if _execute(t, sql, (state, error, g["group_id"], g["worker"])) != 1:
+        if _execute(t, sql, (state, error, g["group_id"], g["worker"], *args)) != 1:
             continue  # it finished or was recovered meanwhile
-        attempts = t.ConversionAttempt & {"group_id": g["group_id"], "worker": g["worker"]} & "finished IS NULL"
-        for key in attempts.keys():  # noqa: SIM118 - DataJoint keys(), not a dict
+        for key in _attempt_rows(t, g["group_id"], g["worker"], g["claim"]).keys():  # noqa: SIM118 - DataJoint
             t.ConversionAttempt.update1(dict(key, finished=now, outcome="abandoned", detail=why))
-        if dead and tree is not None:
-            clean_staging(convert_settings or ConvertSettings(), g["group_id"], tree.group_workspace(g["group_id"]))
+        if dead and tree is not None and g["claim"]:  # only a proven-dead attempt's own folders
+            workspace = tree.group_workspace(g["group_id"])
+            clean_staging(convert_settings or ConvertSettings(), g["group_id"], workspace, g["claim"])
         log.warning("group %s: %s; back to %s", g["group_id"], why, state)
         recovered.append(dict(group_id=g["group_id"], worker=g["worker"], reason=why, state=state))
     return recovered
@@ -432,54 +543,76 @@ def process_group(
     progress: Callable[[int, int], None] | None = None,
     heartbeat_every_s: float = 10.0,
 ) -> dict:
-    """Convert a group this worker has claimed; record completed or failed (never raises for bad data)."""
+    """Convert a group this worker has claimed; record completed or failed (never raises for bad data).
+
+    State ``lost`` when the claim was taken away meanwhile: then nothing is published, quarantined or recorded.
+    """
     settings = settings or RadioSettings()
     worker = worker or this_worker()
+    if heartbeat_every_s * 3 > settings.stale_after_s:
+        heartbeat_every_s = settings.stale_after_s / 3  # three missed beats before the claim looks stale
     t = tables(db)
+    holds, claim = current_claim(db, group, worker)
+    if not holds:
+        return _lost(group, worker, "it does not hold the group's claim")
     members = (t.SubbandGroup.Member & {"group_id": group}).to_dicts(order_by="subband")
     files = [tree.incoming / m["file_name"] for m in members]
     capture = _LogCapture()
     logging.getLogger("labpipe.radio").addHandler(capture)
     found: dict = {}
-    last_beat = [time.monotonic()]
-
-    def report(done: int, total: int) -> None:
-        if time.monotonic() - last_beat[0] >= heartbeat_every_s or done >= total:
-            if not heartbeat(db, group, worker):
-                raise ConflictError(group, "this worker lost its claim on the group", "another worker took it over")
-            last_beat[0] = time.monotonic()
-        if progress:
-            progress(done, total)
-
     previous = (t.SubbandGroup & {"group_id": group}).fetch1("ms_path")
-    try:
-        existing = _existing_ms(tree, group) if previous is None else None
-        if existing is not None:  # converted before a crash stopped the database update
-            kind = existing.parent.parent.name
-            fields = dict(kind=kind, ms_path=tree.relative(existing))
-            _finish(db, group, worker, "completed", fields, dict(outcome="completed", detail="found in place"))
-            return dict(group_id=group, state="completed", **fields, detail="already in place")
-        result: ConversionResult = convert_group(
-            files,
-            _route(tree, group, settings, found),
-            group=group,
-            settings=settings,
-            workspace=tree.group_workspace(group),
-            client=client,
-            progress=report,
-            failed_ms=tree.ms_path("failed", group),
-            overwrite=previous is not None,  # a requeued group replaces its earlier MS
-        )
-        if previous is not None and tree.root / previous != Path(result.ms_path):
-            shutil.rmtree(tree.root / previous, ignore_errors=True)  # it moved (science <-> calibrators)
-    except Exception as exc:
-        return _fail(db, tree, group, worker, files, exc, capture)
-    except BaseException:
-        # cancelled or interrupted: give the group back rather than leave it to the stale timeout
-        _finish(db, group, worker, "pending", {}, dict(outcome="abandoned", detail="interrupted"))
-        raise
-    finally:
-        logging.getLogger("labpipe.radio").removeHandler(capture)
+    with ClaimKeeper(db, group, worker, claim, heartbeat_every_s) as keeper:
+
+        def report(done: int, total: int) -> None:
+            keeper.check()
+            if progress:
+                progress(done, total)
+
+        def completed(result: ConversionResult) -> tuple[dict, dict]:
+            return _completed(tree, result, found)
+
+        try:
+            existing = _existing_ms(tree, group) if previous is None else None
+            if existing is not None:  # converted before a crash stopped the database update
+                fields = dict(kind=existing.parent.parent.name, ms_path=tree.relative(existing))
+                if not _finish(
+                    db, group, worker, claim, "completed", fields, dict(outcome="completed", detail="found in place")
+                ):
+                    return _lost(group, worker, "the claim was taken away")
+                return dict(group_id=group, state="completed", **fields, detail="already in place")
+            result: ConversionResult = convert_group(
+                files,
+                _route(tree, group, settings, found),
+                group=group,
+                settings=settings,
+                workspace=tree.group_workspace(group),
+                client=client,
+                progress=report,
+                failed_ms=tree.ms_path("failed", group),
+                overwrite=previous is not None,  # a requeued group replaces its earlier MS
+                attempt=claim,
+                publish_guard=keeper.publish_guard(completed),
+            )
+            if previous is not None and tree.root / previous != Path(result.ms_path):
+                shutil.rmtree(tree.root / previous, ignore_errors=True)  # it moved (science <-> calibrators)
+        except ClaimLost as exc:
+            return _lost(group, worker, exc.problem)
+        except Exception as exc:
+            if keeper.lost.is_set():  # whatever failed, the group is another attempt's now: quarantine nothing
+                return _lost(group, worker, f"the claim was taken away (then: {exc})")
+            return _fail(db, tree, group, worker, claim, files, exc, capture)
+        except BaseException:
+            # cancelled or interrupted: give the group back rather than leave it to the stale timeout
+            _finish(db, group, worker, claim, "pending", {}, dict(outcome="abandoned", detail="interrupted"))
+            raise
+        finally:
+            logging.getLogger("labpipe.radio").removeHandler(capture)
+    fields, attempt_fields = _completed(tree, result, found)
+    return dict(group_id=group, state="completed", **fields, detail=attempt_fields["detail"], staging=result.staging)
+
+
+def _completed(tree: RadioTree, result: ConversionResult, found: dict) -> tuple[dict, dict]:
+    """The group's and the attempt's columns once ``result`` is in place."""
     kind = "calibrators" if found.get("calibrator") else "science"
     fields = dict(
         kind=kind,
@@ -491,19 +624,18 @@ def process_group(
     detail = f"{len(result.subbands_written)} subbands written, flagged {result.subbands_flagged}"
     if result.bad_files:
         detail += "; bad files: " + "; ".join(f"{Path(p).name}: {r}" for p, r in result.bad_files.items())
-    if not _finish(
-        db,
-        group,
-        worker,
-        "completed",
-        fields,
-        dict(outcome="completed", detail=detail[:4000], staging=result.staging, seconds=result.seconds),
-    ):
-        log.warning("group %s converted but the claim was lost; the database was not updated", group)
-    return dict(group_id=group, state="completed", **fields, detail=detail, staging=result.staging)
+    attempt = dict(outcome="completed", detail=detail[:4000], staging=result.staging, seconds=result.seconds)
+    return fields, attempt
 
 
-def _fail(db, tree: RadioTree, group: str, worker: str, files, exc: Exception, capture: _LogCapture) -> dict:
+def _lost(group: str, worker: str, why: str) -> dict:
+    log.warning("group %s: %s stops without publishing anything: %s", group, worker, why)
+    return dict(group_id=group, state="lost", worker=worker, error=f"claim lost: {why}")
+
+
+def _fail(
+    db, tree: RadioTree, group: str, worker: str, claim: str | None, files, exc: Exception, capture: _LogCapture
+) -> dict:
     log_path = tree.failed_log(group)
     text = "\n".join(
         [
@@ -526,6 +658,7 @@ def _fail(db, tree: RadioTree, group: str, worker: str, files, exc: Exception, c
         db,
         group,
         worker,
+        claim,
         "failed",
         dict(error=message, log_path=tree.relative(log_path)),
         dict(outcome="failed", detail=message),

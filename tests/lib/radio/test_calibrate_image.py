@@ -163,3 +163,33 @@ def test_calibrate_apply_image_recovers_catalog_fluxes_and_positions(sim, lab_db
     written = {str(p) for p in (radio / "images").rglob("*") if p.is_file()}
     written |= {t["path"] for t in solve.tables.values()} | {str(science)}
     assert written <= listed, written - listed
+
+
+def test_a_rerun_removes_the_staging_a_killed_run_left_beside_its_products(lab_db, tmp_path):
+    """atomic_path stages as ``.<name>.<random>.part`` beside the product; a SIGKILL leaves it there."""
+    import shutil
+
+    small = _calgroup().simulate_group(tmp_path / "sim", n_ant=12, n_chan=16, n_time=4, seed=3)
+    radio, group = tmp_path / "radio", "2025-10-13T13:28:03"
+    settings = calrun.RadioCalSettings()
+    settings.calibration.sky.catalog = small.catalog
+    settings.calibration.channels_per_unit = 16
+    settings.imaging = imaging.ImagingSettings(npix=128, cell_arcsec=60)
+    science = radio / "ms" / "science" / group[:10] / f"{group}.ms"
+    shutil.copytree(small.ms, science)
+    tables_dir = calrun.table_path(radio, group, "24h", "K").parent
+    images_dir, qa_dir = calrun.image_prefix(radio, group).parent, calrun.qa_dir(radio, group)
+    killed = [
+        tables_dir / f".{group}_24h.kcal.k1ll3d.part",
+        images_dir / f".{group}.image.fits.k1ll3d.part",
+        qa_dir / f".{group}.metrics.json.k1ll3d.part",
+    ]
+    for staged in killed:
+        (staged / "half").mkdir(parents=True)
+    other_group = images_dir / ".2025-10-13T13:33:12.image.fits.x.part"  # another group's: not ours to touch
+    other_group.mkdir()
+    assert calrun.solve_and_register(lab_db, radio, science, "24h", settings).registered
+    report = calrun.apply_and_image(lab_db, radio, science, settings)
+    assert not report.held and Path(report.images["image"]).is_file()
+    assert [p for p in killed if p.exists()] == [], "a killed run's staging stays beside the products"
+    assert other_group.exists()

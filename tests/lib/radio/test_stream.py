@@ -298,3 +298,100 @@ def test_a_worker_killed_mid_conversion_leaves_nothing_final_and_the_group_conve
     assert outcome["state"] == "completed" and tree.ms_path("science", gid).is_dir()
     attempts = tables(db).ConversionAttempt & {"group_id": gid}
     assert sorted(attempts.to_arrays("outcome")) == ["abandoned", "completed"]
+
+
+# --- issue 13 item 4: a live conversion keeps its claim; a worker that lost it neither publishes nor deletes ---
+
+
+def _ms_rows(path: Path) -> int:
+    from casacore.tables import table
+
+    with table(str(path), ack=False) as ms:
+        return ms.nrows()
+
+
+def _attempt_folders(settings: RadioSettings, tree: RadioTree, gid: str) -> list[Path]:
+    """Every attempt's folders of ``gid`` (per-subband parts in tmpfs, the build on disk)."""
+    from labpipe.radio.naming import fs_safe
+
+    tops = (settings.tmpfs_root / fs_safe(gid), tree.group_workspace(gid))
+    return sorted(p for top in tops if top.is_dir() for p in top.iterdir())
+
+
+def test_a_silent_phase_longer_than_stale_after_keeps_the_claim(radio, template):
+    db, tree, settings = radio
+    settings = settings.model_copy(update={"stale_after_s": 2.0})
+    drop(template, tree, START)
+    (gid,) = scan_incoming(db, tree, settings).queued
+    claim_next(db, "w:1", group=gid)
+    recovered: list[dict] = []
+
+    def silent(done: int, total: int) -> None:
+        if done == 1:  # planning, finish, the copy from tmpfs, fsync: no progress for longer than stale_after_s
+            time.sleep(settings.stale_after_s + 2.5)
+            recovered.extend(recover_stuck(db, settings, tree=tree, convert_settings=settings))
+
+    outcome = process_group(db, tree, gid, settings=settings, worker="w:1", progress=silent, heartbeat_every_s=0.3)
+    assert recovered == [], "a live worker in a silent phase lost its group to recover_stuck"
+    assert outcome["state"] == "completed" and state(db, gid)["state"] == "completed"
+    assert list((tables(db).ConversionAttempt & {"group_id": gid}).to_arrays("outcome")) == ["completed"]
+
+
+def test_a_worker_that_lost_its_claim_does_not_publish(radio, template):
+    db, tree, settings = radio
+    drop(template, tree, START)
+    (gid,) = scan_incoming(db, tree, settings).queued
+    claim_next(db, "w:1", group=gid)
+
+    def taken_over_at_the_end(done: int, total: int) -> None:
+        if done == total:  # the last slab is written; the worker goes silent before the final rename
+            later = now_utc() + dt.timedelta(seconds=settings.stale_after_s + 60)
+            assert [r["group_id"] for r in recover_stuck(db, settings, now=later)] == [gid]
+            assert claim_next(db, "w:2", group=gid) == gid
+
+    outcome = process_group(db, tree, gid, settings=settings, worker="w:1", progress=taken_over_at_the_end)
+    assert not tree.ms_path("science", gid).exists(), "a worker without its claim renamed its MS into place"
+    assert outcome["state"] != "completed"
+    g = state(db, gid)
+    assert g["state"] == "in_progress" and g["worker"] == "w:2", "the new claimant still holds the group"
+    assert not tree.ms_path("failed", gid).exists() and not tree.failed_log(gid).exists(), "nothing quarantined"
+
+
+def test_the_new_claimant_does_not_delete_the_first_workers_workspace(radio, template):
+    db, tree, settings = radio
+    drop(template, tree, START)
+    (gid,) = scan_incoming(db, tree, settings).queued
+    claim_next(db, "w:1", group=gid)
+    seen: dict[str, list[Path]] = {}
+
+    def taken_over_midway(done: int, total: int) -> None:
+        if done == 3 and "first" not in seen:
+            seen["first"] = _attempt_folders(settings, tree, gid)
+            later = now_utc() + dt.timedelta(seconds=settings.stale_after_s + 60)
+            recover_stuck(db, settings, tree=tree, convert_settings=settings, now=later)
+            assert claim_next(db, "w:2", group=gid) == gid
+            seen["second"] = [process_group(db, tree, gid, settings=settings, worker="w:2")]
+            seen["after"] = _attempt_folders(settings, tree, gid)
+
+    first = process_group(db, tree, gid, settings=settings, worker="w:1", progress=taken_over_midway)
+    assert seen["first"], "the first worker was staging when it was taken over"
+    gone = [p for p in seen["first"] if p not in seen["after"]]
+    assert gone == [], f"the new claimant deleted the first worker's folders {gone}"
+    (second,) = seen["second"]
+    assert second["state"] == "completed" and first["state"] != "completed"
+    ms = tree.ms_path("science", gid)
+    assert _ms_rows(ms) > 0, "the second worker's MS is intact after the first gave up"
+    assert state(db, gid)["state"] == "completed"
+    assert _attempt_folders(settings, tree, gid) == [], "each worker removed its own folders"
+
+
+def test_tables_declared_before_claim_tokens_gain_them(lab_db):
+    from labpipe.db.connect import LabDatabase
+
+    t = tables(lab_db)
+    for table, column in ((t.SubbandGroup, "claim"), (t.ConversionAttempt, "token")):
+        lab_db.connection.query(f"ALTER TABLE {table.full_table_name} DROP COLUMN {column}")
+    later = LabDatabase(lab_db.target, lab_db.blobs, lab_db.prefix)  # a newer labpipe opening the old schema
+    upgraded = tables(later)
+    assert "claim" in upgraded.SubbandGroup.heading.names
+    assert "token" in upgraded.ConversionAttempt.heading.names
