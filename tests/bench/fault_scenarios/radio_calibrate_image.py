@@ -113,11 +113,11 @@ class RadioCalibrateImage(Scenario):
         (root / "inputs.json").write_text(json.dumps(inputs))
 
     def run(self, ctx: Context, root: Path) -> None:
-        from labpipe.radio import calrun, registry
+        from labpipe.radio import calregistry, calrun
 
         db, settings, ms = _db(ctx, root), _settings(root), _ms(root)
         decided = {
-            r["table_name"] for r in registry.tables(db).CalTable.to_dicts() if r["status"] in ("active", "rejected")
+            r["table_name"] for r in calregistry.tables(db).CalTable.to_dicts() if r["status"] in ("active", "rejected")
         }
         if decided != set(TABLES):  # what the daily flow's choice of group amounts to
             calrun.solve_and_register(db, root / "radio", ms, "24h", settings)
@@ -146,11 +146,11 @@ class RadioCalibrateImage(Scenario):
         complete, detail = True, ""
         if finished:
             half += partial_names(radio / "ms") + partial_names(radio / "images")
-            from labpipe.radio import registry
+            from labpipe.radio import calregistry
 
             db = _db(ctx, root)
             try:
-                status = {r["table_name"]: r["status"] for r in registry.tables(db).CalTable.to_dicts()}
+                status = {r["table_name"]: r["status"] for r in calregistry.tables(db).CalTable.to_dicts()}
             finally:
                 db.connection.close()
             active = all(status.get(name) == "active" for name in TABLES)
