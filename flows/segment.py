@@ -26,7 +26,7 @@ from typing import Literal
 from labpipe.blocks import dask_settings, layout
 from labpipe.blocks.registry import model_registry
 from labpipe.blocks.seg import segmentation_defaults
-from labpipe.compute import dask_client
+from labpipe.compute import DaskSettings, dask_client
 from labpipe.errors import ConfigError
 from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, publish_markdown
 from labpipe.layout import Layout
