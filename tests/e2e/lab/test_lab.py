@@ -71,9 +71,10 @@ def _in_namespace(lab, host: str) -> set[int]:
 def test_every_host_runs_its_services_and_nothing_listens_on_a_wildcard(lab):
     services = lab.brought_up["services"]
     expected = {
-        "main": {"postgres", "prefect-server", "dask-scheduler", "dask-worker-main", "worker-cpu", "sshd"},
+        "main": {"postgres", "prefect-server", "dask-scheduler", "dask-worker-main", "worker-cpu", "sshd"}
+        | {"diskwatch-main"},
         "gpu": {"dask-worker-gpu", "worker-gpu"},
-        "backup": {"worker-backup"},
+        "backup": {"worker-backup", "diskwatch-backup"},
     }
     for host, names in expected.items():
         assert {n for n, s in services.items() if s["host"] == host} == names
@@ -223,6 +224,13 @@ def test_the_backup_host_pulls_from_main_over_key_only_ssh(lab, tmp_path):
     other.write_text(Path(config).read_text().replace(str(Path(config).parent / "id_ed25519"), str(stranger)))
     anonymous = lab.run("backup", ["ssh", "-F", str(other), "main", "true"], timeout=60)
     assert anonymous.returncode == 255 and "Permission denied" in anonymous.stderr
+
+
+def test_the_disk_watch_gauges_are_scraped_over_the_lab_network(lab):
+    for host in ("main", "backup"):  # from the gpu host, as the lab's Prometheus would
+        url = f"http://{lab.net.address(host)}:9108/metrics"
+        metrics = lab.net.call("gpu", lambda u=url: httpx.get(u, timeout=10))
+        assert metrics.status_code == 200 and "labpipe_" in metrics.text, host
 
 
 def test_labpipe_status_works_on_a_lab_host_with_its_env_files(lab):
