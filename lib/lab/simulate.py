@@ -2,8 +2,9 @@
 
 ``main``: a private PostgreSQL cluster (Debian's server programs, ``pg_trgm``), the Prefect server behind
 basic auth and TLS (uvicorn's own), the Dask scheduler (mutual TLS), a Dask worker, the ``cpu`` pool
-worker and an sshd (key only, forced ``rrsync -ro``) for the backup pull. ``gpu``: a Dask worker with the
-resource ``GPU=1`` and the ``gpu`` pool worker. ``backup``: the ``backup`` pool worker.
+worker, the disk watch exporter and an sshd (key only, forced ``rrsync -ro``) for the backup pull. ``gpu``: a
+Dask worker with the resource ``GPU=1`` and the ``gpu`` pool worker. ``backup``: the ``backup`` pool worker and
+the disk watch exporter.
 
 The labpipe services are the units of ``infra/systemd``: their ExecStart, Environment and WorkingDirectory as
 systemd would run them (with ``/opt/labpipe`` mapped onto this checkout, and as root: the real units run as
@@ -385,6 +386,10 @@ class SimulatedLab:
 
     def up(self, timeout: float = 300.0) -> dict[str, float]:
         """Bring the lab up; returns seconds per phase (and ``total``). On any failure, tears down first."""
+        if os.geteuid() != 0:
+            raise ConfigError(
+                "labpipe lab simulate up", "needs root (network namespaces, PostgreSQL as postgres)", "run it as root"
+            )
         if self.root.exists() or self.net.existing():
             raise ConfigError(self.root, "this simulated lab is up already", "`labpipe lab simulate down` first")
         for tool in ("setpriv", "sshd", "rrsync"):
