@@ -102,6 +102,27 @@ def test_the_prefect_server_runs_on_the_labs_postgresql_with_pg_trgm(lab):
         conn.close()
 
 
+def test_the_lab_database_is_reached_from_other_hosts_over_tls_only(lab):
+    import psycopg2
+
+    url = lab.secret("lab-database-url").read_text().strip()
+
+    def encrypted(sslmode: str) -> bool:
+        conn = psycopg2.connect(url, sslmode=sslmode, connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    assert lab.net.call("backup", encrypted, "require") is True
+    with pytest.raises(psycopg2.OperationalError, match="no encryption"):  # pg_hba: hostssl only off main
+        lab.net.call("gpu", encrypted, "disable")
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        lab.net.call("gpu", lambda: psycopg2.connect(url.replace("labpipe:", "labpipe:x"), sslmode="require"))
+
+
 def test_the_prefect_api_wants_the_auth_string_over_tls(lab):
     for host in ("main", "gpu", "backup"):
         assert lab.api("POST", "/flow_runs/filter", json={}, auth=False, host=host).status_code == 401
