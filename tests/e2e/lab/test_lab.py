@@ -143,6 +143,10 @@ def test_the_prefect_api_wants_the_auth_string_over_tls(lab):
     assert lab.api("GET", "/health", auth=False).status_code == 200  # probes stay open, as Prefect intends
     ui = lab.net.call("backup", lambda: httpx.get(lab.api_url.removesuffix("/api"), verify=str(lab.certs / "ca.pem")))
     assert ui.status_code == 200 and "<html" in ui.text.lower()
+    settings = lab.net.call(
+        "backup", lambda: httpx.get(f"{lab.api_url.removesuffix('/api')}/ui-settings", verify=str(lab.certs / "ca.pem"))
+    ).json()
+    assert settings["auth"] == "BASIC" and settings["api_url"] == lab.api_url  # the UI asks for the string
     with pytest.raises(httpx.HTTPError):  # no plain HTTP on the port
         lab.net.call("main", lambda: httpx.get(f"http://{lab.main}:4200/api/health", timeout=5))
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # the lab's CA, not the world's
