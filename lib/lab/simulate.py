@@ -2,8 +2,9 @@
 
 ``main``: a private PostgreSQL cluster (Debian's server programs, ``pg_trgm``), the Prefect server behind
 basic auth and TLS (uvicorn's own), the Dask scheduler (mutual TLS), a Dask worker, the ``cpu`` pool
-worker and an sshd (key only, forced ``rrsync -ro``) for the backup pull. ``gpu``: a Dask worker with the
-resource ``GPU=1`` and the ``gpu`` pool worker. ``backup``: the ``backup`` pool worker.
+worker, the disk watch exporter and an sshd (key only, forced ``rrsync -ro``) for the backup pull. ``gpu``: a
+Dask worker with the resource ``GPU=1`` and the ``gpu`` pool worker. ``backup``: the ``backup`` pool worker and
+the disk watch exporter.
 
 The labpipe services are the units of ``infra/systemd``: their ExecStart, Environment and WorkingDirectory as
 systemd would run them (with ``/opt/labpipe`` mapped onto this checkout, and as root: the real units run as
@@ -41,6 +42,8 @@ DASK_DASHBOARD = "127.0.0.1:8787"  # diagnostics on main's loopback only: ssh -L
 POSTGRES_PORT = 5432
 POSTGRES_USER = "postgres"  # Debian's account for the server programs (initdb refuses root)
 AUTH_USER = "labpipe"
+DISKWATCH_HOSTS = ("main", "backup")  # the hosts with data roots (labpipe-diskwatch.service)
+DISKWATCH_PORT = 9108
 SECRET_FILES = {
     "prefect-auth": "PREFECT_API_AUTH_STRING",
     "prefect-database-url": "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -249,25 +252,29 @@ class SimulatedLab:
     def services(self) -> list[Service]:
         """Debian's PostgreSQL and sshd, and labpipe's own systemd units (their ExecStart, run as written)."""
         main, bindir = self.main, postgres_bindir()
-        return [
-            Service(
-                "postgres",
-                "main",
-                [str(bindir / "postgres"), "-D", str(self.pgdata)]
-                + [f"--listen_addresses=127.0.0.1,{main}", f"--port={POSTGRES_PORT}"]
-                + [f"--unix_socket_directories={self.pgsocket}", "--ssl=on"]
-                + [f"--ssl_cert_file={self.pgdata / 'server.crt'}", f"--ssl_key_file={self.pgdata / 'server.key'}"],
-                user=POSTGRES_USER,
-            ),
-            Service("sshd", "main", [_tool("sshd"), "-D", "-e", "-f", str(self.ssh / "sshd_config")]),
-            Service("prefect-server", "main", unit="labpipe-prefect-server.service"),
-            Service("dask-scheduler", "main", unit="labpipe-dask-scheduler.service"),
-            Service("dask-worker-main", "main", unit="labpipe-dask-worker.service"),
-            Service("dask-worker-gpu", "gpu", unit="labpipe-dask-worker.service"),
-        ] + [
-            Service(f"worker-{pool}", host, unit="labpipe-worker@.service", instance=pool)
-            for pool, host in (("cpu", "main"), ("gpu", "gpu"), ("backup", "backup"))
-        ]
+        return (
+            [
+                Service(
+                    "postgres",
+                    "main",
+                    [str(bindir / "postgres"), "-D", str(self.pgdata)]
+                    + [f"--listen_addresses=127.0.0.1,{main}", f"--port={POSTGRES_PORT}"]
+                    + [f"--unix_socket_directories={self.pgsocket}", "--ssl=on"]
+                    + [f"--ssl_cert_file={self.pgdata / 'server.crt'}", f"--ssl_key_file={self.pgdata / 'server.key'}"],
+                    user=POSTGRES_USER,
+                ),
+                Service("sshd", "main", [_tool("sshd"), "-D", "-e", "-f", str(self.ssh / "sshd_config")]),
+                Service("prefect-server", "main", unit="labpipe-prefect-server.service"),
+                Service("dask-scheduler", "main", unit="labpipe-dask-scheduler.service"),
+                Service("dask-worker-main", "main", unit="labpipe-dask-worker.service"),
+                Service("dask-worker-gpu", "gpu", unit="labpipe-dask-worker.service"),
+            ]
+            + [
+                Service(f"worker-{pool}", host, unit="labpipe-worker@.service", instance=pool)
+                for pool, host in (("cpu", "main"), ("gpu", "gpu"), ("backup", "backup"))
+            ]
+            + [Service(f"diskwatch-{host}", host, unit="labpipe-diskwatch.service") for host in DISKWATCH_HOSTS]
+        )
 
     def _service(self, name: str) -> Service:
         return next(s for s in self.services() if s.name == name)
@@ -379,6 +386,10 @@ class SimulatedLab:
 
     def up(self, timeout: float = 300.0) -> dict[str, float]:
         """Bring the lab up; returns seconds per phase (and ``total``). On any failure, tears down first."""
+        if os.geteuid() != 0:
+            raise ConfigError(
+                "labpipe lab simulate up", "needs root (network namespaces, PostgreSQL as postgres)", "run it as root"
+            )
         if self.root.exists() or self.net.existing():
             raise ConfigError(self.root, "this simulated lab is up already", "`labpipe lab simulate down` first")
         for tool in ("setpriv", "sshd", "rrsync"):
@@ -413,15 +424,18 @@ class SimulatedLab:
             ready = lambda: self.api("GET", "/ready", auth=False).status_code == 200  # noqa: E731
             self._wait("the Prefect server", ready, timeout, "prefect-server")
             phase("prefect server")
-            for pool in ("cpu", "gpu", "backup"):
-                self.start(self._service(f"worker-{pool}"))
+            for name in ["worker-cpu", "worker-gpu", "worker-backup"] + [f"diskwatch-{h}" for h in DISKWATCH_HOSTS]:
+                self.start(self._service(name))
             self._wait("the Dask scheduler", lambda: self.dask_worker_count() >= 2, timeout, "dask-scheduler")
             self._wait("sshd", lambda: self._listening("main", self.main, 22), timeout, "sshd")
             phase("dask and sshd")
             for pool in ("cpu", "gpu", "backup"):
                 online = lambda p=pool: self.pool_workers_online(p)  # noqa: E731
                 self._wait(f"the {pool} pool worker", online, timeout, f"worker-{pool}")
-            phase("pool workers")
+            for host in DISKWATCH_HOSTS:
+                exporter = lambda h=host: self._listening(h, self.net.address(h), DISKWATCH_PORT)  # noqa: E731
+                self._wait(f"the disk watch exporter on {host}", exporter, timeout, f"diskwatch-{host}")
+            phase("pool workers and disk watch")
         except BaseException:
             self.down()
             raise
@@ -593,7 +607,8 @@ class SimulatedLab:
         them and the lab's folder. Safe to call on a lab that is half up, or not up at all."""
         stopped: list[str] = []
         if self.pids.exists():
-            stopped += self._stop(["worker-cpu", "worker-gpu", "worker-backup", "dask-worker-main", "dask-worker-gpu"])
+            workers = ["worker-cpu", "worker-gpu", "worker-backup", "dask-worker-main", "dask-worker-gpu"]
+            stopped += self._stop(workers + [f"diskwatch-{h}" for h in DISKWATCH_HOSTS])
             stopped += self._stop(["prefect-server", "dask-scheduler", "sshd"])
             stopped += self._stop(["postgres"], signal.SIGINT)  # fast shutdown: the lab is going away
         killed = self.net.kill_all()

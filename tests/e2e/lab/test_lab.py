@@ -71,9 +71,10 @@ def _in_namespace(lab, host: str) -> set[int]:
 def test_every_host_runs_its_services_and_nothing_listens_on_a_wildcard(lab):
     services = lab.brought_up["services"]
     expected = {
-        "main": {"postgres", "prefect-server", "dask-scheduler", "dask-worker-main", "worker-cpu", "sshd"},
+        "main": {"postgres", "prefect-server", "dask-scheduler", "dask-worker-main", "worker-cpu", "sshd"}
+        | {"diskwatch-main"},
         "gpu": {"dask-worker-gpu", "worker-gpu"},
-        "backup": {"worker-backup"},
+        "backup": {"worker-backup", "diskwatch-backup"},
     }
     for host, names in expected.items():
         assert {n for n, s in services.items() if s["host"] == host} == names
@@ -101,6 +102,27 @@ def test_the_prefect_server_runs_on_the_labs_postgresql_with_pg_trgm(lab):
         conn.close()
 
 
+def test_the_lab_database_is_reached_from_other_hosts_over_tls_only(lab):
+    import psycopg2
+
+    url = lab.secret("lab-database-url").read_text().strip()
+
+    def encrypted(sslmode: str) -> bool:
+        conn = psycopg2.connect(url, sslmode=sslmode, connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    assert lab.net.call("backup", encrypted, "require") is True
+    with pytest.raises(psycopg2.OperationalError, match="no encryption"):  # pg_hba: hostssl only off main
+        lab.net.call("gpu", encrypted, "disable")
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        lab.net.call("gpu", lambda: psycopg2.connect(url.replace("labpipe:", "labpipe:x"), sslmode="require"))
+
+
 def test_the_prefect_api_wants_the_auth_string_over_tls(lab):
     for host in ("main", "gpu", "backup"):
         assert lab.api("POST", "/flow_runs/filter", json={}, auth=False, host=host).status_code == 401
@@ -121,6 +143,10 @@ def test_the_prefect_api_wants_the_auth_string_over_tls(lab):
     assert lab.api("GET", "/health", auth=False).status_code == 200  # probes stay open, as Prefect intends
     ui = lab.net.call("backup", lambda: httpx.get(lab.api_url.removesuffix("/api"), verify=str(lab.certs / "ca.pem")))
     assert ui.status_code == 200 and "<html" in ui.text.lower()
+    settings = lab.net.call(
+        "backup", lambda: httpx.get(f"{lab.api_url.removesuffix('/api')}/ui-settings", verify=str(lab.certs / "ca.pem"))
+    ).json()
+    assert settings["auth"] == "BASIC" and settings["api_url"] == lab.api_url  # the UI asks for the string
     with pytest.raises(httpx.HTTPError):  # no plain HTTP on the port
         lab.net.call("main", lambda: httpx.get(f"http://{lab.main}:4200/api/health", timeout=5))
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # the lab's CA, not the world's
@@ -223,6 +249,13 @@ def test_the_backup_host_pulls_from_main_over_key_only_ssh(lab, tmp_path):
     other.write_text(Path(config).read_text().replace(str(Path(config).parent / "id_ed25519"), str(stranger)))
     anonymous = lab.run("backup", ["ssh", "-F", str(other), "main", "true"], timeout=60)
     assert anonymous.returncode == 255 and "Permission denied" in anonymous.stderr
+
+
+def test_the_disk_watch_gauges_are_scraped_over_the_lab_network(lab):
+    for host in ("main", "backup"):  # from the gpu host, as the lab's Prometheus would
+        url = f"http://{lab.net.address(host)}:9108/metrics"
+        metrics = lab.net.call("gpu", lambda u=url: httpx.get(u, timeout=10))
+        assert metrics.status_code == 200 and "labpipe_" in metrics.text, host
 
 
 def test_labpipe_status_works_on_a_lab_host_with_its_env_files(lab):
