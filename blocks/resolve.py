@@ -5,8 +5,9 @@ Every lifecycle's loader (beside its block, e.g. ``labpipe.blocks.seg.segmentati
 
 - a name given (``default`` included) loads that block document from the Prefect server;
 - only ``default`` may fall back to the built-in defaults, and only when there is no such document or no
-  server (a notebook on a laptop, a CLI with ``LABPIPE_OFFLINE=1``); the fallback is logged at warning
-  level with the home folder it uses, so a notebook never quietly starts an empty lab elsewhere;
+  server (a notebook on a laptop, a CLI with ``LABPIPE_OFFLINE=1``); in a flow or task run the fallback is
+  logged at warning level with the home folder it uses, so a notebook never quietly starts an empty lab
+  elsewhere (a command outside a run logs it at info level: its own errors stay two lines);
 - any other name that does not load (a typo in the UI, a document that no longer validates) fails,
   naming the block type and the name.
 
@@ -55,6 +56,12 @@ def _unreachable(exc: Exception) -> bool:
     return isinstance(exc, httpx.TransportError | ConnectionError | OSError)
 
 
+def _in_a_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def resolve(block_cls: type, name: str | None, builtin: S) -> S:
     """The settings of block document ``name`` of ``block_cls``, or ``builtin`` (see the module's rule).
 
@@ -76,8 +83,11 @@ def resolve(block_cls: type, name: str | None, builtin: S) -> S:
     except Exception as exc:
         if name == DEFAULT and (_missing_document(exc) or _unreachable(exc)):
             why = "no Prefect server answers" if _unreachable(exc) else "no such block document was saved"
-            log.warning("%s %r: %s; using the built-in defaults (labpipe home %s)", kind, name, why,
-                        get_settings().home)  # fmt: skip
+            # in a run (a notebook calling a flow) say it loudly: its data goes under this home; a command
+            # outside a run (the CLI without a server) says it only with --debug-level logging
+            level = logging.WARNING if _in_a_run() else logging.INFO
+            log.log(level, "%s %r: %s; using the built-in defaults (labpipe home %s)", kind, name, why,
+                    get_settings().home)  # fmt: skip
             return builtin
         subject = f"block {kind!r} named {name!r}"
         if _missing_document(exc):

@@ -15,6 +15,7 @@ from labpipe.errors import ConfigError
 from labpipe.layout import Layout
 from labpipe.registry import ModelStoreSettings
 from labpipe.seg.settings import SegmentationSettings
+from prefect import flow
 
 
 def test_a_misspelt_block_name_fails_naming_the_block():
@@ -39,9 +40,15 @@ def test_default_falls_back_with_a_warning_naming_the_home(caplog, monkeypatch):
         raise ValueError(f"Unable to find block document named {name} for block type labpipe-model-store")
 
     monkeypatch.setattr(ModelStore, "load", classmethod(missing))
+
+    @flow
+    def notebook_run():
+        return model_store("default")
+
     with caplog.at_level(logging.WARNING, logger="labpipe.blocks"):
-        settings = model_store("default")
-    assert settings == ModelStoreSettings()
+        assert model_store("default") == ModelStoreSettings()
+        assert not [r for r in caplog.records if r.name == "labpipe.blocks"]  # outside a run: info only
+        assert notebook_run() == ModelStoreSettings()
     assert any(str(get_settings().home) in r.getMessage() for r in caplog.records), caplog.text
 
 
