@@ -13,21 +13,22 @@ connection refused by the Prefect server or a database) prints ``error: <subject
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import typer
+from labpipe.deployments.cli.common import (  # noqa: F401 - EXIT_* and the helpers are this package's API
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SERVER_DOWN,
+    echo_json,
+    fail,
+    report_error,
+)
 from labpipe.errors import LabpipeError
-
-# exit codes (docs/platform.md)
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran and what it checked or ran failed (or an unexpected error, with a traceback)
-EXIT_REFUSED = 2  # error: ... / hint: ... (bad input, configuration, a tool or service that failed) or bad usage
-EXIT_SERVER_DOWN = 3  # `labpipe status`: no Prefect server answers
 
 app = typer.Typer(help="labpipe: a research lab's data lifecycles as Prefect flows.", no_args_is_help=True)
 config_app = typer.Typer(
@@ -46,23 +47,6 @@ def _settings():
         error = exc.errors()[0]
         variable = "LABPIPE_" + "_".join(str(p) for p in error["loc"]).upper()
         raise LabpipeError(variable, error["msg"], "correct or unset that environment variable") from exc
-
-
-def echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def report_error(error: LabpipeError) -> None:
-    """``error: <subject>: <problem>`` and ``hint: <hint>`` on stderr."""
-    typer.secho(f"error: {error.subject}: {error.problem.rstrip()}", fg="red", err=True)
-    if error.hint:
-        typer.echo(f"hint: {error.hint}", err=True)
-
-
-def fail(error: LabpipeError, code: int = EXIT_REFUSED) -> NoReturn:
-    """Report ``error`` and exit with ``code`` (for a command that must stop with its own exit code)."""
-    report_error(error)
-    raise typer.Exit(code)
 
 
 def _debugging() -> bool:

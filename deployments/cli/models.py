@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from labpipe.deployments.cli.common import echo_json, fail
 
 NAME = "models"
 app = typer.Typer(help="The room-level model registry every worker shares.", no_args_is_help=True)
@@ -18,15 +19,6 @@ def _registry(room: str | None, block: str):
     from labpipe.blocks.registry import model_registry
 
     return model_registry(block, room=room)
-
-
-def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command("list")
@@ -42,7 +34,7 @@ def list_models(
     manifest = registry.manifest()
     models = registry.list(model_type=model_type, tags=tag or ())
     if as_json:
-        _echo_json([m.model_dump(mode="json") for m in models])
+        echo_json([m.model_dump(mode="json") for m in models])
         return
     typer.echo(f"room {registry.room} ({registry.backend!r}), revision {manifest.revision}")
     for m in models:
@@ -64,8 +56,8 @@ def show(
     try:
         entry = _registry(room, block).show(ref)
     except Exception as exc:
-        _fail(exc)
-    _echo_json(entry.model_dump(mode="json"))
+        fail(exc)
+    echo_json(entry.model_dump(mode="json"))
 
 
 @app.command()
@@ -89,7 +81,7 @@ def alias(
     except typer.BadParameter:
         raise
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"{name} -> {entry.id}")
 
 
@@ -103,7 +95,7 @@ def pull(
     try:
         model = _registry(room, block).pull(ref)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"{model.id} {'downloaded' if model.downloaded else 'already cached'}: {model.path}")
 
 
@@ -131,7 +123,7 @@ def publish(
             config=json.loads(config),
         )
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"published {entry.id} ({entry.size_bytes} bytes) at {entry.s3_path}")
 
 
@@ -146,7 +138,7 @@ def delete(
     try:
         typer.echo(f"deleted {_registry(room, block).delete(ref, force=force)}")
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _online_workers(pool: str) -> set[str]:
@@ -176,9 +168,9 @@ def workers(
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--filter") from exc
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _echo_json([w.model_dump(mode="json") for w in found])
+        echo_json([w.model_dump(mode="json") for w in found])
         return
     for w in found:
         typer.echo(f"  {w.worker_id:<24} pool {w.pool:<5} heartbeat {w.age_seconds():6.0f} s ago  {w.metadata}")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from labpipe.deployments.cli.common import echo_json, fail, progress_bar
 
 NAME = "pose"
 app = typer.Typer(help="Pose estimation with DeepLabCut 3 (gpu pool).", no_args_is_help=True)
@@ -27,23 +28,6 @@ def _store(roots):
     from labpipe.blocks.pose import pose_models
 
     return pose_models("default", roots)
-
-
-def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=1, default=str))
-
-
-def _bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-    task = progress.add_task(description, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -69,14 +53,14 @@ def train(
     try:
         labelled_set = load_labelled_set(labelled, videos=videos)
         typer.echo(f"labelled set: {json.dumps(labelled_set.summary())}")
-        progress, update = _bar(f"training {name} (epochs)")
+        progress, update = progress_bar(f"training {name} (epochs)")
         with progress:
             trained = train_model(labelled_set, name, roots.models / "pose-training", settings, progress=update)
         card = _store(roots).publish(trained)
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     record_model(tables(_database()), card)
-    _echo_json({**card.__dict__, "evaluation": trained.evaluation.__dict__, "reused": trained.reused})
+    echo_json({**card.__dict__, "evaluation": trained.evaluation.__dict__, "reused": trained.reused})
 
 
 @app.command()
@@ -103,9 +87,9 @@ def assign(
             replace=replace,
         )
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _echo_json(outcomes)
+        echo_json(outcomes)
     else:
         for row in outcomes:
             typer.echo(
@@ -139,7 +123,7 @@ def analyze(
     context = PoseContext(
         roots.share, _store(roots), roots.scratch / "pose" / "analyses", settings, extra_outputs=(db.blobs,)
     )
-    progress, update = _bar("videos analysed")
+    progress, update = progress_bar("videos analysed")
     with progress:
         result = run_population(db, context, max_calls=max_calls, progress=update)
     if summary and result.analysed:
@@ -148,7 +132,7 @@ def analyze(
         figure = preview_figure(db, roots.share, result.analysed, frames=settings.preview_frames)
         if figure is not None:
             figure.savefig(summary, dpi=100)
-    _echo_json(result.as_json())
+    echo_json(result.as_json())
     if result.errors:
         raise typer.Exit(1)
 
@@ -175,7 +159,7 @@ def tasks(
         for row in rows:
             row["problems"] = problems.get((row["session_id"], row["scan_id"], row["file_name"]), [])
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for row in rows:
         line = f"{row['state']:<10} {row['video']}  model {row['model'] or '-'}"
@@ -197,7 +181,7 @@ def jobs(
     populated = [tables(_database()).PoseEstimation]
     problems = job_problems(populated)
     if as_json:
-        _echo_json([p.as_json() for p in problems])
+        echo_json([p.as_json() for p in problems])
     else:
         for p in problems:
             typer.echo(f"{p.status:<6} {p.key} (host {p.host}, pid {p.pid}) {p.message}")

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import typer
+from labpipe.deployments.cli.common import fail, progress_bar
 
 NAME = "seg"
 app = typer.Typer(help="The cryo-ET segmentation lifecycle (nnU-Net v2, CryoMamba).", no_args_is_help=True)
-
-
-def _bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    )
-    task = progress.add_task(description, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 def _layout():
@@ -42,12 +29,12 @@ def validate(
     from labpipe.errors import LabpipeError
     from labpipe.seg.mrc import validate_tomogram
 
-    progress, update = _bar(f"reading {file.name}")
+    progress, update = progress_bar(f"reading {file.name}")
     try:
         with progress:
             info = validate_tomogram(file, voxel_size=voxel_size, progress=update)
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(json.dumps(info.as_json(), indent=1))
 
 
@@ -112,7 +99,7 @@ def train(
         else:
             typer.echo("error: give labelled tomograms or --simulate N", err=True)
             raise typer.Exit(2)
-        progress, update = _bar("epochs")
+        progress, update = progress_bar("epochs")
         with progress:
             report = train_model(
                 cases,
@@ -129,7 +116,7 @@ def train(
                 say=typer.echo,
             )
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     registry_id = None
     if publish:
         from labpipe.blocks.registry import model_registry
@@ -221,8 +208,8 @@ def run(
         slot = gpu_slot(cluster.n_workers if resolved.startswith("cuda") else 1) if _server_up() else None
         if slot is None:
             typer.echo("note: no Prefect server answers, so the gpu concurrency limit is not applied", err=True)
-        progress, update = _bar(f"windows of {file.name}")
-        with slot or _nothing(), dask_client(cluster) as client, progress:
+        progress, update = progress_bar(f"windows of {file.name}")
+        with slot or contextlib.nullcontext(), dask_client(cluster) as client, progress:
             result = segment_tomogram(
                 job,
                 roots,
@@ -232,21 +219,13 @@ def run(
                 say=lambda text: progress.console.print(text),
             )
     except SegmentationCancelled as exc:
-        _fail(exc)
+        fail(exc)
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was written to the artifact folder", err=True)
         raise typer.Exit(130) from None
     typer.echo(json.dumps({k: v for k, v in result.as_json().items() if k not in ("memory",)}, indent=1))
-
-
-class _nothing:  # noqa: N801 - a do-nothing context manager
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

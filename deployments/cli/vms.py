@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
+from labpipe.deployments.cli.common import progress_bar
 
 NAME = "vms"
 app = typer.Typer(
@@ -31,14 +32,6 @@ def _store(block: str | None):
 
     settings = _settings(block)
     return VmStore.open(settings.model_copy(update={"pool_size": 2}), database_settings()), settings
-
-
-def _bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), transient=True)
-    task = progress.add_task(description, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _table(vms) -> None:
@@ -189,7 +182,7 @@ def create(
     store, settings = _store(block)
     try:
         key = request_key or f"cli-{secrets.token_hex(6)}"
-        progress, update = _bar("starting VMs")
+        progress, update = progress_bar("starting VMs")
         with progress:
             report = create_vms(
                 store, settings, count, request_key=key, command=command or [], allocator_url=allocator_url,
@@ -238,7 +231,7 @@ def destroy(
         if not chosen:
             typer.echo("no VM matched")
             return
-        progress, update = _bar("destroying VMs")
+        progress, update = progress_bar("destroying VMs")
         with progress:
             report = destroy_vms(store, settings, chosen, reason="destroyed from the CLI", progress=update)
         typer.echo(json.dumps(report.as_json(), indent=1))
