@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -49,13 +50,37 @@ def fsync_tree(top: Path) -> None:
         fsync_path(Path(dirpath))
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # a libc without renameat2 (glibc < 2.28, not Linux)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # a kernel or file system without it
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success make it durable and rename it into place.
 
     Works for files and folders. What the caller wrote is fsynced before the rename and the
     parent folder after it, so a power cut leaves either the old ``final`` or the whole new
-    one. On error the temporary is removed and ``final`` is untouched.
+    one. An existing folder is swapped with the new one in one step (``renameat2`` with
+    ``RENAME_EXCHANGE``) and deleted after, so a kill at any point leaves a whole old or a whole
+    new folder in place, never a partly deleted one. On error the temporary is removed and
+    ``final`` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +89,19 @@ def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
     try:
         yield work
         fsync_tree(work)
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(work, final)
-        fsync_path(final.parent)
+        if final.is_dir() and not final.is_symlink() and _exchange(work, final):
+            fsync_path(final.parent)  # the old folder is now at ``work``: removed with ``tmp`` below
+        elif final.is_dir() and not final.is_symlink():  # no atomic exchange here: move it aside first
+            os.rename(final, tmp / ".old")
+            try:
+                os.replace(work, final)
+            except BaseException:
+                os.rename(tmp / ".old", final)
+                raise
+            fsync_path(final.parent)
+        else:
+            os.replace(work, final)
+            fsync_path(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

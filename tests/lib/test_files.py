@@ -114,3 +114,62 @@ def test_a_moved_file_is_on_disk_under_its_new_name_before_the_source_is_removed
     gone = calls.index(("unlink", str(source)))
     assert ("fsync", str(dest.parent)) in calls[:gone], calls
     assert dest.read_bytes() == b"frames" and not source.exists()
+
+
+def _folder(path, tag: str, n: int = 200) -> dict:
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (path / f"f{i:04d}").write_text(f"{tag}-{i}")
+    return {p.name: p.read_text() for p in path.iterdir()}
+
+
+def test_replacing_a_folder_never_deletes_the_one_in_place_before_the_new_one_is_there(tmp_path, monkeypatch):
+    """A kill while the old folder was being deleted (before the rename) left a partly deleted product."""
+    import os
+    import shutil
+
+    from labpipe import files
+
+    final = tmp_path / "product"
+    _folder(final, "old")
+    deleted_while_final = []
+    real_rmtree = shutil.rmtree
+
+    def watching_rmtree(path, *args, **kwargs):
+        if os.path.realpath(path) == os.path.realpath(final):
+            deleted_while_final.append(sorted(p.read_text() for p in final.iterdir())[:1])
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", watching_rmtree)
+    with files.atomic_path(final) as work:
+        new = _folder(work, "new")
+    assert deleted_while_final == []  # the product in place was never what got deleted
+    assert {p.name: p.read_text() for p in final.iterdir()} == new
+    assert [p.name for p in tmp_path.iterdir()] == ["product"]  # the old one and the staging are gone
+
+
+def test_a_folder_replacement_killed_anywhere_leaves_the_old_or_the_new_folder_whole(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    final = tmp_path / "product"
+    old = _folder(final, "old", 2000)
+    script = (
+        "import sys; from pathlib import Path; from labpipe.files import atomic_path\n"
+        "with atomic_path(Path(sys.argv[1])) as work:\n"
+        "    work.mkdir()\n"
+        "    [(work / f'f{i:04d}').write_text(f'new-{i}') for i in range(2000)]\n"
+    )
+    rng = random.Random(7)
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(final)])
+        time.sleep(rng.uniform(0.2, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        now = {p.name: p.read_text() for p in final.iterdir()}
+        assert now == old or now == {k: v.replace("old", "new") for k, v in old.items()}, len(now)
+        if now != old:
+            old = now
