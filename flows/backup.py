@@ -361,7 +361,7 @@ def backup(
     except Exception as exc:  # e.g. the lock: still leave a report
         report.fail("run", exc)
     finally:
-        _finish(report, roots, t)
+        _finish(report, roots, t, borg)
     if report.status != "succeeded":
         raise RuntimeError(f"backup {report.archive or '(no archive)'} failed: " + "; ".join(report.problems))
     return report.as_json()
@@ -419,7 +419,13 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
         report.fail("dumps", missing)
     dump_paths = [p for p in dump_paths if p.split("/", 1)[0] in good and (staging / p).exists()]
     report.proof = _stage(report, "proof", restore_proof, borg, report.archive, staging, the_plan, dump_paths, workdir)
-    if report.problems:  # a bad day must not push good archives out of retention
+    blocked = report.check_failed = borg.check_failure()
+    if blocked:  # a damaged repository is not pruned or compacted until a check passes
+        report.notes.append(
+            f"prune and compact blocked: borg check failed ({blocked.get('what')}, since {blocked.get('since')}); "
+            "they run again once a check passes"
+        )
+    elif report.problems:  # a bad day must not push good archives out of retention
         report.notes.append("prune skipped: this run had failures")
     else:
         pruned = _stage(report, "prune", borg_prune, borg, the_plan)
@@ -428,6 +434,10 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
     report.check = _stage(report, "check", borg_check, borg, the_plan)
     if report.check is not None and not report.check.ok:
         report.fail("check", "; ".join(report.check.problems[:5]))
+    elif report.check is not None and (standing := borg.check_failure()):
+        report.fail("check", f"the failed check of {standing.get('since')} ({standing.get('what')}) still stands")
+    elif blocked and report.check is not None:
+        report.notes.append("this run's borg check passed: prune and compact run again from the next run on")
     with contextlib.suppress(Exception):
         info = borg.info()
         report.repository_bytes = int(info.get("unique_csize", 0))
@@ -436,7 +446,7 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
         with contextlib.suppress(Exception):
             prune_old_dumps(the_plan, roots.dumps, t)
     if remote.configured:
-        if report.check is None or not report.check.ok:
+        if report.check is None or not report.check.ok or borg.check_failure():
             report.notes.append("off-site sync skipped: the repository check did not pass (no copying damage)")
         else:
             if remote.include_repository and borg.is_local:
@@ -451,7 +461,12 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
             report.offsite = [row for row in report.offsite if row]
 
 
-def _finish(report: BackupReport, roots: Layout, t) -> None:
+def _finish(report: BackupReport, roots: Layout, t, borg: Borg) -> None:
+    with contextlib.suppress(Exception):
+        report.check_failed = borg.check_failure() or report.check_failed
+    report.events = [f"labpipe.backup.{'failed' if report.problems else 'succeeded'}"]
+    if report.check_failed:
+        report.events.append("labpipe.backup.check-failed")  # every run until a check passes
     report.finish()
     if t is not None:
         try:
@@ -461,12 +476,16 @@ def _finish(report: BackupReport, roots: Layout, t) -> None:
             report.status = "failed"
     path = records.write_json(report, roots.backups / "reports")
     publish_markdown(backup_markdown(report, path), key="backup-summary", description="backup run summary")
+    resource = {"prefect.resource.id": f"labpipe.backup.{report.repository}", "prefect.resource.name": "borg"}
     with contextlib.suppress(Exception):
         emit_event(
             event=f"labpipe.backup.{report.status}",
-            resource={"prefect.resource.id": f"labpipe.backup.{report.repository}", "prefect.resource.name": "borg"},
+            resource=resource,
             payload={"archive": report.archive, "problems": report.problems[:10], "run_id": report.run_id},
         )
+    if report.check_failed:
+        with contextlib.suppress(Exception):
+            emit_event(event="labpipe.backup.check-failed", resource=resource, payload=report.check_failed)
 
 
 def _mb(value: int) -> str:
@@ -481,6 +500,15 @@ def backup_markdown(report: BackupReport, json_path: Path | None = None) -> str:
     ]
     if report.problems:
         lines += ["", "## Problems", *[f"- {p}" for p in report.problems]]
+    if report.check_failed:
+        failed = report.check_failed
+        lines += [
+            "",
+            f"## Prune and compact BLOCKED: borg check failed ({failed.get('what')}) since {failed.get('since')}",
+            "They stay blocked, and this is reported (event `labpipe.backup.check-failed`) every run, until a "
+            "check passes.",
+            *[f"- {p}" for p in failed.get("problems", [])[:10]],
+        ]
     if report.dumps:
         lines += ["", "## Database dumps", _dumps_markdown(report.dumps, [])]
     lines += [
@@ -580,6 +608,13 @@ def check(
         key="borg-check",
         description="borg check",
     )
+    if not result.ok:  # recorded by borg.check: prune and compact stay blocked until a check passes
+        with contextlib.suppress(Exception):
+            emit_event(
+                event="labpipe.backup.check-failed",
+                resource={"prefect.resource.id": f"labpipe.backup.{borg.location}", "prefect.resource.name": "borg"},
+                payload=borg.check_failure() or {},
+            )
     borg.raise_if_corrupt(result)
     return {"what": result.what, "ok": result.ok, "seconds": result.seconds}
 

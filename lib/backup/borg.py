@@ -494,6 +494,8 @@ class Borg:
 
     def prune(self, plan: BackupPlan, *, dry_run: bool = False) -> PruneResult:
         """``borg prune`` of ``<prefix>-*`` archives by the plan's keep rules (checkpoints go with them)."""
+        if not dry_run:
+            self.refuse_if_check_failed("prune")
         result = PruneResult(dry_run=dry_run)
 
         def on_list(text: str) -> None:
@@ -512,6 +514,7 @@ class Borg:
 
     def compact(self) -> str:
         """``borg compact``: frees the space pruned archives held; returns borg's summary line."""
+        self.refuse_if_check_failed("compact")
         output = self._run(["compact", "--verbose", self.location])
         return next((t for t in output.texts() if "compaction freed" in t), "")
 
@@ -550,7 +553,30 @@ class Borg:
                 found = [f"borg check exit {output.returncode}"]
             problems += [f"{what}: {p}" for p in found]
             results.append(what)
-        return CheckResult(", ".join(results), problems, time.monotonic() - started)
+        result = CheckResult(", ".join(results), problems, time.monotonic() - started)
+        self._record_check(result, verify_data)
+        return result
+
+    def _record_check(self, result: CheckResult, verify_data: bool) -> None:
+        """A failure is kept until a check passes; a failed ``--verify-data`` only a passing ``--verify-data``
+        lifts (the nightly check reads less than it did)."""
+        failed = self.check_failure()
+        if result.ok and failed and failed.get("verify_data") and not verify_data:
+            return
+        self.state.record_check(self.location, result.ok, result.what, result.problems, verify_data=verify_data)
+
+    def check_failure(self) -> dict | None:
+        """The recorded failed check (``since``, ``what``, ``problems``) that blocks prune and compact, or None."""
+        return self.state.check_failure(self.location)
+
+    def refuse_if_check_failed(self, command: str) -> None:
+        if failed := self.check_failure():
+            raise RepositoryCorrupt(
+                self.location,
+                f"borg check failed ({failed.get('what')}, since {failed.get('since')}): {command} is blocked "
+                f"until a check passes; {'; '.join(failed.get('problems', [])[:3])}",
+                "run `labpipe backup check` (or --verify-data), and restore from the off-site copy if it is damaged",
+            )
 
     def raise_if_corrupt(self, check: CheckResult) -> None:
         if not check.ok:

@@ -59,13 +59,21 @@ class RepositoryState:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         return self._update(location, id=repository_id, recorded=now, recorded_by=how)
 
-    def record_check(self, location: str, ok: bool, what: str, problems: list[str]) -> dict:
+    def record_check(
+        self, location: str, ok: bool, what: str, problems: list[str], *, verify_data: bool = False
+    ) -> dict:
         """A failed check is kept (with the time of the first failure) until a check passes."""
         if ok:
             return self._update(location, check_failed=None)
         previous = (self.known(location) or {}).get("check_failed") or {}
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        failed = {"since": previous.get("since", now), "last": now, "what": what, "problems": problems[:10]}
+        failed = {
+            "since": previous.get("since", now),
+            "last": now,
+            "what": what,
+            "problems": problems[:10],
+            "verify_data": verify_data or bool(previous.get("verify_data")),
+        }
         return self._update(location, check_failed=failed)
 
     def check_failure(self, location: str) -> dict | None:

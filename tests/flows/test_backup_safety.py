@@ -154,3 +154,43 @@ def test_cli_init_is_the_only_way_to_create_and_refuses_a_known_missing_reposito
     assert not repo.exists()
     result = runner.invoke(cli.app, ["init", "--replace"])
     assert result.exit_code == 0, result.output
+
+
+def _flip_a_byte(repo: Path) -> tuple[Path, bytes]:
+    segment = max((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    original = segment.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    return segment, original
+
+
+@pytest.mark.slow
+def test_failed_check_blocks_prune_and_compact_until_a_check_passes(tmp_path, lab_db):
+    """Item 3: a failed `borg check` (here the borg-check flow) is recorded; the next nightly run does not prune
+    or compact, says so, and emits the failure event; a passing check lifts the block."""
+    from labpipe.backup.errors import RepositoryCorrupt
+    from labpipe.flows.backup import backup, check
+
+    cfg = configure(tmp_path, lab_db)
+    _share(cfg["roots"])
+    borg = _borg(cfg)
+    first = backup(run_dumps=False, offsite=False, **cfg["names"])
+    assert first["status"] == "succeeded", first["problems"]
+    segment, original = _flip_a_byte(borg.local_path)
+    names = {k: cfg["names"][k] for k in ("repository_block", "plan_block", "layout_block")}
+    with pytest.raises(RepositoryCorrupt):
+        check(**names)
+
+    segment.write_bytes(original)  # the damage is gone (or was never real): the block stays until a check passes
+    second = backup(run_dumps=False, offsite=False, **cfg["names"])
+    assert second["prune"] is None, "pruned although the last check failed"
+    assert any("prune and compact blocked" in note for note in second["notes"]), second["notes"]
+    assert "labpipe.backup.check-failed" in second["events"]
+    assert first["archive"] in [a["name"] for a in borg.archives("labpipe")]
+    assert second["check_ok"]  # this run's check passed: the block is lifted
+
+    third = backup(run_dumps=False, offsite=False, **cfg["names"])
+    assert third["status"] == "succeeded", third["problems"]
+    assert third["prune"] is not None and not any("blocked" in note for note in third["notes"])
+    assert "labpipe.backup.check-failed" not in third["events"]
