@@ -147,6 +147,7 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what 
     borg, plan = _borg(), backup_plan()
     try:
         with backup_lock(layout().backups, "labpipe backup prune"):
+            borg.open()  # the known repository, not whatever is mounted there now
             result = borg.prune(plan, dry_run=dry_run)
             compacted = "" if dry_run else borg.compact()
     except LabpipeError as exc:
