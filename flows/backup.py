@@ -205,15 +205,14 @@ def pull(source: BackupSource, staging: Path, rsync_args: list[str]) -> PullResu
 
 
 @task(name="open-repository", cache_policy=NONE)
-def open_repository(borg: Borg) -> list[str]:
-    """Create the repository if needed; break a lock left by a dead borg process of this host."""
-    notes = []
-    if borg.init():
-        notes.append(f"created repository {borg.location} ({borg.repo.encryption}); key exported under secrets/")
+def open_repository(borg: Borg) -> tuple[str, list[str]]:
+    """Open the repository labpipe knows (never create one: `labpipe backup init` does, once); refuse one that is
+    missing or holds another id; break a lock left by a dead borg process of this host."""
+    repository_id, notes = borg.open(), []
     for holder in borg.break_stale_lock():
         notes.append(f"broke a stale lock of dead borg process {holder.pid} on {holder.host}")
         logger().warning("broke stale borg lock: %s pid %s", holder.host, holder.pid)
-    return notes
+    return repository_id, notes
 
 
 @task(name="borg-create", task_run_name="create-{archive}", cache_policy=NONE)
@@ -268,9 +267,15 @@ def borg_check(borg: Borg, the_plan: BackupPlan, verify_data: bool = False):
 
 
 @task(name="offsite-sync", task_run_name="offsite-{label}", cache_policy=NONE)
-def offsite_sync(remote: RcloneRemote, local: Path, label: str) -> dict:
+def offsite_sync(remote: RcloneRemote, local: Path, label: str, repository_id: str = "") -> dict:
+    """rclone sync + check of one folder (a borg repository: only onto a copy of the same repository id);
+    what the sync replaces or deletes off-site goes to a dated folder, not away."""
+    archive = RcloneArchive(remote)
     with Progress(f"rclone sync {label} (bytes)") as progress:
-        report = RcloneArchive(remote).sync(local, label, progress=progress)
+        if repository_id:
+            report = archive.sync_repository(local, repository_id, label, progress=progress)
+        else:
+            report = archive.sync(local, label, progress=progress)
     row = {
         "folder": str(local),
         "remote": report.remote,
@@ -278,12 +283,20 @@ def offsite_sync(remote: RcloneRemote, local: Path, label: str) -> dict:
         "files checked": report.check.matched,
         "differences": len(report.check.differences),
         "seconds": round(report.seconds, 1),
+        "previous copy kept in": report.previous.split(":", 1)[-1],
     }
     if not report.check.ok:
         from labpipe.backup.errors import ArchiveMismatch
 
         raise ArchiveMismatch(report.remote, f"rclone check differences: {report.check.differences[:5]}")
     return row
+
+
+@task(name="offsite-prune-previous", cache_policy=NONE)
+def prune_previous_copies(remote: RcloneRemote) -> list[str]:
+    """The second step: dated folders of replaced off-site files go after ``keep_previous_days``, and only
+    once this run's copies were verified."""
+    return RcloneArchive(remote).prune_previous(remote.keep_previous_days)
 
 
 def _stage(report: BackupReport, name: str, call, *args, **kwargs):
@@ -348,7 +361,7 @@ def backup(
     except Exception as exc:  # e.g. the lock: still leave a report
         report.fail("run", exc)
     finally:
-        _finish(report, roots, t)
+        _finish(report, roots, t, borg)
     if report.status != "succeeded":
         raise RuntimeError(f"backup {report.archive or '(no archive)'} failed: " + "; ".join(report.problems))
     return report.as_json()
@@ -364,6 +377,11 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
             report.fail(f"dump {failed.database}", failed.error)
         if t is not None:
             records.record_dumps(t, report.dumps)
+    opened = _stage(report, "open", open_repository, borg)
+    if opened is None:  # missing, replaced or unreadable: nothing is pulled, archived or copied off-site
+        return
+    repository_id, notes = opened
+    report.notes += notes
     sources = the_plan.resolved_sources(roots)
     for source in sources:
         pulled = _stage(report, f"pull {source.name}", pull, source, staging, the_plan.rsync_args)
@@ -383,10 +401,8 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
                 )
             )
     good = [s.name for s in report.sources if s.status == "pulled"]
-    notes = _stage(report, "open", open_repository, borg)
-    if notes is None or not good:
+    if not good:
         return
-    report.notes += notes
     report.archive = archive_name(the_plan.archive_prefix)
     total = sum(s.bytes for s in report.sources if s.status == "pulled")
     report.stats = _stage(
@@ -403,7 +419,13 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
         report.fail("dumps", missing)
     dump_paths = [p for p in dump_paths if p.split("/", 1)[0] in good and (staging / p).exists()]
     report.proof = _stage(report, "proof", restore_proof, borg, report.archive, staging, the_plan, dump_paths, workdir)
-    if report.problems:  # a bad day must not push good archives out of retention
+    blocked = report.check_failed = borg.check_failure()
+    if blocked:  # a damaged repository is not pruned or compacted until a check passes
+        report.notes.append(
+            f"prune and compact blocked: borg check failed ({blocked.get('what')}, since {blocked.get('since')}); "
+            "they run again once a check passes"
+        )
+    elif report.problems:  # a bad day must not push good archives out of retention
         report.notes.append("prune skipped: this run had failures")
     else:
         pruned = _stage(report, "prune", borg_prune, borg, the_plan)
@@ -412,6 +434,10 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
     report.check = _stage(report, "check", borg_check, borg, the_plan)
     if report.check is not None and not report.check.ok:
         report.fail("check", "; ".join(report.check.problems[:5]))
+    elif report.check is not None and (standing := borg.check_failure()):
+        report.fail("check", f"the failed check of {standing.get('since')} ({standing.get('what')}) still stands")
+    elif blocked and report.check is not None:
+        report.notes.append("this run's borg check passed: prune and compact run again from the next run on")
     with contextlib.suppress(Exception):
         info = borg.info()
         report.repository_bytes = int(info.get("unique_csize", 0))
@@ -420,20 +446,27 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
         with contextlib.suppress(Exception):
             prune_old_dumps(the_plan, roots.dumps, t)
     if remote.configured:
-        if report.check is None or not report.check.ok:
+        if report.check is None or not report.check.ok or borg.check_failure():
             report.notes.append("off-site sync skipped: the repository check did not pass (no copying damage)")
         else:
             if remote.include_repository and borg.is_local:
                 report.offsite.append(
-                    _stage(report, "offsite", offsite_sync, remote, borg.local_path, "borg-repository")
+                    _stage(report, "offsite", offsite_sync, remote, borg.local_path, "borg-repository", repository_id)
                 )
             for folder in archive_folders(remote, roots):
                 if folder.is_dir():
                     report.offsite.append(_stage(report, "offsite", offsite_sync, remote, folder, folder.name))
+            if all(report.offsite) and _stage(report, "offsite", prune_previous_copies, remote):
+                report.notes.append(f"off-site: previous copies older than {remote.keep_previous_days} days removed")
             report.offsite = [row for row in report.offsite if row]
 
 
-def _finish(report: BackupReport, roots: Layout, t) -> None:
+def _finish(report: BackupReport, roots: Layout, t, borg: Borg) -> None:
+    with contextlib.suppress(Exception):
+        report.check_failed = borg.check_failure() or report.check_failed
+    report.events = [f"labpipe.backup.{'failed' if report.problems else 'succeeded'}"]
+    if report.check_failed:
+        report.events.append("labpipe.backup.check-failed")  # every run until a check passes
     report.finish()
     if t is not None:
         try:
@@ -443,12 +476,16 @@ def _finish(report: BackupReport, roots: Layout, t) -> None:
             report.status = "failed"
     path = records.write_json(report, roots.backups / "reports")
     publish_markdown(backup_markdown(report, path), key="backup-summary", description="backup run summary")
+    resource = {"prefect.resource.id": f"labpipe.backup.{report.repository}", "prefect.resource.name": "borg"}
     with contextlib.suppress(Exception):
         emit_event(
             event=f"labpipe.backup.{report.status}",
-            resource={"prefect.resource.id": f"labpipe.backup.{report.repository}", "prefect.resource.name": "borg"},
+            resource=resource,
             payload={"archive": report.archive, "problems": report.problems[:10], "run_id": report.run_id},
         )
+    if report.check_failed:
+        with contextlib.suppress(Exception):
+            emit_event(event="labpipe.backup.check-failed", resource=resource, payload=report.check_failed)
 
 
 def _mb(value: int) -> str:
@@ -463,6 +500,15 @@ def backup_markdown(report: BackupReport, json_path: Path | None = None) -> str:
     ]
     if report.problems:
         lines += ["", "## Problems", *[f"- {p}" for p in report.problems]]
+    if report.check_failed:
+        failed = report.check_failed
+        lines += [
+            "",
+            f"## Prune and compact BLOCKED: borg check failed ({failed.get('what')}) since {failed.get('since')}",
+            "They stay blocked, and this is reported (event `labpipe.backup.check-failed`) every run, until a "
+            "check passes.",
+            *[f"- {p}" for p in failed.get("problems", [])[:10]],
+        ]
     if report.dumps:
         lines += ["", "## Database dumps", _dumps_markdown(report.dumps, [])]
     lines += [
@@ -562,6 +608,13 @@ def check(
         key="borg-check",
         description="borg check",
     )
+    if not result.ok:  # recorded by borg.check: prune and compact stay blocked until a check passes
+        with contextlib.suppress(Exception):
+            emit_event(
+                event="labpipe.backup.check-failed",
+                resource={"prefect.resource.id": f"labpipe.backup.{borg.location}", "prefect.resource.name": "borg"},
+                payload=borg.check_failure() or {},
+            )
     borg.raise_if_corrupt(result)
     return {"what": result.what, "ok": result.ok, "seconds": result.seconds}
 
@@ -599,18 +652,35 @@ def archive_offsite(
     remote_block: str | None = "default",
     repository_block: str | None = "default",
     layout_block: str | None = "default",
+    plan_block: str | None = "default",
 ) -> list[dict]:
-    """rclone sync of the archive folders (and the borg repository) to the remote, each followed by rclone check."""
-    roots, remote = layout(layout_block), rclone_remote(remote_block)
+    """rclone sync of the archive folders and, after a passing ``borg check``, of the borg repository onto an
+    off-site copy of the same repository id; each followed by a check; previous copies kept in dated folders."""
+    roots, remote, the_plan = layout(layout_block), rclone_remote(remote_block), backup_plan(plan_block)
     borg = borg_client(repository_block, roots)
-    rows = []
+    rows, problems = [], []
     with stop_tools_when_cancelled(), backup_lock(roots.backups, "archive-offsite", wait=600):
-        if include_repository and remote.include_repository and borg.is_local and borg.exists():
-            rows.append(offsite_sync(remote, borg.local_path, "borg-repository"))
+        if include_repository and remote.include_repository and borg.is_local:
+            repository_id = borg.open()
+            result = borg_check(borg, the_plan)
+            if result.ok:
+                rows.append(offsite_sync(remote, borg.local_path, "borg-repository", repository_id))
+            else:
+                problems.append("repository not copied off-site: its check failed: " + "; ".join(result.problems[:3]))
         for folder in archive_folders(remote, roots):
-            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                problems.append(f"archive folder {folder} does not exist: is its disk mounted? (not synced)")
+                continue
             rows.append(offsite_sync(remote, folder, folder.name))
-    publish_markdown("# Off-site archive\n" + markdown_table(rows), key="archive-offsite", description="rclone")
+        if not problems:
+            prune_previous_copies(remote)
+    publish_markdown(
+        "# Off-site archive\n" + markdown_table(rows) + "".join(f"\n- **{p}**" for p in problems),
+        key="archive-offsite",
+        description="rclone",
+    )
+    if problems:
+        raise RuntimeError("archive-offsite: " + "; ".join(problems))
     return rows
 
 

@@ -1,4 +1,5 @@
-"""``labpipe backup``: run a backup, restore, list, prune, check, retention, disk watch, break a stale lock.
+"""``labpipe backup``: create the repository (``init``, the only way), run a backup, restore, list, prune,
+check, retention, disk watch, break a stale lock.
 
 Configuration comes from the backup blocks (``default`` documents) when the
 platform's Prefect server answers, else from their defaults under
@@ -37,6 +38,30 @@ def _bar(description: str):
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+@app.command()
+def init(
+    replace: bool = typer.Option(
+        False, "--replace", help="Make (or record) a new repository where a known one is missing or differs."
+    ),
+) -> None:
+    """Create the borg repository and record its id: the only way labpipe creates one (runs never do)."""
+    from labpipe.errors import LabpipeError
+
+    borg = _borg()
+    try:
+        created = borg.init(replace=replace)
+        repository_id = borg.open()
+    except LabpipeError as exc:
+        _fail(exc)
+    if created:
+        typer.echo(
+            f"created repository {borg.location} (id {repository_id}, {borg.repo.encryption}); its passphrase and "
+            f"exported key are under {borg.secrets_dir}: copy them somewhere safe"
+        )
+    else:
+        typer.echo(f"repository {borg.location} exists already (id {repository_id}, recorded)")
 
 
 @app.command()
@@ -122,6 +147,7 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what 
     borg, plan = _borg(), backup_plan()
     try:
         with backup_lock(layout().backups, "labpipe backup prune"):
+            borg.open()  # the known repository, not whatever is mounted there now
             result = borg.prune(plan, dry_run=dry_run)
             compacted = "" if dry_run else borg.compact()
     except LabpipeError as exc:

@@ -25,10 +25,20 @@ def _ensure_remote(ctx: DemoContext) -> str:
         return path
 
 
+def _ensure_repository(ctx: DemoContext, roots) -> None:
+    """What `labpipe backup init` does once: the nightly run never creates a repository."""
+    from labpipe.flows.backup import borg_client
+
+    borg = borg_client("default", roots)
+    if borg.init():
+        ctx.say(f"created the borg repository {borg.location} (`labpipe backup init`), id {borg.open()}")
+
+
 def run(ctx: DemoContext) -> DemoResult:
     roots = ctx.layout.ensure()
     (roots.radio / "archive").mkdir(parents=True, exist_ok=True)
     offsite = _ensure_remote(ctx)
+    _ensure_repository(ctx, roots)
     ctx.say(f"backing up {roots.share}, {roots.blobs} and {roots.dumps} into {roots.backups}/borg; off-site: {offsite}")
     flow_run = ctx.run("backup/nightly", timeout=1200)
     reports = sorted((roots.backups / "reports").glob("*.json"))

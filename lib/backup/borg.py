@@ -18,9 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labpipe.backup.errors import DiskFull, RepositoryCorrupt, RepositoryLocked, RepositoryMissing, WrongPassphrase
+from labpipe.backup.errors import (
+    DiskFull,
+    RepositoryCorrupt,
+    RepositoryLocked,
+    RepositoryMissing,
+    RepositoryReplaced,
+    WrongPassphrase,
+)
 from labpipe.backup.proc import ToolResult, run_tool
 from labpipe.backup.settings import BackupPlan, BorgRepository
+from labpipe.backup.state import RepositoryState
 from labpipe.errors import ConfigError, ConflictError, InvalidInput, ToolError
 from labpipe.files import atomic_write_text
 from labpipe.procs import pid_alive
@@ -118,6 +126,7 @@ class Borg:
         self.location = repo.repository or str(Path(backups_root) / "borg")
         self.base_dir = Path(repo.base_dir) if repo.base_dir else Path(home) / "borg"
         self.secrets_dir = Path(home) / "secrets"
+        self.state = RepositoryState(home)
 
     # -- environment ------------------------------------------------------------------------
     @property
@@ -148,7 +157,9 @@ class Borg:
         if path.exists():
             return path.read_text().strip()
         if not create and self.is_local and not (self.local_path / "config").is_file():
-            raise RepositoryMissing(self.location, "no borg repository there yet", "the first backup run creates it")
+            raise RepositoryMissing(
+                self.location, "no borg repository there yet", "create it once with `labpipe backup init`"
+            )
         if not create:
             raise WrongPassphrase(
                 self.location,
@@ -239,7 +250,7 @@ class Borg:
             return RepositoryMissing(
                 self.location,
                 f"no borg repository there ({text})",
-                "check the repository path, or let the backup flow create it",
+                "check the repository path (is its disk mounted?); a new one only with `labpipe backup init`",
             )
         if ids & {"LockTimeout", "LockFailed", "LockError", "LockErrorT"}:
             holders = ", ".join(f"{h.host} pid {h.pid} ({h.state})" for h in self.lock_holders()) or "unknown holder"
@@ -288,10 +299,61 @@ class Borg:
         return os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
 
     # -- repository -------------------------------------------------------------------------
-    def init(self) -> bool:
-        """Create the repository if it does not exist (and export its key beside the passphrase); True if created."""
+    def repository_id(self) -> str:
+        """borg's id of the repository at the location (``borg info --json``)."""
+        return self._run(["info", "--json", self.location]).json()["repository"]["id"]
+
+    def _missing_known(self, known: dict) -> RepositoryMissing:
+        return RepositoryMissing(
+            self.location,
+            f"the repository labpipe knows there (id {known['id']}, recorded {known.get('recorded', '?')}) is "
+            "missing: is the backup disk mounted?",
+            "mount the disk and run again; only if that repository is truly gone, "
+            "`labpipe backup init --replace` makes a new one",
+        )
+
+    def open(self) -> str:
+        """The repository's id, after checking it is the one labpipe knows at this location.
+
+        Never creates a repository. A known repository that is missing (``RepositoryMissing``, asking whether
+        the disk is mounted) or that holds another id (``RepositoryReplaced``) is refused; a repository labpipe
+        has not seen before (made before labpipe kept this record) is recorded on first open.
+        """
+        known = self.state.known(self.location)
+        if not self.exists():
+            if known:
+                raise self._missing_known(known)
+            raise RepositoryMissing(
+                self.location, "no borg repository there", "create it once with `labpipe backup init`"
+            )
+        found = self.repository_id()
+        if known is None:
+            self.state.remember(self.location, found, "first open")
+        elif known["id"] != found:
+            raise RepositoryReplaced(
+                self.location,
+                f"holds repository id {found}, not the known repository id {known['id']} (recorded "
+                f"{known.get('recorded', '?')}): another disk mounted there, or a repository made anew?",
+                "mount the right disk; if the new repository is meant, `labpipe backup init --replace` records it",
+            )
+        return found
+
+    def init(self, *, replace: bool = False) -> bool:
+        """Create the repository (and export its key beside the passphrase) and record its id; True if created.
+
+        The only way labpipe creates a repository (``labpipe backup init``). An existing repository is opened
+        (and checked against the record) instead. A known repository that is missing is refused unless
+        ``replace``: an unmounted disk must not be replaced by an empty repository.
+        """
+        known = self.state.known(self.location)
         if self.exists():
+            if replace:
+                self.state.remember(self.location, self.repository_id(), "labpipe backup init --replace")
+            else:
+                self.open()
             return False
+        if known and not replace:
+            raise self._missing_known(known)
         if self.is_local:
             self.local_path.parent.mkdir(parents=True, exist_ok=True)
         quota = [f"--storage-quota={self.repo.storage_quota}"] if self.repo.storage_quota else []
@@ -305,6 +367,7 @@ class Borg:
             export = self.secrets_dir / f"borg-key-{re.sub(r'[^A-Za-z0-9]+', '_', self.location).strip('_')}.txt"
             self._run(["key", "export", "--paper", self.location, str(export)], lock=False)
             export.chmod(0o600)
+        self.state.remember(self.location, self.repository_id(), "labpipe backup init")
         return True
 
     def lock_holders(self) -> list[LockHolder]:
@@ -431,6 +494,8 @@ class Borg:
 
     def prune(self, plan: BackupPlan, *, dry_run: bool = False) -> PruneResult:
         """``borg prune`` of ``<prefix>-*`` archives by the plan's keep rules (checkpoints go with them)."""
+        if not dry_run:
+            self.refuse_if_check_failed("prune")
         result = PruneResult(dry_run=dry_run)
 
         def on_list(text: str) -> None:
@@ -449,6 +514,7 @@ class Borg:
 
     def compact(self) -> str:
         """``borg compact``: frees the space pruned archives held; returns borg's summary line."""
+        self.refuse_if_check_failed("compact")
         output = self._run(["compact", "--verbose", self.location])
         return next((t for t in output.texts() if "compaction freed" in t), "")
 
@@ -487,7 +553,30 @@ class Borg:
                 found = [f"borg check exit {output.returncode}"]
             problems += [f"{what}: {p}" for p in found]
             results.append(what)
-        return CheckResult(", ".join(results), problems, time.monotonic() - started)
+        result = CheckResult(", ".join(results), problems, time.monotonic() - started)
+        self._record_check(result, verify_data)
+        return result
+
+    def _record_check(self, result: CheckResult, verify_data: bool) -> None:
+        """A failure is kept until a check passes; a failed ``--verify-data`` only a passing ``--verify-data``
+        lifts (the nightly check reads less than it did)."""
+        failed = self.check_failure()
+        if result.ok and failed and failed.get("verify_data") and not verify_data:
+            return
+        self.state.record_check(self.location, result.ok, result.what, result.problems, verify_data=verify_data)
+
+    def check_failure(self) -> dict | None:
+        """The recorded failed check (``since``, ``what``, ``problems``) that blocks prune and compact, or None."""
+        return self.state.check_failure(self.location)
+
+    def refuse_if_check_failed(self, command: str) -> None:
+        if failed := self.check_failure():
+            raise RepositoryCorrupt(
+                self.location,
+                f"borg check failed ({failed.get('what')}, since {failed.get('since')}): {command} is blocked "
+                f"until a check passes; {'; '.join(failed.get('problems', [])[:3])}",
+                "run `labpipe backup check` (or --verify-data), and restore from the off-site copy if it is damaged",
+            )
 
     def raise_if_corrupt(self, check: CheckResult) -> None:
         if not check.ok:

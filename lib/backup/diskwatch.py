@@ -20,7 +20,7 @@ from pathlib import Path
 
 from labpipe.backup.settings import GB, DiskThreshold, DiskWatchSettings
 from labpipe.errors import ConfigError
-from labpipe.files import atomic_write_text
+from labpipe.files import atomic_write_bytes, atomic_write_text
 from labpipe.layout import ROOT_DESCRIPTIONS, Layout
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
@@ -265,11 +265,10 @@ def serve_metrics(collector: DiskCollector, address: str, port: int):
 
 
 def write_textfile(collector: DiskCollector, path: Path) -> None:
-    """The same gauges in node_exporter's textfile-collector format (atomically replaced)."""
-    from prometheus_client import write_to_textfile
+    """The same gauges in node_exporter's textfile-collector format (replaced atomically, fsynced first)."""
+    from prometheus_client import generate_latest
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), registry_for(collector))
+    atomic_write_bytes(Path(path), generate_latest(registry_for(collector)))
 
 
 def report_time(report: DiskReport) -> str:

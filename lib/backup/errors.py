@@ -31,3 +31,7 @@ class DiskFull(ToolError):
 
 class ArchiveMismatch(ToolError):
     """Restored or archived files differ from their source."""
+
+
+class RepositoryReplaced(ConfigError):
+    """The repository at a known location has another id than the one labpipe recorded (another disk there)."""

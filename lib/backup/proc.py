@@ -2,7 +2,11 @@
 
 Each program starts in its own process group (so ssh and other helpers it
 spawns go with it) and with the kernel's parent-death signal set, so it gets
-SIGTERM even when the flow process is killed outright. While we wait for it,
+SIGTERM even when the flow process is killed outright. Neither needs Python code
+in the forked child (a ``preexec_fn``, unsafe in a threaded process: it can
+deadlock on a lock another thread held at the fork): ``start_new_session`` is
+done by subprocess's C code, and the death signal by ``labpipe.backup.deathsig``,
+a small program exec'd first that arms it and then execs the tool. While we wait for it,
 any exception in the waiting thread (Prefect raises one on cancellation when
 the worker sends SIGTERM) stops the group: SIGTERM first, which borg and rsync
 handle by releasing locks and leaving their targets consistent, then SIGKILL
@@ -13,11 +17,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -27,21 +32,15 @@ from pathlib import Path
 
 from labpipe.errors import ToolError
 
-_PR_SET_PDEATHSIG = 1
+_DEATHSIG = Path(__file__).with_name("deathsig.py")
 _running: set[subprocess.Popen] = set()
 _running_lock = threading.Lock()
 _LINE_END = re.compile(rb"[\r\n]")
 
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - not Linux
-    _libc = None
 
-
-def _child_setup() -> None:
-    # runs in the child between fork and exec: die with the parent (Linux), whatever killed it
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def with_death_signal(cmd: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """``cmd`` prefixed by the wrapper that arms the parent-death signal and then execs it (same pid)."""
+    return [sys.executable, "-I", "-S", str(_DEATHSIG), str(os.getpid()), str(int(sig)), *cmd]
 
 
 @dataclass
@@ -118,19 +117,18 @@ def run_tool(
     """
     cmd = [str(part) for part in cmd]
     started = time.monotonic()
-    try:
-        process = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_child_setup,
-        )
-    except FileNotFoundError as exc:
-        raise ToolError(cmd[0], "program not found", "install it (see README: make install)") from exc
+    search = (env if env is not None else os.environ).get("PATH")
+    if shutil.which(cmd[0], path=search) is None:
+        raise ToolError(cmd[0], "program not found", "install it (see README: make install)")
+    process = subprocess.Popen(
+        with_death_signal(cmd),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # setsid() in subprocess's C code: no Python between fork and exec
+    )
     with _running_lock:
         _running.add(process)
     stdout: list[str] = []
@@ -166,8 +164,7 @@ TOOL_NAMES = ("borg", "rsync", "rclone", "ssh")
 def stop_tool_children(names: tuple[str, ...] = TOOL_NAMES, grace: float = 10.0) -> list[int]:
     """Stop this process's descendants that run one of ``names`` (and the shells that started them).
 
-    For tools started by libraries that do not use ``run_tool`` (rclone-python
-    runs rclone through a shell); called when a run is cancelled.
+    For tools started other than by ``run_tool``; called when a run is cancelled.
     """
     import psutil
 

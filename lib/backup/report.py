@@ -54,6 +54,8 @@ class BackupReport:
     durations: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # Prefect events this run emits (names)
+    check_failed: dict | None = None  # the recorded failed borg check that blocks prune and compact
 
     def fail(self, stage: str, error: BaseException | str) -> None:
         self.problems.append(f"{stage}: {error}")

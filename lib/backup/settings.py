@@ -156,6 +156,12 @@ class RcloneRemote(BaseModel):
     )
     transfers: int = Field(4, ge=1, description="Parallel rclone transfers.")
     bwlimit: str = Field("", description="rclone --bwlimit, e.g. 20M. Empty: unlimited.")
+    keep_previous_days: float = Field(
+        30.0,
+        ge=0,
+        description="Off-site files a sync replaced or deleted are kept this long in <path>/.labpipe-previous/"
+        "<time>/ (removed only by a later run whose own copy was verified).",
+    )
 
     @property
     def configured(self) -> bool:

@@ -2,16 +2,26 @@
 
 PostgreSQL: ``pg_dump -Fc`` (one snapshot, so consistent while workers write),
 using the client bundled with the embedded server (16, which also dumps older
-servers). MySQL/MariaDB: ``mysqldump --single-transaction``, gzipped.
+servers). MySQL/MariaDB: ``mysqldump --single-transaction``, streamed through gzip.
+
+Dumps and restores stream (constant memory, whatever the database's size), are
+written beside their final name and fsynced before the rename (``atomic_path``).
+Passwords never go on a command line (``ps`` shows it to every account): PostgreSQL
+clients get ``PGPASSWORD`` in their environment, MySQL clients a 0600 option file
+(``--defaults-extra-file``) in a private temporary folder, removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from labpipe.db.embedded import postgres_bin
@@ -32,9 +42,65 @@ def _pg_args(target: DatabaseTarget) -> list[str]:
     return ["-h", target.host, "-p", str(target.port), "-U", target.user]
 
 
-def _mysql_args(target: DatabaseTarget) -> list[str]:
+_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def _mysql_options(target: DatabaseTarget) -> Iterator[list[str]]:
+    """The connection arguments of a MySQL client: host and user on the command line, the password in a 0600
+    option file (``--defaults-extra-file``, which must come first) that is removed afterwards."""
     where = ["--socket", target.host] if target.host.startswith("/") else ["-h", target.host, "-P", str(target.port)]
-    return [*where, "-u", target.user] + ([f"--password={target.password}"] if target.password else [])
+    with tempfile.TemporaryDirectory(prefix="labpipe-mysql-") as folder:  # mode 0700
+        options = Path(folder) / "client.cnf"
+        fd = os.open(options, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        password = target.password.replace("\\", "\\\\").replace('"', '\\"')
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f'[client]\npassword="{password}"\n' if target.password else "[client]\n")
+        yield [f"--defaults-extra-file={options}", *where, "-u", target.user]
+
+
+def _streamed(cmd: list[str], *, source=None, sink=None) -> None:
+    """Run ``cmd`` feeding ``source`` (a binary file) to its stdin and/or copying its stdout into ``sink``, one
+    chunk at a time; its stderr is kept for the error message."""
+    try:
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE if source is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if sink is not None else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(cmd[0], "program not found", "install the database client tools") from exc
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
+    feeder = None
+    if source is not None:
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError):  # the client stopped early: its exit code says why
+                while block := source.read(_CHUNK):
+                    process.stdin.write(block)
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+    try:
+        if sink is not None:
+            while block := process.stdout.read(_CHUNK):
+                sink.write(block)
+        if feeder is not None:
+            feeder.join()
+        process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    reader.join()
+    if process.returncode != 0:
+        stderr = b"".join(errors).decode(errors="replace")
+        raise ToolError(Path(cmd[0]).name, f"exit {process.returncode}: {stderr.strip()[-1500:]}")
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -76,9 +142,8 @@ def dump_database(target: DatabaseTarget, schemas: list[str], dumps_root: Path, 
             )
         else:
             dumper = shutil.which("mysqldump") or shutil.which("mariadb-dump") or "mysqldump"
-            result = _run([dumper, *_mysql_args(target), "--single-transaction", "--routines", "--databases", *schemas])
-            with gzip.open(tmp, "wb") as out:
-                out.write(result.stdout)
+            with _mysql_options(target) as connect, gzip.open(tmp, "wb") as out:
+                _streamed([dumper, *connect, "--single-transaction", "--routines", "--databases", *schemas], sink=out)
     return final
 
 
@@ -102,8 +167,8 @@ def restore_dump(dump: Path, target: DatabaseTarget) -> None:
         )
     else:
         client = shutil.which("mysql") or shutil.which("mariadb") or "mysql"
-        with gzip.open(dump, "rb") as handle:
-            _run([client, *_mysql_args(target)], input=handle.read())
+        with _mysql_options(target) as connect, gzip.open(dump, "rb") as handle:
+            _streamed([client, *connect], source=handle)
 
 
 def create_empty_database(admin: DatabaseTarget, name: str) -> DatabaseTarget:

@@ -27,8 +27,9 @@ def _db_url(target) -> str:
     return f"postgresql://{target.user}@:{target.port}/{target.dbname}?host={target.host}"
 
 
-def configure(tmp_path: Path, lab_db, **plan_overrides) -> dict:
-    """Save this test's blocks; returns the block names for the flows' parameters."""
+def configure(tmp_path: Path, lab_db, init: bool = True, **plan_overrides) -> dict:
+    """Save this test's blocks and create the repository (as `labpipe backup init` does, unless ``init`` is
+    false); returns the block names for the flows' parameters."""
     from labpipe.backup.settings import BackupPlan, RcloneRemote
     from labpipe.blocks import LabDatabase, StorageLayout
     from labpipe.blocks.backup import BackupPlanBlock, BorgRepositoryBlock, RcloneRemoteBlock
@@ -42,6 +43,10 @@ def configure(tmp_path: Path, lab_db, **plan_overrides) -> dict:
     plan = {"compression": "zstd,3", "proof_sample_files": 5, **plan_overrides}
     BackupPlanBlock(**BackupPlan(**plan).model_dump()).save(name)
     RcloneRemoteBlock(**RcloneRemote(type="local", path=str(tmp_path / "offsite")).model_dump()).save(name)
+    if init:
+        from labpipe.flows.backup import borg_client
+
+        borg_client(name, roots).init()
     return {
         "names": dict(repository_block=name, plan_block=name, remote_block=name, layout_block=name, db_block=name),
         "roots": roots,

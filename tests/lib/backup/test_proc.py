@@ -86,3 +86,30 @@ def test_timeout_stops_the_tool():
         run_tool(["sleep", "61.75"], timeout=1)
     time.sleep(0.3)
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "61.75"]]
+
+
+FORK_SCRIPT = """
+import os, sys, threading, time
+from labpipe.backup.proc import run_tool
+
+marker = sys.argv[1]
+# Python code that runs in a forked child before exec (a preexec_fn) would run this hook; in a threaded process
+# that code can deadlock on a lock another thread held at the fork
+os.register_at_fork(after_in_child=lambda: os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o600)))
+busy = threading.Thread(target=lambda: [sum(range(1000)) for _ in iter(int, 1)], daemon=True)
+busy.start()
+result = run_tool(["sh", "-c", "echo started; kill -0 $PPID && echo has-parent"])
+print(result.returncode, result.stdout.replace(chr(10), " "))
+"""
+
+
+def test_no_python_code_runs_in_the_forked_child(tmp_path):
+    """Item 11: run_tool starts tools without a preexec_fn (new session by the C fork path, parent-death signal set
+    by a small wrapper that is exec'd first), so no Python code runs between fork and exec."""
+    marker = tmp_path / "python-ran-in-the-fork"
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORK_SCRIPT), str(marker)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0", "started", "has-parent"], result.stdout
+    assert not marker.exists(), "Python code ran between fork and exec (preexec_fn)"
