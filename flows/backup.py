@@ -30,29 +30,23 @@ from labpipe.backup.dumps import DumpResult
 from labpipe.backup.proc import stop_tool_children
 from labpipe.backup.proof import prove_restore, restore_archive
 from labpipe.backup.pull import PullResult, pull_source
-from labpipe.backup.report import BackupReport, SourceOutcome, sizes_figure
-from labpipe.backup.retention import Ledger, apply_retention, outcome_rows, plan_retention
+from labpipe.backup.report import BackupReport, SourceOutcome
+from labpipe.backup.retention import run_retention
 from labpipe.backup.runlock import backup_lock
 from labpipe.backup.schema import tables as backup_tables
 from labpipe.backup.settings import (
     BackupPlan,
     BackupSource,
-    BorgRepository,
-    DiskWatchSettings,
     RcloneRemote,
-    RetentionPolicies,
     is_remote_path,
 )
-from labpipe.config import get_settings
+from labpipe.blocks import lab_database, layout
+from labpipe.blocks.backup import backup_plan, borg_client, diskwatch_settings, rclone_remote, retention_policies
 from labpipe.db.connect import dump_lab_database
 from labpipe.flows.common import (
     Progress,
-    lab_database,
-    layout,
-    load_block,
     logger,
     markdown_table,
-    png_markdown,
     publish_markdown,
 )
 from labpipe.layout import Layout
@@ -62,40 +56,6 @@ from prefect.events import emit_event
 
 
 # -- configuration ------------------------------------------------------------------------------
-def repository(name: str | None = "default") -> BorgRepository:
-    from labpipe.blocks.backup import BorgRepositoryBlock
-
-    return load_block(BorgRepositoryBlock, name, BorgRepository())
-
-
-def backup_plan(name: str | None = "default") -> BackupPlan:
-    from labpipe.blocks.backup import BackupPlanBlock
-
-    return load_block(BackupPlanBlock, name, BackupPlan())
-
-
-def rclone_remote(name: str | None = "default") -> RcloneRemote:
-    from labpipe.blocks.backup import RcloneRemoteBlock
-
-    return load_block(RcloneRemoteBlock, name, RcloneRemote())
-
-
-def retention_policies(name: str | None = "default") -> RetentionPolicies:
-    from labpipe.blocks.backup import RetentionPoliciesBlock
-
-    return load_block(RetentionPoliciesBlock, name, RetentionPolicies())
-
-
-def diskwatch_settings(name: str | None = "default") -> DiskWatchSettings:
-    from labpipe.blocks.backup import DiskWatchBlock
-
-    return load_block(DiskWatchBlock, name, DiskWatchSettings())
-
-
-def borg_client(repository_block: str | None, roots: Layout) -> Borg:
-    return Borg(repository(repository_block), backups_root=roots.backups, home=get_settings().home)
-
-
 def _tables(db_block: str | None, layout_block: str | None):
     return backup_tables(lab_database(db_block, layout_block))
 
@@ -164,22 +124,6 @@ def prune_old_dumps(the_plan: BackupPlan, dumps_root: Path, tables) -> list[str]
     return [p.name for p in deleted]
 
 
-def _dumps_markdown(results: list[DumpResult], pruned: list[str]) -> str:
-    rows = [
-        {
-            "database": r.database,
-            "dump": r.path.name if r.path else "",
-            "MB": f"{r.bytes / 1e6:.2f}",
-            "seconds": f"{r.seconds:.1f}",
-            "error": r.error,
-        }
-        for r in results
-    ]
-    return markdown_table(rows) + (
-        f"\nOld dumps removed (held by a proven backup): {', '.join(pruned)}\n" if pruned else ""
-    )
-
-
 @flow(name="dump-databases", flow_run_name="dump-databases")
 def dump_databases(
     plan_block: str | None = "default", layout_block: str | None = "default", db_block: str | None = "default"
@@ -190,7 +134,7 @@ def dump_databases(
     t = _tables(db_block, layout_block)
     records.record_dumps(t, results)
     pruned = prune_old_dumps(the_plan, roots.dumps, t)
-    publish_markdown("# Database dumps\n" + _dumps_markdown(results, pruned), key="dumps", description="dumps")
+    publish_markdown("# Database dumps\n" + records.dumps_markdown(results, pruned), key="dumps", description="dumps")
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(results)} dumps failed: " + "; ".join(r.error for r in failed))
@@ -475,7 +419,7 @@ def _finish(report: BackupReport, roots: Layout, t, borg: Borg) -> None:
             report.fail("record", exc)
             report.status = "failed"
     path = records.write_json(report, roots.backups / "reports")
-    publish_markdown(backup_markdown(report, path), key="backup-summary", description="backup run summary")
+    publish_markdown(records.backup_markdown(report, path), key="backup-summary", description="backup run summary")
     resource = {"prefect.resource.id": f"labpipe.backup.{report.repository}", "prefect.resource.name": "borg"}
     with contextlib.suppress(Exception):
         emit_event(
@@ -486,106 +430,6 @@ def _finish(report: BackupReport, roots: Layout, t, borg: Borg) -> None:
     if report.check_failed:
         with contextlib.suppress(Exception):
             emit_event(event="labpipe.backup.check-failed", resource=resource, payload=report.check_failed)
-
-
-def _mb(value: int) -> str:
-    return f"{value / 1e6:,.1f}"
-
-
-def backup_markdown(report: BackupReport, json_path: Path | None = None) -> str:
-    """The run's summary: sources, sizes, durations, checks, proof, prune, off-site copies, problems."""
-    lines = [
-        f"# Backup `{report.archive or '(no archive)'}`: **{report.status}**",
-        f"Repository `{report.repository}`; run `{report.run_id}`; {report.durations.get('total', 0):.1f} s.",
-    ]
-    if report.problems:
-        lines += ["", "## Problems", *[f"- {p}" for p in report.problems]]
-    if report.check_failed:
-        failed = report.check_failed
-        lines += [
-            "",
-            f"## Prune and compact BLOCKED: borg check failed ({failed.get('what')}) since {failed.get('since')}",
-            "They stay blocked, and this is reported (event `labpipe.backup.check-failed`) every run, until a "
-            "check passes.",
-            *[f"- {p}" for p in failed.get("problems", [])[:10]],
-        ]
-    if report.dumps:
-        lines += ["", "## Database dumps", _dumps_markdown(report.dumps, [])]
-    lines += [
-        "",
-        "## Sources",
-        markdown_table(
-            [
-                {
-                    "source": s.name,
-                    "origin": s.origin,
-                    "status": s.status,
-                    "files": s.files,
-                    "MB": _mb(s.bytes),
-                    "MB changed": _mb(s.transferred_bytes),
-                    "seconds": s.seconds,
-                    "detail": s.detail,
-                }
-                for s in report.sources
-            ]
-        ),
-    ]
-    if report.stats:
-        s = report.stats
-        ratio = s.compressed_size / s.original_size if s.original_size else 0
-        lines += [
-            "",
-            "## Archive",
-            markdown_table(
-                [
-                    {
-                        "files": s.nfiles,
-                        "original MB": _mb(s.original_size),
-                        "compressed MB": _mb(s.compressed_size),
-                        "new (deduplicated) MB": _mb(s.deduplicated_size),
-                        "compression": f"{ratio:.2f}",
-                        "create s": f"{s.seconds:.1f}",
-                        "MB/s": f"{s.original_size / 1e6 / max(s.seconds, 1e-6):.1f}",
-                    }
-                ]
-            ),
-            f"Repository on disk: {_mb(report.repository_bytes)} MB for {_mb(report.repository_original_bytes)} MB "
-            "of archived data (all archives).",
-        ]
-        if s.warnings:
-            lines += ["Warnings: " + "; ".join(s.warnings[:10])]
-        with contextlib.suppress(Exception):
-            lines += ["", png_markdown(sizes_figure(report), "sizes per source and archive")]
-    if report.proof:
-        p = report.proof
-        verdict = "all match" if p.ok else f"{len(p.mismatches)} MISMATCHES"
-        lines += [
-            "",
-            f"## Restore proof: {verdict}",
-            f"{len(p.checked)} files ({_mb(p.bytes)} MB) extracted from `{p.archive}` and compared (SHA-256) with "
-            f"the staging copy; dumps read back: {', '.join(p.dumps) or 'none'}; {p.seconds:.1f} s.",
-        ]
-        if p.mismatches:
-            lines.append(markdown_table(p.mismatches, ["path", "reason"]))
-    if report.check:
-        lines += ["", f"## borg check ({report.check.what}): {'ok' if report.check.ok else 'PROBLEMS'}"]
-        lines += [f"- {problem}" for problem in report.check.problems[:20]]
-    if report.prune:
-        kept = ", ".join(f"{name} ({rule})" for name, rule in report.prune.kept.items())
-        lines += [
-            "",
-            f"## Prune: {len(report.prune.pruned)} archives removed",
-            f"Kept: {kept}",
-            f"Removed: {', '.join(report.prune.pruned) or 'none'}. {report.compact}",
-        ]
-    if report.offsite:
-        lines += ["", "## Off-site copies (rclone sync + rclone check)", markdown_table(report.offsite)]
-    lines += ["", "## Durations (s)", markdown_table([{k: f"{v:.2f}" for k, v in report.durations.items()}])]
-    if report.notes:
-        lines += ["", "## Notes", *[f"- {n}" for n in report.notes]]
-    if json_path:
-        lines += ["", f"Full report: `{json_path}`"]
-    return "\n".join(lines)
 
 
 # -- check, restore, archive --------------------------------------------------------------------
@@ -632,7 +476,7 @@ def restore(
     with stop_tools_when_cancelled(), Progress("restore (bytes)") as progress:
         result = restore_archive(borg, archive, Path(destination), verify=verify, progress=progress)
     publish_markdown(
-        f"# Restore of `{archive}`\n{result.files} files, {_mb(result.bytes)} MB into "
+        f"# Restore of `{archive}`\n{result.files} files, {records.mb(result.bytes)} MB into "
         f"`{result.destination}` in {result.seconds:.1f} s; "
         f"{'every file matches the archive (SHA-256)' if result.verified else 'not verified'}.",
         key="restore",
@@ -695,13 +539,9 @@ def retention(
 ) -> dict:
     """Apply the retention policies: archive, verify, record the location, and only then delete."""
     roots, policies, remote = layout(layout_block), retention_policies(policies_block), rclone_remote(remote_block)
-    plan = plan_retention(roots, policies)
-    rows = []
-    if not dry_run and plan.candidates:
-        ledger = Ledger(_tables(db_block, layout_block), roots.backups / "logs" / "retention.jsonl")
-        with stop_tools_when_cancelled(), backup_lock(roots.backups, "retention", wait=600):
-            archive = RcloneArchive(remote) if remote.configured else None
-            rows = outcome_rows(apply_retention(plan, archive, ledger, policies.remote_folder, Progress("entries")))
+    with stop_tools_when_cancelled():
+        plan, rows = run_retention(roots, policies, remote, lab_database(db_block, layout_block), dry_run=dry_run,
+                                   holder="retention", wait=600, progress=Progress("entries"))  # fmt: skip
     planned = [
         {
             "root": c.root,
@@ -710,7 +550,7 @@ def retention(
             "action": c.action,
             "age days": c.age_days,
             "files": c.files,
-            "MB": _mb(c.bytes),
+            "MB": records.mb(c.bytes),
         }
         for c in plan.candidates
     ]

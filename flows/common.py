@@ -6,10 +6,8 @@ here for the flows that still import them from here).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from typing import TypeVar
 
 from labpipe.blocks import dask_settings, database_settings, lab_database, layout  # noqa: F401 - re-exported
 from labpipe.blocks.resolve import resolve
+from labpipe.markdown import markdown_table, png_markdown  # noqa: F401 - re-exported for the flows
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
@@ -109,23 +108,6 @@ def publish_markdown(markdown: str, *, key: str, description: str) -> None:
     """A markdown summary artifact on the current run (nothing outside a run)."""
     with contextlib.suppress(MissingContextError):
         create_markdown_artifact(markdown, key=key, description=description)
-
-
-def png_markdown(figure, alt: str) -> str:
-    """Embed a matplotlib figure in markdown as a PNG data URI (artifacts show it inline)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f"![{alt}](data:image/png;base64,{encoded})"
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    if not rows:
-        return "_none_\n"
-    columns = columns or list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager

@@ -15,29 +15,17 @@ import time
 from pathlib import Path
 
 import typer
+from labpipe.deployments.cli.common import fail, progress_bar
 
 NAME = "backup"
 app = typer.Typer(help="Backups (borg + rclone), retention and disk watch.", no_args_is_help=True)
 
 
 def _borg():
-    from labpipe.flows.backup import borg_client
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
+    from labpipe.blocks.backup import borg_client
 
     return borg_client("default", layout())
-
-
-def _bar(description: str):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn(description), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total or None)
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -54,7 +42,7 @@ def init(
         created = borg.init(replace=replace)
         repository_id = borg.open()
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     if created:
         typer.echo(
             f"created repository {borg.location} (id {repository_id}, {borg.repo.encryption}); its passphrase and "
@@ -83,7 +71,7 @@ def run(
     try:
         report = backup(run_dumps=dumps, offsite=offsite)
     except RuntimeError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(report, indent=1, default=str))
         return
@@ -105,12 +93,12 @@ def restore(
     from labpipe.backup.proof import restore_archive
     from labpipe.errors import LabpipeError
 
-    progress, update = _bar(f"restore {archive}")
+    progress, update = progress_bar(f"restore {archive}", unit="bytes")
     try:
         with progress:
             result = restore_archive(_borg(), archive, to, verify=verify, progress=update)
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     proof = "every file matches the archive (SHA-256)" if result.verified else "not verified"
     typer.echo(f"restored {result.files} files ({result.bytes / 1e6:.1f} MB) into {result.destination}: {proof}")
 
@@ -124,7 +112,7 @@ def list_archives(as_json: bool = typer.Option(False, "--json")) -> None:
     try:
         archives, info = borg.archives(), borg.info()
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps({"repository": borg.location, "archives": archives, "stats": info}, indent=1))
         return
@@ -140,9 +128,9 @@ def list_archives(as_json: bool = typer.Option(False, "--json")) -> None:
 def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed.")) -> None:
     """borg prune by the backup plan's keep rules, then compact."""
     from labpipe.backup.runlock import backup_lock
+    from labpipe.blocks import layout
+    from labpipe.blocks.backup import backup_plan
     from labpipe.errors import LabpipeError
-    from labpipe.flows.backup import backup_plan
-    from labpipe.flows.common import layout
 
     borg, plan = _borg(), backup_plan()
     try:
@@ -151,7 +139,7 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what 
             result = borg.prune(plan, dry_run=dry_run)
             compacted = "" if dry_run else borg.compact()
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     for name, rule in result.kept.items():
         typer.echo(f"keep   {name}  ({rule})")
     for name in result.pruned:
@@ -163,8 +151,8 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what 
 @app.command()
 def check(verify_data: bool = typer.Option(False, "--verify-data", help="Read and verify every chunk (slow).")) -> None:
     """borg check: repository and newest archives, or all data."""
+    from labpipe.blocks.backup import backup_plan
     from labpipe.errors import LabpipeError
-    from labpipe.flows.backup import backup_plan
 
     plan = backup_plan()
     try:
@@ -175,7 +163,7 @@ def check(verify_data: bool = typer.Option(False, "--verify-data", help="Read an
             max_duration=plan.check_max_duration,
         )
     except LabpipeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"borg check ({result.what}): {'ok' if result.ok else 'PROBLEMS'} in {result.seconds:.1f} s")
     for problem in result.problems:
         typer.echo(f"  {problem}")
@@ -189,27 +177,14 @@ def retention(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Apply the retention policies: archive, verify, record, then delete (default policies keep everything)."""
-    from labpipe.backup.archive import RcloneArchive
-    from labpipe.backup.retention import Ledger, apply_retention, outcome_rows, plan_retention
-    from labpipe.backup.runlock import backup_lock
-    from labpipe.backup.schema import tables
-    from labpipe.errors import LabpipeError
-    from labpipe.flows.backup import rclone_remote, retention_policies
-    from labpipe.flows.common import lab_database, layout
+    from labpipe.backup.retention import run_retention
+    from labpipe.blocks import lab_database, layout
+    from labpipe.blocks.backup import rclone_remote, retention_policies
 
-    roots, policies = layout(), retention_policies()
-    plan = plan_retention(roots, policies)
-    done = []
-    if not dry_run and plan.candidates:
-        remote = rclone_remote()
-        progress, update = _bar("retention")
-        try:
-            with progress, backup_lock(roots.backups, "labpipe backup retention"):
-                ledger = Ledger(tables(lab_database()), roots.backups / "logs" / "retention.jsonl")
-                archive = RcloneArchive(remote) if remote.configured else None
-                done = outcome_rows(apply_retention(plan, archive, ledger, policies.remote_folder, update))
-        except LabpipeError as exc:
-            _fail(exc)
+    progress, update = progress_bar("retention")
+    with progress:
+        plan, done = run_retention(layout(), retention_policies(), rclone_remote(), lab_database(), dry_run=dry_run,
+                                   holder="labpipe backup retention", progress=update)  # fmt: skip
     if as_json:
         planned = [{k: str(v) for k, v in c.__dict__.items()} for c in plan.candidates]
         typer.echo(json.dumps({"policies": plan.kept, "planned": planned, "done": done}, indent=1))
@@ -235,8 +210,8 @@ def diskwatch(
 ) -> None:
     """Free space, tmpfs use, incoming counts and alarms now; ``--serve`` runs the Prometheus exporter."""
     from labpipe.backup.diskwatch import DiskCollector, measure, serve_metrics
-    from labpipe.flows.backup import diskwatch_settings
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
+    from labpipe.blocks.backup import diskwatch_settings
 
     roots, settings = layout(), diskwatch_settings()
     report = measure(roots, settings)

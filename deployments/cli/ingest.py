@@ -12,7 +12,7 @@ app = typer.Typer(help="The ADAMACS ingest lifecycle.", no_args_is_help=True)
 
 
 def _database():
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     return lab_database()
 
@@ -110,7 +110,7 @@ def populate(
     session: str = typer.Option(None, help="Only this session's keys (its session_id)."),
 ) -> None:
     """Run one population worker in this process (the flow does the same on the cpu pool)."""
-    from labpipe.flows.common import layout
+    from labpipe.blocks import layout
     from labpipe.ingest.populate import run_population
 
     result = run_population(_database(), population, share or layout().share, max_calls=max_calls, session=session)

@@ -15,19 +15,19 @@ ORDER = 80
 
 
 def _ensure_remote(ctx: DemoContext) -> str:
-    from labpipe.blocks.backup import RcloneRemoteBlock
+    from labpipe.blocks.backup import OffsiteRemote
 
     try:
-        return RcloneRemoteBlock.load("default").path
+        return OffsiteRemote.load("default").path
     except Exception:  # no saved remote yet: the demo's local one
         path = str(ctx.settings.home / "offsite")
-        RcloneRemoteBlock(type="local", path=path).save("default", overwrite=True)
+        OffsiteRemote(type="local", path=path).save("default", overwrite=True)
         return path
 
 
 def _ensure_repository(ctx: DemoContext, roots) -> None:
     """What `labpipe backup init` does once: the nightly run never creates a repository."""
-    from labpipe.flows.backup import borg_client
+    from labpipe.blocks.backup import borg_client
 
     borg = borg_client("default", roots)
     if borg.init():

@@ -9,6 +9,7 @@ and deduplication.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
@@ -19,6 +20,7 @@ from labpipe.backup.borg import ArchiveStats, CheckResult, PruneResult
 from labpipe.backup.dumps import DumpResult
 from labpipe.backup.proof import ProofResult
 from labpipe.files import atomic_write_text
+from labpipe.markdown import markdown_table, png_markdown
 
 
 @dataclass
@@ -203,3 +205,119 @@ def sizes_figure(report: BackupReport):
     right.set_title(f"archive {report.archive or '(none)'}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def mb(value: int) -> str:
+    return f"{value / 1e6:,.1f}"
+
+
+def dumps_markdown(results: list[DumpResult], pruned: list[str]) -> str:
+    rows = [
+        {
+            "database": r.database,
+            "dump": r.path.name if r.path else "",
+            "MB": f"{r.bytes / 1e6:.2f}",
+            "seconds": f"{r.seconds:.1f}",
+            "error": r.error,
+        }
+        for r in results
+    ]
+    return markdown_table(rows) + (
+        f"\nOld dumps removed (held by a proven backup): {', '.join(pruned)}\n" if pruned else ""
+    )
+
+
+def backup_markdown(report: BackupReport, json_path: Path | None = None) -> str:
+    """The run's summary: sources, sizes, durations, checks, proof, prune, off-site copies, problems."""
+    lines = [
+        f"# Backup `{report.archive or '(no archive)'}`: **{report.status}**",
+        f"Repository `{report.repository}`; run `{report.run_id}`; {report.durations.get('total', 0):.1f} s.",
+    ]
+    if report.problems:
+        lines += ["", "## Problems", *[f"- {p}" for p in report.problems]]
+    if report.check_failed:
+        failed = report.check_failed
+        lines += [
+            "",
+            f"## Prune and compact BLOCKED: borg check failed ({failed.get('what')}) since {failed.get('since')}",
+            "They stay blocked, and this is reported (event `labpipe.backup.check-failed`) every run, until a "
+            "check passes.",
+            *[f"- {p}" for p in failed.get("problems", [])[:10]],
+        ]
+    if report.dumps:
+        lines += ["", "## Database dumps", dumps_markdown(report.dumps, [])]
+    lines += [
+        "",
+        "## Sources",
+        markdown_table(
+            [
+                {
+                    "source": s.name,
+                    "origin": s.origin,
+                    "status": s.status,
+                    "files": s.files,
+                    "MB": mb(s.bytes),
+                    "MB changed": mb(s.transferred_bytes),
+                    "seconds": s.seconds,
+                    "detail": s.detail,
+                }
+                for s in report.sources
+            ]
+        ),
+    ]
+    if report.stats:
+        s = report.stats
+        ratio = s.compressed_size / s.original_size if s.original_size else 0
+        lines += [
+            "",
+            "## Archive",
+            markdown_table(
+                [
+                    {
+                        "files": s.nfiles,
+                        "original MB": mb(s.original_size),
+                        "compressed MB": mb(s.compressed_size),
+                        "new (deduplicated) MB": mb(s.deduplicated_size),
+                        "compression": f"{ratio:.2f}",
+                        "create s": f"{s.seconds:.1f}",
+                        "MB/s": f"{s.original_size / 1e6 / max(s.seconds, 1e-6):.1f}",
+                    }
+                ]
+            ),
+            f"Repository on disk: {mb(report.repository_bytes)} MB for {mb(report.repository_original_bytes)} MB "
+            "of archived data (all archives).",
+        ]
+        if s.warnings:
+            lines += ["Warnings: " + "; ".join(s.warnings[:10])]
+        with contextlib.suppress(Exception):
+            lines += ["", png_markdown(sizes_figure(report), "sizes per source and archive")]
+    if report.proof:
+        p = report.proof
+        verdict = "all match" if p.ok else f"{len(p.mismatches)} MISMATCHES"
+        lines += [
+            "",
+            f"## Restore proof: {verdict}",
+            f"{len(p.checked)} files ({mb(p.bytes)} MB) extracted from `{p.archive}` and compared (SHA-256) with "
+            f"the staging copy; dumps read back: {', '.join(p.dumps) or 'none'}; {p.seconds:.1f} s.",
+        ]
+        if p.mismatches:
+            lines.append(markdown_table(p.mismatches, ["path", "reason"]))
+    if report.check:
+        lines += ["", f"## borg check ({report.check.what}): {'ok' if report.check.ok else 'PROBLEMS'}"]
+        lines += [f"- {problem}" for problem in report.check.problems[:20]]
+    if report.prune:
+        kept = ", ".join(f"{name} ({rule})" for name, rule in report.prune.kept.items())
+        lines += [
+            "",
+            f"## Prune: {len(report.prune.pruned)} archives removed",
+            f"Kept: {kept}",
+            f"Removed: {', '.join(report.prune.pruned) or 'none'}. {report.compact}",
+        ]
+    if report.offsite:
+        lines += ["", "## Off-site copies (rclone sync + rclone check)", markdown_table(report.offsite)]
+    lines += ["", "## Durations (s)", markdown_table([{k: f"{v:.2f}" for k, v in report.durations.items()}])]
+    if report.notes:
+        lines += ["", "## Notes", *[f"- {n}" for n in report.notes]]
+    if json_path:
+        lines += ["", f"Full report: `{json_path}`"]
+    return "\n".join(lines)

@@ -285,3 +285,33 @@ def outcome_rows(outcomes: list[Outcome]) -> list[dict]:
         }
         for o in outcomes
     ]
+
+
+def run_retention(
+    roots: Layout,
+    policies: RetentionPolicies,
+    remote,
+    db,
+    *,
+    dry_run: bool = False,
+    holder: str = "retention",
+    wait: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[RetentionPlan, list[dict]]:
+    """Plan the policies and, unless ``dry_run``, apply them: archive, verify, record, and only then delete.
+
+    Entries are applied under the backup lifecycle's lock (``holder`` names who holds it; ``wait`` seconds
+    for it), each recorded in the ledger (``db``'s backup tables and ``<backups>/logs/retention.jsonl``)
+    before anything is deleted; with no remote configured (``remote``: RcloneRemote) only delete-only policies
+    act. Returns the plan and one row per applied entry (``outcome_rows``).
+    """
+    from labpipe.backup.runlock import backup_lock
+    from labpipe.backup.schema import tables
+
+    plan = plan_retention(roots, policies)
+    if dry_run or not plan.candidates:
+        return plan, []
+    with backup_lock(roots.backups, holder, wait=wait):
+        ledger = Ledger(tables(db), roots.backups / "logs" / "retention.jsonl")
+        archive = RcloneArchive(remote) if remote.configured else None
+        return plan, outcome_rows(apply_retention(plan, archive, ledger, policies.remote_folder, progress))

@@ -1,7 +1,7 @@
 """What a pose run leaves for people: frames processed, mean likelihood per bodypart, frames with their points.
 
 Returns a matplotlib figure; flows embed it in their summary artifact
-(``labpipe.flows.common.png_markdown``), the CLI saves it as a PNG.
+(``labpipe.markdown.png_markdown``), the CLI saves it as a PNG.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def preview_figure(db: LabDatabase, share: Path, keys: list[dict], *, frames: in
 
 
 def summary_markdown(rows: list[dict], errors: list[dict], remaining: int, table) -> str:
-    """The text of a run summary; ``table`` renders rows (``labpipe.flows.common.markdown_table``)."""
+    """The text of a run summary; ``table`` renders rows (``labpipe.markdown.markdown_table``)."""
     frames = sum(r["frames"] for r in rows)
     lines = [
         f"# Pose estimation: {len(rows)} videos, {frames} frames processed",

@@ -140,14 +140,14 @@ def test_secrets_are_exported_as_references_and_applied_from_the_environment(tmp
     assert f"labpipe-borg-repository/{name}: passphrase: the environment variable {borg_env} is not set" in (
         refused.exception.problem
     )
-    from labpipe.blocks.backup import BorgRepositoryBlock
+    from labpipe.blocks.backup import BackupRepository
 
-    assert BorgRepositoryBlock.load(name).passphrase.get_secret_value() == "pw-borg"
+    assert BackupRepository.load(name).passphrase.get_secret_value() == "pw-borg"
     applied = cli("config", "apply", str(own), env={borg_env: "pw-borg-rotated"})
     assert applied.exit_code == 0, applied.output
     assert f"labpipe-borg-repository/{name}: changed" in applied.stdout
     assert "~ passphrase: (secret changed)" in applied.stdout and "pw-borg" not in applied.stdout
-    stored = BorgRepositoryBlock.load(name)
+    stored = BackupRepository.load(name)
     assert stored.passphrase.get_secret_value() == "pw-borg-rotated" and stored.repository == "/backup/borg/lab"
 
 

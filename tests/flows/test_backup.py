@@ -32,19 +32,19 @@ def configure(tmp_path: Path, lab_db, init: bool = True, **plan_overrides) -> di
     false); returns the block names for the flows' parameters."""
     from labpipe.backup.settings import BackupPlan, RcloneRemote
     from labpipe.blocks import LabDatabase, StorageLayout
-    from labpipe.blocks.backup import BackupPlanBlock, BorgRepositoryBlock, RcloneRemoteBlock
+    from labpipe.blocks.backup import BackupRepository, NightlyBackup, OffsiteRemote
     from labpipe.layout import Layout
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     roots = Layout.default(tmp_path / "home").ensure()
     StorageLayout(**roots.model_dump()).save(name)
     LabDatabase(url=_db_url(lab_db.target), schema_prefix=lab_db.prefix).save(name)
-    BorgRepositoryBlock(passphrase="correct horse battery staple", lock_wait=2).save(name)
+    BackupRepository(passphrase="correct horse battery staple", lock_wait=2).save(name)
     plan = {"compression": "zstd,3", "proof_sample_files": 5, **plan_overrides}
-    BackupPlanBlock(**BackupPlan(**plan).model_dump()).save(name)
-    RcloneRemoteBlock(**RcloneRemote(type="local", path=str(tmp_path / "offsite")).model_dump()).save(name)
+    NightlyBackup(**BackupPlan(**plan).model_dump()).save(name)
+    OffsiteRemote(**RcloneRemote(type="local", path=str(tmp_path / "offsite")).model_dump()).save(name)
     if init:
-        from labpipe.flows.backup import borg_client
+        from labpipe.blocks.backup import borg_client
 
         borg_client(name, roots).init()
     return {
@@ -70,8 +70,9 @@ def test_backup_flow_end_to_end(tmp_path, lab_db):
     """Dumps, pulls, archive, proof, check, off-site copy; then a byte-identical restore and a cheap second run."""
     from labpipe.backup.borg import Borg
     from labpipe.backup.schema import tables
+    from labpipe.blocks.backup import repository
     from labpipe.config import get_settings
-    from labpipe.flows.backup import backup, repository, restore
+    from labpipe.flows.backup import backup, restore
 
     cfg = configure(tmp_path, lab_db)
     roots = cfg["roots"]
@@ -147,7 +148,7 @@ def test_diskwatch_flow_emits_events_at_thresholds(tmp_path, lab_db):
     import shutil
 
     from labpipe.backup.settings import DiskThreshold, DiskWatchSettings
-    from labpipe.blocks.backup import DiskWatchBlock
+    from labpipe.blocks.backup import DiskWatch
     from labpipe.flows.backup import diskwatch
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
@@ -167,7 +168,7 @@ def test_diskwatch_flow_emits_events_at_thresholds(tmp_path, lab_db):
     (roots.radio / "incoming").mkdir(parents=True)
     for i in range(3):
         (roots.radio / "incoming" / f"2025-10-13T13:28:0{i}_sb00.hdf5").write_bytes(b"x")
-    DiskWatchBlock(**watch.model_dump()).save(cfg["name"])
+    DiskWatch(**watch.model_dump()).save(cfg["name"])
     first = diskwatch(watch_block=cfg["name"], layout_block=cfg["name"])
     assert first["levels"] == {"scratch": "warning", "backups": "critical"}
     assert sorted(first["events"]) == ["labpipe.disk.critical", "labpipe.disk.warning"]
@@ -176,7 +177,7 @@ def test_diskwatch_flow_emits_events_at_thresholds(tmp_path, lab_db):
     assert 'labpipe_incoming_file_count{folder="radio:incoming"} 3.0' in prom
 
     watch.thresholds = [DiskThreshold(target="scratch", warning_free_gb=0.001), DiskThreshold(target="backups")]
-    DiskWatchBlock(**watch.model_dump()).save(cfg["name"], overwrite=True)
+    DiskWatch(**watch.model_dump()).save(cfg["name"], overwrite=True)
     second = diskwatch(watch_block=cfg["name"], layout_block=cfg["name"])
     assert second["levels"] == {"scratch": "ok", "backups": "ok"}
     assert sorted(second["events"]) == ["labpipe.disk.ok", "labpipe.disk.ok"]
@@ -211,8 +212,8 @@ def test_cancelled_run_stops_its_borg(tmp_path, lab_db):
     """SIGTERM to the flow process (how a worker cancels) stops its borg; the repository stays consistent.
     (rsync goes the same way: tests/lib/backup/test_proc.py.)"""
     from labpipe.backup.borg import Borg
+    from labpipe.blocks.backup import repository
     from labpipe.config import get_settings
-    from labpipe.flows.backup import repository
     from prefect.settings import PREFECT_API_URL
 
     cfg = configure(tmp_path, lab_db, compression="zstd,22")

@@ -17,7 +17,7 @@ from tests.flows.test_backup import _share, configure
 
 
 def _borg(cfg):
-    from labpipe.flows.backup import borg_client
+    from labpipe.blocks.backup import borg_client
 
     return borg_client(cfg["name"], cfg["roots"])
 
