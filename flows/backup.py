@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labpipe.backup import dumps as dump_hooks
 from labpipe.backup import report as records
+from labpipe.backup import rules
 from labpipe.backup.archive import RcloneArchive
 from labpipe.backup.borg import Borg, archive_name
 from labpipe.backup.diskwatch import DiskCollector as _Collector
@@ -38,7 +39,6 @@ from labpipe.backup.settings import (
     BackupPlan,
     BackupSource,
     RcloneRemote,
-    is_remote_path,
 )
 from labpipe.blocks import lab_database, layout
 from labpipe.blocks.backup import backup_plan, borg_client, diskwatch_settings, rclone_remote, retention_policies
@@ -260,15 +260,6 @@ def archive_folders(remote: RcloneRemote, roots: Layout) -> list[Path]:
     return [Path(p) for p in remote.archive_folders] or [roots.radio / "archive"]
 
 
-def _dump_paths(sources: list[BackupSource], roots: Layout, names: list[str]) -> tuple[list[str], str]:
-    """Archive paths of dump files: under the source that pulls the dumps root."""
-    for source in sources:
-        same = not is_remote_path(source.path) and Path(source.path).resolve() == roots.dumps.resolve()
-        if same or (is_remote_path(source.path) and source.name == "dumps"):
-            return [f"{source.name}/{name}" for name in names], ""
-    return [], "no source pulls the dumps root: database dumps are not in the archive"
-
-
 @flow(name="backup", flow_run_name="backup-{plan_block}")
 def backup(
     run_dumps: bool = True,
@@ -355,22 +346,20 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
     if report.stats is None:
         report.archive = ""
         return
-    new_dumps = [d.path.name for d in report.dumps if d.ok]
-    if t is not None:
-        new_dumps = sorted(set(new_dumps) | set(records.unproven_dumps(t)))
-    dump_paths, missing = _dump_paths(sources, roots, new_dumps)
+    dump_paths, missing = rules.dumps_to_prove(
+        sources,
+        roots,
+        staging,
+        new=[d.path.name for d in report.dumps if d.ok],
+        unproven=records.unproven_dumps(t) if t is not None else [],
+        pulled=good,
+    )
     if missing and run_dumps:
         report.fail("dumps", missing)
-    dump_paths = [p for p in dump_paths if p.split("/", 1)[0] in good and (staging / p).exists()]
     report.proof = _stage(report, "proof", restore_proof, borg, report.archive, staging, the_plan, dump_paths, workdir)
     blocked = report.check_failed = borg.check_failure()
-    if blocked:  # a damaged repository is not pruned or compacted until a check passes
-        report.notes.append(
-            f"prune and compact blocked: borg check failed ({blocked.get('what')}, since {blocked.get('since')}); "
-            "they run again once a check passes"
-        )
-    elif report.problems:  # a bad day must not push good archives out of retention
-        report.notes.append("prune skipped: this run had failures")
+    if skip := rules.prune_verdict(report.problems, blocked):
+        report.notes.append(skip)
     else:
         pruned = _stage(report, "prune", borg_prune, borg, the_plan)
         if pruned is not None:
@@ -390,8 +379,8 @@ def _backup_stages(report, the_plan, remote, roots, borg, t, run_dumps, db_block
         with contextlib.suppress(Exception):
             prune_old_dumps(the_plan, roots.dumps, t)
     if remote.configured:
-        if report.check is None or not report.check.ok or borg.check_failure():
-            report.notes.append("off-site sync skipped: the repository check did not pass (no copying damage)")
+        if skip := rules.offsite_verdict(report.check is not None and report.check.ok, borg.check_failure()):
+            report.notes.append(skip)
         else:
             if remote.include_repository and borg.is_local:
                 report.offsite.append(
