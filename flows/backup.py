@@ -128,7 +128,13 @@ def prune_old_dumps(the_plan: BackupPlan, dumps_root: Path, tables) -> list[str]
 def dump_databases(
     plan_block: str | None = "default", layout_block: str | None = "default", db_block: str | None = "default"
 ) -> list[str]:
-    """Consistent dumps of the lab database, Prefect's database and other state databases; old dumps pruned."""
+    """Consistent dumps of the lab database, Prefect's database and other state databases; old dumps pruned.
+
+    Args:
+        plan_block: Name of the labpipe backup plan block (sources, keep rules, checks, dump hooks).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots, the_plan = layout(layout_block), backup_plan(plan_block)
     results = run_dump_hooks(the_plan, roots, db_block, layout_block)
     t = _tables(db_block, layout_block)
@@ -270,7 +276,17 @@ def backup(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Dump, pull, borg create, prove a restore, prune, compact, check, and copy off-site; one summary."""
+    """Dump, pull, borg create, prove a restore, prune, compact, check, and copy off-site; one summary.
+
+    Args:
+        run_dumps: Run the database dump hooks first (their dumps go into this archive).
+        offsite: Copy the repository and the archive folders to the off-site remote after a passing check.
+        repository_block: Name of the labpipe borg repository block (location, encryption, passphrase).
+        plan_block: Name of the labpipe backup plan block (sources, keep rules, checks, dump hooks).
+        remote_block: Name of the labpipe rclone remote block (the off-site copy).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots, the_plan, remote = layout(layout_block), backup_plan(plan_block), rclone_remote(remote_block)
     borg = borg_client(repository_block, roots)
     report = BackupReport(repository=borg.location)
@@ -429,7 +445,14 @@ def check(
     plan_block: str | None = "default",
     layout_block: str | None = "default",
 ) -> dict:
-    """``borg check``: repository and the newest archives, or every chunk's data (``verify_data``)."""
+    """``borg check`` of the repository and the newest archives, or of every chunk's data; a failure blocks prune.
+
+    Args:
+        verify_data: Read and verify every chunk (slow; the weekly deployment sets it).
+        repository_block: Name of the labpipe borg repository block (location, encryption, passphrase).
+        plan_block: Name of the labpipe backup plan block (sources, keep rules, checks, dump hooks).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+    """
     roots, the_plan = layout(layout_block), backup_plan(plan_block)
     borg = borg_client(repository_block, roots)
     with stop_tools_when_cancelled():
@@ -460,7 +483,15 @@ def restore(
     repository_block: str | None = "default",
     layout_block: str | None = "default",
 ) -> dict:
-    """Restore a whole archive into a new folder; every file compared with the archive's checksums."""
+    """Restore a whole archive into a new folder; every file compared with the archive's checksums.
+
+    Args:
+        archive: The archive name (as `labpipe backup list` shows it).
+        destination: A folder that does not exist yet; the archive is extracted into it.
+        verify: Compare every restored file with the archive's checksums.
+        repository_block: Name of the labpipe borg repository block (location, encryption, passphrase).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+    """
     borg = borg_client(repository_block, layout(layout_block))
     with stop_tools_when_cancelled(), Progress("restore (bytes)") as progress:
         result = restore_archive(borg, archive, Path(destination), verify=verify, progress=progress)
@@ -488,7 +519,15 @@ def archive_offsite(
     plan_block: str | None = "default",
 ) -> list[dict]:
     """rclone sync of the archive folders and, after a passing ``borg check``, of the borg repository onto an
-    off-site copy of the same repository id; each followed by a check; previous copies kept in dated folders."""
+    off-site copy of the same repository id; each followed by a check; previous copies kept in dated folders.
+
+    Args:
+        include_repository: Copy the borg repository too (only after a passing check, onto the same repository id).
+        remote_block: Name of the labpipe rclone remote block (the off-site copy).
+        repository_block: Name of the labpipe borg repository block (location, encryption, passphrase).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        plan_block: Name of the labpipe backup plan block (sources, keep rules, checks, dump hooks).
+    """
     roots, remote, the_plan = layout(layout_block), rclone_remote(remote_block), backup_plan(plan_block)
     borg = borg_client(repository_block, roots)
     rows, problems = [], []
@@ -526,7 +565,15 @@ def retention(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Apply the retention policies: archive, verify, record the location, and only then delete."""
+    """Apply the retention policies: archive, verify, record the location, and only then delete.
+
+    Args:
+        dry_run: Only list what the policies would do; touch nothing.
+        policies_block: Name of the labpipe retention policies block (folders, ages, actions).
+        remote_block: Name of the labpipe rclone remote block (the off-site copy).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots, policies, remote = layout(layout_block), retention_policies(policies_block), rclone_remote(remote_block)
     with stop_tools_when_cancelled():
         plan, rows = run_retention(roots, policies, remote, lab_database(db_block, layout_block), dry_run=dry_run,
@@ -596,7 +643,12 @@ def emit_disk_events(report: DiskReport, changed: dict[str, tuple[str, str]]) ->
 
 @flow(name="diskwatch", flow_run_name="diskwatch")
 def diskwatch(watch_block: str | None = "default", layout_block: str | None = "default") -> dict:
-    """Measure the roots, tmpfs and incoming folders; alarm events at the thresholds; a textfile for Prometheus."""
+    """Measure the roots, tmpfs and incoming folders; alarm events at the thresholds; a textfile for Prometheus.
+
+    Args:
+        watch_block: Name of the labpipe disk watch block (what to measure, thresholds).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+    """
     roots, settings = layout(layout_block), diskwatch_settings(watch_block)
     folder = roots.backups / "diskwatch"
     report, changed = watch_once(roots, settings, folder / "history.json")
