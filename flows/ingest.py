@@ -12,7 +12,7 @@ from typing import Literal
 
 from labpipe.db.connect import dump_lab_database
 from labpipe.flows.common import Progress, lab_database, layout, logger, markdown_table, publish_markdown
-from labpipe.ingest.consolidate import ConsolidationReport, consolidate
+from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
 from labpipe.ingest.populate import PopulateResult, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from prefect import flow, task
@@ -26,10 +26,12 @@ def _share_label() -> str:
 
 
 @task(name="consolidate-staging", task_run_name="consolidate-{staging.name}")
-def consolidate_staging(staging: Path, share: Path) -> ConsolidationReport:
-    report = consolidate(staging, share)
-    for problem in report.problems:
+def consolidate_staging(staging: Path, share: Path, min_age_s: float) -> ConsolidationReport:
+    report = consolidate(staging, share, min_age_s=min_age_s)
+    for problem in report.rejected:
         logger().warning("not consolidated: %s: %s", problem.path, problem.reason)
+    if report.waiting:
+        logger().info("%d staged files still being written; they move on a later run", len(report.waiting))
     return report
 
 
@@ -46,10 +48,13 @@ def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | N
         f"{report.skipped} already ingested; {report.files_inserted} files; tasks {report.tasks_inserted or '{}'}.",
     ]
     if consolidation is not None:
-        lines.append(f"Consolidated {len(consolidation.moved)} files from staging.")
+        lines.append(
+            f"Consolidated {len(consolidation.moved)} files from staging; {len(consolidation.waiting)} still being "
+            f"written wait for a later run."
+        )
     problems = report.rejected + report.failures
     if consolidation is not None:
-        problems += [{"path": p.path, "reason": p.reason} for p in consolidation.problems]
+        problems += [{"path": p.path, "reason": p.reason} for p in consolidation.rejected]
     lines.append(f"\n## Rejected or failed ({len(problems)})\n")
     lines.append(markdown_table(problems, ["path", "reason"]))
     return "\n".join(lines)
@@ -59,13 +64,14 @@ def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | N
 def ingest(
     share: str | None = None,
     consolidate_first: bool = True,
+    min_age_s: float = DEFAULT_MIN_AGE_S,
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Consolidate staged files, then insert every new session, scan, file and task of the share."""
+    """Consolidate staged files quiet for ``min_age_s``, then insert every new session, scan, file and task."""
     roots = layout(layout_block)
     share_root = Path(share) if share else roots.share
-    consolidation = consolidate_staging(roots.staging, share_root) if consolidate_first else None
+    consolidation = consolidate_staging(roots.staging, share_root, min_age_s) if consolidate_first else None
     report = insert_share(share_root, db_block, layout_block)
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":

@@ -43,7 +43,7 @@ def test_ingest_then_populate_then_dump_and_restore(blocks, lab_db):
     staged.mkdir(parents=True)
     (staged / "notes.json").write_text("{}")
 
-    summary = ingest(layout_block=name, db_block=name)
+    summary = ingest(min_age_s=0, layout_block=name, db_block=name)
     assert summary["status"] == "succeeded" and summary["inserted"] == len(sim.sessions) + 1
     t = tables(lab_db)
     assert (t.Scan & {"scan_id": "STAGED01"}).fetch1("setup") == "mini2p2"

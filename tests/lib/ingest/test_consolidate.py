@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labpipe.files import sha256_file
 from labpipe.ingest.consolidate import consolidate
 
