@@ -1,0 +1,75 @@
+"""Recovery of reserved DataJoint jobs (issue 13 item 7), on the embedded PostgreSQL (and MariaDB when present).
+
+A reservation is held while its worker's connection lives (its pid/id AND when that connection started: PostgreSQL
+reuses pids) and, for workers that heartbeat, while the heartbeat is fresher than the window.
+"""
+
+import os
+import platform
+import time
+
+import psycopg2
+import pytest
+from labpipe.db.jobs import job_problems, recover_reserved_jobs, worker_heartbeat
+from labpipe.ingest.populate import population_tables
+from labpipe.ingest.run import ingest_share
+from labpipe.ingest.schema import tables
+from labpipe.ingest.simulate import simulate_share
+
+
+@pytest.fixture
+def queued(lab_db, tmp_path):
+    """Ingested sessions with pending MotionCorrection jobs; one of them reserved by this process."""
+    simulate_share(tmp_path / "share", sessions_per_user=1, malformed=False, users={"alice": "AB", "bob": "BC"})
+    ingest_share(lab_db, tmp_path / "share")
+    jobs = tables(lab_db).MotionCorrection.jobs
+    jobs.refresh()
+    key = jobs.pending.keys(order_by="session_id", limit=1)[0]
+    assert jobs.reserve(key)
+    return lab_db, jobs, key
+
+
+def _set(jobs, key, **values):
+    """Rewrite columns of one job row (as a killed worker and a later connection would have left it)."""
+    where = " AND ".join(f'"{k}" = %s' for k in key)
+    assignments = ", ".join(f'"{k}" = %s' for k in values)
+    jobs.connection.query(
+        f"UPDATE {jobs.full_table_name} SET {assignments} WHERE {where}", args=(*values.values(), *key.values())
+    )
+
+
+def test_a_job_of_a_dead_worker_whose_pid_was_reused_is_recovered(queued):
+    db, jobs, key = queued
+    newcomer = psycopg2.connect(**db.target.psycopg2_kwargs())  # a backend that started after the reservation
+    try:
+        reused_pid = newcomer.get_backend_pid()
+        started = db.connection.query("SELECT LOCALTIMESTAMP(3) - interval '1 hour'").fetchone()[0]
+        _set(jobs, key, connection_id=reused_pid, reserved_time=started)  # reserved an hour ago by a dead backend
+        problems = job_problems([tables(db).MotionCorrection])
+        assert [(p.status, p.key["session_id"]) for p in problems] == [("stuck", key["session_id"])]
+        assert "started after the reservation" in problems[0].message
+        cleared = recover_reserved_jobs([tables(db).MotionCorrection])
+        assert [c.key["session_id"] for c in cleared] == [key["session_id"]]
+        assert not len(jobs.reserved) and len(jobs & key & "status = 'pending'") == 1
+    finally:
+        newcomer.close()
+
+
+def test_a_live_workers_job_stays_reserved(queued):
+    db, jobs, key = queued
+    assert job_problems([tables(db).MotionCorrection]) == []
+    assert recover_reserved_jobs([tables(db).MotionCorrection]) == []
+    assert len(jobs.reserved) == 1
+
+
+def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_one_is_not(queued):
+    db, jobs, key = queued
+    populated = [tables(db).MotionCorrection]
+    with worker_heartbeat(db, every_s=0.2):
+        time.sleep(0.5)
+        assert recover_reserved_jobs(populated, heartbeat_window_s=2) == []  # beating: held
+    time.sleep(2.5)  # the worker froze (its connection still open) and beats no more
+    cleared = recover_reserved_jobs(populated, heartbeat_window_s=2)
+    assert [c.key["session_id"] for c in cleared] == [key["session_id"]]
+    assert "no heartbeat" in cleared[0].message and cleared[0].host == platform.node()
+    assert cleared[0].pid == os.getpid()
