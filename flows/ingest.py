@@ -2,7 +2,8 @@
 
 Deployments (deployments/prefect.yaml): ``ingest`` every 5 minutes on the cpu
 pool, ``populate-imaging`` / ``populate-mocap`` on the cpu pool (start several
-runs to get several workers), ``dump-database``.
+runs to get several workers), ``recover-jobs`` every 5 minutes (reservations of dead or frozen
+workers go back to the queue), ``dump-database``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from labpipe.db.connect import dump_lab_database
+from labpipe.db.jobs import DEFAULT_HEARTBEAT_WINDOW_S, recover_reserved_jobs
 from labpipe.flows.common import Progress, lab_database, layout, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
-from labpipe.ingest.populate import PopulateResult, run_population
+from labpipe.ingest.populate import PopulateResult, population_tables, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from prefect import flow, task
 
@@ -102,6 +104,33 @@ def populate(
         description=f"{population} population summary",
     )
     return {"computed": result.computed, "errors": len(result.errors), "remaining": result.remaining}
+
+
+@task(name="recover-reserved-jobs")
+def recover_reserved(heartbeat_window_s: float, db_block, layout_block) -> list[dict]:
+    db = lab_database(db_block, layout_block)
+    cleared = recover_reserved_jobs(population_tables(db), heartbeat_window_s=heartbeat_window_s)
+    for job in cleared:
+        logger().warning("released %s %s (host %s, pid %s): %s", job.table, job.key, job.host, job.pid, job.message)
+    return [job.as_json() for job in cleared]
+
+
+@flow(name="recover-jobs", flow_run_name="recover-jobs")
+def recover_jobs(
+    heartbeat_window_s: float = DEFAULT_HEARTBEAT_WINDOW_S,
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """Re-queue DataJoint jobs reserved by workers that died (connection gone, pid reused) or stopped beating."""
+    cleared = recover_reserved(heartbeat_window_s, db_block, layout_block)
+    rows = [{**job, "key": ", ".join(f"{k}={v}" for k, v in job["key"].items())} for job in cleared]
+    publish_markdown(
+        f"# Reserved jobs recovered: {len(cleared)}\n\n"
+        + markdown_table(rows, ["table", "key", "host", "pid", "reserved_time", "message"]),
+        key="recover-jobs",
+        description="reservations of dead workers released",
+    )
+    return {"recovered": len(cleared), "jobs": cleared}
 
 
 @flow(name="dump-database", flow_run_name="dump-database")

@@ -4,14 +4,15 @@ A reservation is held while its worker's connection lives (its pid/id AND when t
 reuses pids) and, for workers that heartbeat, while the heartbeat is fresher than the window.
 """
 
-import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 
 import psycopg2
 import pytest
-from labpipe.db.jobs import job_problems, recover_reserved_jobs, worker_heartbeat
-from labpipe.ingest.populate import population_tables
+from labpipe.db.jobs import job_problems, recover_reserved_jobs
 from labpipe.ingest.run import ingest_share
 from labpipe.ingest.schema import tables
 from labpipe.ingest.simulate import simulate_share
@@ -62,14 +63,39 @@ def test_a_live_workers_job_stays_reserved(queued):
     assert len(jobs.reserved) == 1
 
 
-def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_one_is_not(queued):
+FROZEN_WORKER = """
+import sys, time
+from labpipe.db.connect import LabDatabase
+from labpipe.db.jobs import worker_heartbeat
+from labpipe.db.target import DatabaseTarget
+from labpipe.ingest.schema import tables
+db = LabDatabase(DatabaseTarget.from_url(sys.argv[1]), sys.argv[2], prefix=sys.argv[3])
+jobs = tables(db).MotionCorrection.jobs
+with worker_heartbeat(db, every_s=0.2):
+    assert jobs.reserve({"session_id": sys.argv[4]})
+    print("reserved", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_one_is_not(queued, tmp_path):
+    """A worker process that freezes (SIGSTOP) keeps its connection open but stops beating."""
     db, jobs, key = queued
-    populated = [tables(db).MotionCorrection]
-    with worker_heartbeat(db, every_s=0.2):
-        time.sleep(0.5)
-        assert recover_reserved_jobs(populated, heartbeat_window_s=2) == []  # beating: held
-    time.sleep(2.5)  # the worker froze (its connection still open) and beats no more
-    cleared = recover_reserved_jobs(populated, heartbeat_window_s=2)
-    assert [c.key["session_id"] for c in cleared] == [key["session_id"]]
-    assert "no heartbeat" in cleared[0].message and cleared[0].host == platform.node()
-    assert cleared[0].pid == os.getpid()
+    other = jobs.pending.keys(order_by="session_id", limit=1)[0]
+    argv = [sys.executable, "-c", FROZEN_WORKER, db.target.url, str(tmp_path / "blobs"), db.prefix, other["session_id"]]
+    worker = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "reserved"
+        populated = [tables(db).MotionCorrection]
+        time.sleep(1)
+        assert recover_reserved_jobs(populated, heartbeat_window_s=2) == []  # beating: held (and ours: no beats)
+        worker.send_signal(signal.SIGSTOP)
+        time.sleep(3)
+        cleared = recover_reserved_jobs(populated, heartbeat_window_s=2)
+        assert [c.key["session_id"] for c in cleared] == [other["session_id"]]
+        assert "no heartbeat" in cleared[0].message and cleared[0].host == platform.node()
+        assert cleared[0].pid == worker.pid
+        assert len(jobs.reserved) == 1  # this process's reservation: live connection, no heartbeat rule applies
+    finally:
+        worker.kill()
+        worker.wait()
