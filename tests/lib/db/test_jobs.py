@@ -99,3 +99,30 @@ def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_on
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_a_dead_connections_job_is_recovered_on_every_backend(any_db, tmp_path):
+    simulate_share(tmp_path / "share", sessions_per_user=1, malformed=False, users={"alice": "AB"})
+    ingest_share(any_db, tmp_path / "share")
+    table = tables(any_db).MotionCorrection
+    table.jobs.refresh()
+    key = table.jobs.pending.keys(limit=1)[0]
+    if any_db.target.backend == "postgresql":
+        worker = psycopg2.connect(**any_db.target.psycopg2_kwargs())
+        gone = worker.get_backend_pid()
+    else:
+        import pymysql
+
+        worker = pymysql.connect(**any_db.target.pymysql_kwargs())
+        gone = worker.thread_id()
+    assert table.jobs.reserve(key)
+    quote = '"' if any_db.target.backend == "postgresql" else "`"
+    table.connection.query(
+        f"UPDATE {table.jobs.full_table_name} SET {quote}connection_id{quote} = %s", args=(gone,)
+    )  # as if that worker had reserved it
+    worker.close()
+    time.sleep(0.5)  # the server notices the closed connection
+    (problem,) = job_problems([table])
+    assert problem.status == "stuck" and f"connection {gone} is gone" in problem.message
+    assert [c.key for c in recover_reserved_jobs([table])] == [key]
+    assert len(table.jobs & key & "status = 'pending'") == 1
