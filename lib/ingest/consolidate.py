@@ -14,9 +14,11 @@ only reported as rejected. A folder is removed only when empty and as quiet as a
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -72,8 +74,18 @@ class _Changed(Exception):
     """The file changed between listing and moving: it waits for the next run."""
 
 
-def _record_origin(scan_dir: Path, setup: str, checksums: dict[str, str]) -> None:
+def _remove_stale_parts(final: Path, min_age_s: float) -> None:
+    """Remove what a killed earlier run left of ``final`` (``atomic_path``'s ``.<name>.*.part`` folders)."""
+    now = time.time()
+    for part in final.parent.glob(f".{glob.escape(final.name)}.*.part"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(part).st_mode) and _age_s(os.lstat(part), now) >= min_age_s:
+                shutil.rmtree(part)
+
+
+def _record_origin(scan_dir: Path, setup: str, checksums: dict[str, str], min_age_s: float = 0.0) -> None:
     origin_path = scan_dir / ORIGIN_FILE
+    _remove_stale_parts(origin_path, min_age_s)
     origin = json.loads(origin_path.read_text()) if origin_path.exists() else {"files": {}}
     if origin.get("setup") not in (None, setup):
         origin.setdefault("other_setups", [])
@@ -236,7 +248,7 @@ def consolidate(staging: Path, share: Path, *, min_age_s: float = DEFAULT_MIN_AG
         candidates = _list_setup(setup_dir, report)
         writers = open_for_writing({(c.st.st_dev, c.st.st_ino) for c in candidates})
         now = time.time()
-        by_scan: dict[Path, dict[str, str]] = {}
+        recorded: set[Path] = set()
         for c in candidates:
             pids = writers.get((c.st.st_dev, c.st.st_ino))
             age = _age_s(c.st, now)
@@ -252,8 +264,14 @@ def consolidate(staging: Path, share: Path, *, min_age_s: float = DEFAULT_MIN_AG
                     )
                 )
                 continue
+            scan_dir = share.joinpath(*c.rel.parts[:3])
             try:
-                digest = move_file_safely(c.source, share / c.rel, checksum=_checksum_quiet_file(c.source, c.st))
+                digest = _checksum_quiet_file(c.source, c.st)
+                if scan_dir not in recorded:  # the setup is on disk before any of its files is in the share
+                    _record_origin(scan_dir, setup_dir.name, {}, min_age_s)
+                    recorded.add(scan_dir)
+                _remove_stale_parts(share / c.rel, min_age_s)
+                digest = move_file_safely(c.source, share / c.rel, checksum=digest)
             except _Changed as exc:
                 report.waiting.append(ConsolidationItem(str(c.source), str(exc), 0.0))
                 continue
@@ -263,11 +281,10 @@ def consolidate(staging: Path, share: Path, *, min_age_s: float = DEFAULT_MIN_AG
             except OSError as exc:  # one file's trouble never stops the batch; it stays in staging
                 report.rejected.append(ConsolidationItem(str(c.source), f"could not be moved: {exc}"))
                 continue
-            scan_dir = share.joinpath(*c.rel.parts[:3])
-            by_scan.setdefault(scan_dir, {})[Path(*c.rel.parts[3:]).as_posix()] = digest
+            # recorded right after the move: a crash in between leaves the checksum unrecorded (ingest then
+            # computes it from the share), never a wrong one
+            _record_origin(scan_dir, setup_dir.name, {Path(*c.rel.parts[3:]).as_posix(): digest}, min_age_s)
             report.moved.append(ConsolidationItem(c.rel.as_posix(), f"moved, sha256 {digest}"))
-        for scan_dir, checksums in by_scan.items():
-            _record_origin(scan_dir, setup_dir.name, checksums)
         _remove_empty_dirs(setup_dir, min_age_s)
     return report
 
