@@ -246,6 +246,8 @@ def consolidate(staging: Path, share: Path, *, min_age_s: float = DEFAULT_MIN_AG
         return report
     for setup_dir in _setup_folders(staging, report):
         candidates = _list_setup(setup_dir, report)
+        for scan_dir in setup_dir.glob("*/*/*"):  # an origin record a killed run was writing
+            _remove_stale_parts(share / scan_dir.relative_to(setup_dir) / ORIGIN_FILE, min_age_s)
         writers = open_for_writing({(c.st.st_dev, c.st.st_ino) for c in candidates})
         now = time.time()
         recorded: set[Path] = set()
