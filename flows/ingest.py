@@ -2,7 +2,8 @@
 
 Deployments (deployments/prefect.yaml): ``ingest`` every 5 minutes on the cpu
 pool, ``populate-imaging`` / ``populate-mocap`` on the cpu pool (start several
-runs to get several workers), ``dump-database``.
+runs to get several workers), ``recover-jobs`` every 5 minutes (reservations of dead or frozen
+workers go back to the queue), ``dump-database``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from labpipe.db.connect import dump_lab_database
+from labpipe.db.jobs import DEFAULT_HEARTBEAT_WINDOW_S, recover_reserved_jobs
 from labpipe.flows.common import Progress, lab_database, layout, logger, markdown_table, publish_markdown
-from labpipe.ingest.consolidate import ConsolidationReport, consolidate
-from labpipe.ingest.populate import PopulateResult, run_population
+from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
+from labpipe.ingest.populate import PopulateResult, population_tables, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from prefect import flow, task
 
@@ -26,10 +28,12 @@ def _share_label() -> str:
 
 
 @task(name="consolidate-staging", task_run_name="consolidate-{staging.name}")
-def consolidate_staging(staging: Path, share: Path) -> ConsolidationReport:
-    report = consolidate(staging, share)
-    for problem in report.problems:
+def consolidate_staging(staging: Path, share: Path, min_age_s: float) -> ConsolidationReport:
+    report = consolidate(staging, share, min_age_s=min_age_s)
+    for problem in report.rejected:
         logger().warning("not consolidated: %s: %s", problem.path, problem.reason)
+    if report.waiting:
+        logger().info("%d staged files still being written; they move on a later run", len(report.waiting))
     return report
 
 
@@ -46,10 +50,13 @@ def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | N
         f"{report.skipped} already ingested; {report.files_inserted} files; tasks {report.tasks_inserted or '{}'}.",
     ]
     if consolidation is not None:
-        lines.append(f"Consolidated {len(consolidation.moved)} files from staging.")
+        lines.append(
+            f"Consolidated {len(consolidation.moved)} files from staging; {len(consolidation.waiting)} still being "
+            f"written wait for a later run."
+        )
     problems = report.rejected + report.failures
     if consolidation is not None:
-        problems += [{"path": p.path, "reason": p.reason} for p in consolidation.problems]
+        problems += [{"path": p.path, "reason": p.reason} for p in consolidation.rejected]
     lines.append(f"\n## Rejected or failed ({len(problems)})\n")
     lines.append(markdown_table(problems, ["path", "reason"]))
     return "\n".join(lines)
@@ -59,13 +66,14 @@ def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | N
 def ingest(
     share: str | None = None,
     consolidate_first: bool = True,
+    min_age_s: float = DEFAULT_MIN_AGE_S,
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Consolidate staged files, then insert every new session, scan, file and task of the share."""
+    """Consolidate staged files quiet for ``min_age_s``, then insert every new session, scan, file and task."""
     roots = layout(layout_block)
     share_root = Path(share) if share else roots.share
-    consolidation = consolidate_staging(roots.staging, share_root) if consolidate_first else None
+    consolidation = consolidate_staging(roots.staging, share_root, min_age_s) if consolidate_first else None
     report = insert_share(share_root, db_block, layout_block)
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":
@@ -96,6 +104,33 @@ def populate(
         description=f"{population} population summary",
     )
     return {"computed": result.computed, "errors": len(result.errors), "remaining": result.remaining}
+
+
+@task(name="recover-reserved-jobs")
+def recover_reserved(heartbeat_window_s: float, db_block, layout_block) -> list[dict]:
+    db = lab_database(db_block, layout_block)
+    cleared = recover_reserved_jobs(population_tables(db), heartbeat_window_s=heartbeat_window_s)
+    for job in cleared:
+        logger().warning("released %s %s (host %s, pid %s): %s", job.table, job.key, job.host, job.pid, job.message)
+    return [job.as_json() for job in cleared]
+
+
+@flow(name="recover-jobs", flow_run_name="recover-jobs")
+def recover_jobs(
+    heartbeat_window_s: float = DEFAULT_HEARTBEAT_WINDOW_S,
+    layout_block: str | None = "default",
+    db_block: str | None = "default",
+) -> dict:
+    """Re-queue DataJoint jobs reserved by workers that died (connection gone, pid reused) or stopped beating."""
+    cleared = recover_reserved(heartbeat_window_s, db_block, layout_block)
+    rows = [{**job, "key": ", ".join(f"{k}={v}" for k, v in job["key"].items())} for job in cleared]
+    publish_markdown(
+        f"# Reserved jobs recovered: {len(cleared)}\n\n"
+        + markdown_table(rows, ["table", "key", "host", "pid", "reserved_time", "message"]),
+        key="recover-jobs",
+        description="reservations of dead workers released",
+    )
+    return {"recovered": len(cleared), "jobs": cleared}
 
 
 @flow(name="dump-database", flow_run_name="dump-database")

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +127,8 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
     beside ``dest``, is verified, then renamed.
     """
     source, dest = Path(source), Path(dest)
+    if not stat.S_ISREG(os.lstat(source).st_mode):  # never follow a link or open a FIFO or device
+        raise InvalidInput(source, "is not a regular file", "only regular files are moved; remove or replace it")
     digest = checksum or sha256_file(source)
     if dest.exists():
         if sha256_file(dest) != digest:
@@ -137,7 +140,8 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, dest)  # atomic, fails if dest appeared meanwhile
-        fsync_path(dest.parent)  # the new name is on disk before the old one goes
+        fsync_path(dest)  # the data, then the new name, are on disk before the old name goes
+        fsync_path(dest.parent)
         source.unlink()
         fsync_path(source.parent)
         return digest
@@ -146,7 +150,7 @@ def move_file_safely(source: Path, dest: Path, *, checksum: str | None = None) -
     except OSError:
         pass  # another file system, or links unsupported
     with atomic_path(dest) as tmp:
-        shutil.copy2(source, tmp)
+        shutil.copy2(source, tmp, follow_symlinks=False)
         if sha256_file(tmp) != digest:
             raise ConflictError(source, "copy does not match the source checksum", "check the disk and retry")
     source.unlink()  # atomic_path made the copy and its folder durable first

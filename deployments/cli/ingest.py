@@ -1,4 +1,4 @@
-"""``labpipe ingest``: scan a share, simulate one, list and clear stuck jobs, populate by hand."""
+"""``labpipe ingest``: consolidate staging, scan a share, simulate one, list and clear stuck jobs, populate by hand."""
 
 from __future__ import annotations
 
@@ -79,6 +79,34 @@ def simulate(
         out, sessions_per_user=sessions_per_user, scans_per_session=scans_per_session, light=light, seed=seed
     )
     typer.echo(f"{len(sim.sessions)} sessions and {len(sim.malformed)} malformed folders under {out}")
+
+
+@app.command()
+def consolidate(
+    staging: Path = typer.Option(None, help="Staging root (default: the storage layout's)."),
+    share: Path = typer.Option(None, help="Share root (default: the storage layout's)."),
+    min_age: float = typer.Option(
+        None, "--min-age", min=0, help="Seconds a file must be unchanged before it moves (default 120)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print moved, waiting and rejected as JSON."),
+) -> None:
+    """Move quiet staged files into the share, as the ingest flow does first; report moved, waiting, rejected."""
+    from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S
+    from labpipe.ingest.consolidate import consolidate as consolidate_staging
+
+    if staging is None or share is None:
+        from labpipe.flows.common import layout
+
+        roots = layout()
+        staging, share = staging or roots.staging, share or roots.share
+    report = consolidate_staging(staging, share, min_age_s=DEFAULT_MIN_AGE_S if min_age is None else min_age)
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=1))
+        return
+    for kind in ("waiting", "rejected"):
+        for item in getattr(report, kind):
+            typer.echo(f"  {kind} {item.path}: {item.reason}")
+    typer.echo(f"{len(report.moved)} moved, {len(report.waiting)} waiting, {len(report.rejected)} rejected")
 
 
 @app.command()

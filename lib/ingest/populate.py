@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labpipe.db.connect import LabDatabase
+from labpipe.db.jobs import worker_heartbeat
 from labpipe.ingest.schema import tables
 
 # population -> computed tables in dependency order
@@ -47,25 +48,28 @@ def run_population(
         raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
     result = PopulateResult(population)
     restrictions = [{"session_id": session}] if session else []
-    for table in population_tables(db, population):
-        outcome = table.populate(
-            *restrictions,
-            reserve_jobs=True,
-            suppress_errors=True,
-            max_calls=max_calls,
-            make_kwargs={"share": str(share)},
-            display_progress=False,
-        )
-        result.computed[table.__name__] = int(outcome.get("success_count", 0))
-        for key, message in _errors(outcome):
-            result.errors.append(
-                {"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message}
-            )
-        source = table.key_source & restrictions[0] if restrictions else table.key_source
-        result.remaining[table.__name__] = len(source - table.proj())
-        if progress:
-            progress(len(result.computed), len(POPULATIONS[population]))
+    with worker_heartbeat(db):  # the reservations stay ours while this process lives and beats
+        for table in population_tables(db, population):
+            _populate_table(table, restrictions, share, max_calls, result)
+            if progress:
+                progress(len(result.computed), len(POPULATIONS[population]))
     return result
+
+
+def _populate_table(table, restrictions: list[dict], share: Path, max_calls: int | None, result: PopulateResult):
+    outcome = table.populate(
+        *restrictions,
+        reserve_jobs=True,
+        suppress_errors=True,
+        max_calls=max_calls,
+        make_kwargs={"share": str(share)},
+        display_progress=False,
+    )
+    result.computed[table.__name__] = int(outcome.get("success_count", 0))
+    for key, message in _errors(outcome):
+        result.errors.append({"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message})
+    source = table.key_source & restrictions[0] if restrictions else table.key_source
+    result.remaining[table.__name__] = len(source - table.proj())
 
 
 def _errors(outcome) -> list[tuple[dict, str]]:

@@ -1,6 +1,10 @@
 """`labpipe ingest scan ROOT --json` as users run it: a real process, a real database."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from labpipe.ingest.simulate import simulate_share
 
@@ -26,3 +30,27 @@ def test_scan_dry_run_and_a_missing_root(lab_db, labpipe_cli, tmp_path):
     assert dry["inserted"] == 0 and len(dry["sessions"]) == 3
     missing = labpipe_cli(tmp_path / "home", "ingest", "scan", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_consolidate_reports_moved_waiting_and_rejected_as_json(tmp_path):
+    """``labpipe ingest consolidate --json`` (issue 13 item 1): the flow's first step, by hand."""
+    staging, share = tmp_path / "staging", tmp_path / "share"
+    scan = staging / "mini2p1" / "alice" / "AB_M1_2026-01-05_sessAAAA1111" / "scanAAAA1111"
+    scan.mkdir(parents=True)
+    (scan / "done.tif").write_bytes(b"complete")
+    (scan / "link.tif").symlink_to(tmp_path / "elsewhere")
+
+    def run(*args):
+        env = dict(os.environ, LABPIPE_HOME=str(tmp_path / "home"), PREFECT_API_URL="http://127.0.0.1:9/api")
+        argv = [sys.executable, "-m", "labpipe.deployments.cli", "ingest", "consolidate", *args]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first = run("--staging", str(staging), "--share", str(share), "--json")  # default window: 120 s
+    assert first["moved"] == [] and [Path(w["path"]).name for w in first["waiting"]] == ["done.tif"]
+    assert first["waiting"][0]["age_s"] < 120 and "120 s" in first["waiting"][0]["reason"]
+    assert [(Path(r["path"]).name, "symbolic link" in r["reason"]) for r in first["rejected"]] == [("link.tif", True)]
+    second = run("--staging", str(staging), "--share", str(share), "--min-age", "0", "--json")
+    assert [m["path"] for m in second["moved"]] == [f"{scan.relative_to(staging / 'mini2p1').as_posix()}/done.tif"]
+    assert (share / second["moved"][0]["path"]).read_bytes() == b"complete"

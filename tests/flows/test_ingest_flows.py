@@ -43,7 +43,7 @@ def test_ingest_then_populate_then_dump_and_restore(blocks, lab_db):
     staged.mkdir(parents=True)
     (staged / "notes.json").write_text("{}")
 
-    summary = ingest(layout_block=name, db_block=name)
+    summary = ingest(min_age_s=0, layout_block=name, db_block=name)
     assert summary["status"] == "succeeded" and summary["inserted"] == len(sim.sessions) + 1
     t = tables(lab_db)
     assert (t.Scan & {"scan_id": "STAGED01"}).fetch1("setup") == "mini2p2"
@@ -115,3 +115,29 @@ def test_database_url_parsing():
     assert (m.backend, m.port) == ("mysql", 3306)
     with pytest.raises(Exception, match="unknown database scheme 'oracle'"):
         DatabaseTarget.from_url("oracle://x@y")
+
+
+def test_recover_jobs_releases_a_dead_workers_reservation_and_reports_it(blocks, lab_db):
+    """The scheduled recover-jobs flow (issue 13 item 7): a job reserved by a connection that is gone is re-queued."""
+    import psycopg2
+    from labpipe.flows.ingest import recover_jobs
+
+    name, layout = blocks
+    simulate_share(layout.share, sessions_per_user=1, malformed=False, users={"alice": "AB"})
+    ingest(layout_block=name, db_block=name)
+    jobs = tables(lab_db).MotionCorrection.jobs
+    jobs.refresh()
+    key = jobs.pending.keys(limit=1)[0]
+    worker = psycopg2.connect(**lab_db.target.psycopg2_kwargs())  # a worker's connection: reserves, then dies
+    gone = worker.get_backend_pid()
+    assert jobs.reserve(key)
+    jobs.connection.query(
+        f"UPDATE {jobs.full_table_name} SET connection_id = %s WHERE session_id = %s", args=(gone, key["session_id"])
+    )
+    worker.close()
+    result = recover_jobs(layout_block=name, db_block=name)
+    assert result["recovered"] == 1 and result["jobs"][0]["key"]["session_id"] == key["session_id"]
+    assert len(jobs & key & "status = 'pending'") == 1
+    text = _artifact("recover-jobs")
+    assert key["session_id"] in text and f"connection {gone} is gone" in text
+    assert recover_jobs(layout_block=name, db_block=name)["recovered"] == 0
