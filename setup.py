@@ -2,7 +2,13 @@
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"labpipe": "lib", "labpipe.flows": "flows", "labpipe.blocks": "blocks", "labpipe.deployments": "deployments"}
+FOLDERS = {
+    "labpipe": "lib",
+    "labpipe.flows": "flows",
+    "labpipe.blocks": "blocks",
+    "labpipe.cli": "cli",
+    "labpipe.deployments": "deployments",
+}
 
 packages = [
     name for root, folder in FOLDERS.items() for name in [root] + [f"{root}.{p}" for p in find_packages(folder)]

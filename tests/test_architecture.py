@@ -104,7 +104,7 @@ def test_flows_common_holds_prefect_helpers_only():
 LAUNCH_HELPERS = {"PrefectLauncher", "emit_vm_event", "gpu_slot"}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "deployments" / "cli").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "cli").glob("*.py")), ids=lambda p: p.name)
 def test_the_cli_imports_flows_only_to_launch_them(path):
     from prefect import Flow
 
@@ -113,9 +113,7 @@ def test_the_cli_imports_flows_only_to_launch_them(path):
         value = getattr(importlib.import_module(module), name, None) if name != "*" else None
         if not isinstance(value, Flow) and name not in LAUNCH_HELPERS:
             wrong.append(f"{module}.{name}")
-    assert not wrong, (
-        f"deployments/cli/{path.name} takes {wrong} from flows: configuration is in labpipe.blocks, rules in lib"
-    )
+    assert not wrong, f"cli/{path.name} takes {wrong} from flows: configuration is in labpipe.blocks, rules in lib"
 
 
 @pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: f"{d['entrypoint'].split(':')[1]}/{d['name']}")

@@ -36,7 +36,7 @@ def _expanded(extra: str) -> set[str]:
 def _third_party_imports() -> dict[str, set[str]]:
     """Top-level module -> files importing it, across the four installed folders."""
     found: dict[str, set[str]] = {}
-    for folder in ("lib", "flows", "blocks", "deployments"):
+    for folder in ("lib", "flows", "blocks", "cli", "deployments"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
                 if isinstance(node, ast.Import):

@@ -42,7 +42,7 @@ def labpipe(tmp_path):
 
     def run(*args, env=None):
         return subprocess.run(
-            [sys.executable, "-m", "labpipe.deployments.cli", *args],
+            [sys.executable, "-m", "labpipe.cli", *args],
             env={**base, **(env or {})},
             capture_output=True,
             text=True,
@@ -54,7 +54,7 @@ def labpipe(tmp_path):
 
 def cli(*args, env=None):
     """The command in this process (Typer's runner): stdout, stderr, exit_code and any exception it raised."""
-    from labpipe.deployments.cli import app
+    from labpipe.cli import app
     from typer.testing import CliRunner
 
     return CliRunner().invoke(app, list(args), env=env)

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _labpipe(env, *args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "labpipe.deployments.cli", *args],
+        [sys.executable, "-m", "labpipe.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -262,7 +262,7 @@ def test_cancelled_run_stops_its_borg(tmp_path, lab_db):
 def test_cli_reports_plainly(tmp_path):
     """`labpipe backup`: list on a fresh home says there is no repository yet; retention --dry-run lists the
     seed's keep-everything policies; break-lock on an unlocked repository does nothing."""
-    from labpipe.deployments.cli.backup import app
+    from labpipe.cli.backup import app
     from typer.testing import CliRunner
 
     runner = CliRunner()

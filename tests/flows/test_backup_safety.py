@@ -136,7 +136,7 @@ def test_archive_offsite_checks_first_verifies_the_remote_id_and_keeps_the_previ
 def test_cli_init_is_the_only_way_to_create_and_refuses_a_known_missing_repository(tmp_path, lab_db, monkeypatch):
     """`labpipe backup init` creates and records the repository; run again it says it exists; when the known
     repository is missing it refuses (is the disk mounted?) unless told --replace."""
-    from labpipe.deployments.cli import backup as cli
+    from labpipe.cli import backup as cli
     from typer.testing import CliRunner
 
     cfg = configure(tmp_path, lab_db, init=False)

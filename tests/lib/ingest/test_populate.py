@@ -35,7 +35,7 @@ def _worker(db, home, share, *args):
         [
             sys.executable,
             "-m",
-            "labpipe.deployments.cli",
+            "labpipe.cli",
             "ingest",
             "populate",
             "imaging",
@@ -118,7 +118,7 @@ def test_a_killed_worker_leaves_a_stuck_job_that_is_listed_cleared_and_redone(in
     problems = job_problems(population_tables(db, "imaging"))
     assert [(p.table, p.status) for p in problems] == [("MotionCorrection", "stuck")]
     listed = subprocess.run(
-        [sys.executable, "-m", "labpipe.deployments.cli", "ingest", "jobs", "--json"],
+        [sys.executable, "-m", "labpipe.cli", "ingest", "jobs", "--json"],
         env=_worker_env(db, labpipe_home),
         capture_output=True,
         text=True,

@@ -143,7 +143,7 @@ def _worker_env(db, home):
 
 def _cli(db, home, *args, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "labpipe.deployments.cli", "pose", *args],
+        [sys.executable, "-m", "labpipe.cli", "pose", *args],
         env=_worker_env(db, home),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

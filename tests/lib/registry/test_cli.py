@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from labpipe.deployments.cli.models import app
+from labpipe.cli.models import app
 from typer.testing import CliRunner
 
 

@@ -8,7 +8,7 @@ import tracemalloc
 import mrcfile
 import numpy as np
 import pytest
-from labpipe.deployments.cli.seg import app
+from labpipe.cli.seg import app
 from labpipe.errors import InvalidInput
 from labpipe.seg import mrc as mrc_module
 from labpipe.seg.mrc import read_header, validate_tomogram, write_mrc

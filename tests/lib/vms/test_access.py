@@ -131,7 +131,7 @@ def test_tokens_expire_by_role_and_expired_ones_get_a_clear_401(allocator, store
 
 def test_revoked_tokens_are_refused_on_the_next_request(allocator, store, make_settings):
     from labpipe.blocks.vms import VmAllocation
-    from labpipe.deployments.cli.vms import app
+    from labpipe.cli.vms import app
 
     block = VmAllocation(**make_settings().model_dump())
     block.database_url, block.schema_name = store.target.url, store.schema

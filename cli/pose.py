@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.common import echo_json, fail, progress_bar
+from labpipe.cli.common import echo_json, fail, progress_bar
 
 NAME = "pose"
 app = typer.Typer(help="Pose estimation with DeepLabCut 3 (gpu pool).", no_args_is_help=True)

@@ -27,7 +27,7 @@ def labpipe(tmp_path, *args, **env):
         COLUMNS="300",
     )
     return subprocess.run(
-        [sys.executable, "-m", "labpipe.deployments.cli", *args],
+        [sys.executable, "-m", "labpipe.cli", *args],
         env={**base, **env},
         capture_output=True,
         text=True,

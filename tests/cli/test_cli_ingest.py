@@ -42,7 +42,7 @@ def test_consolidate_reports_moved_waiting_and_rejected_as_json(tmp_path):
 
     def run(*args):
         env = dict(os.environ, LABPIPE_HOME=str(tmp_path / "home"), PREFECT_API_URL="http://127.0.0.1:9/api")
-        argv = [sys.executable, "-m", "labpipe.deployments.cli", "ingest", "consolidate", *args]
+        argv = [sys.executable, "-m", "labpipe.cli", "ingest", "consolidate", *args]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.common import echo_json, fail
+from labpipe.cli.common import echo_json, fail
 
 NAME = "models"
 app = typer.Typer(help="The room-level model registry every worker shares.", no_args_is_help=True)

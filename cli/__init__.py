@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.common import (  # noqa: F401 - EXIT_* and the helpers are this package's API
+from labpipe.cli.common import (  # noqa: F401 - EXIT_* and the helpers are this package's API
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
@@ -225,7 +225,7 @@ def config_apply(
 
 
 def _register_subcommands() -> None:
-    import labpipe.deployments.cli as package
+    import labpipe.cli as package
 
     for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.radio_products import app as products_app
+from labpipe.cli.radio_products import app as products_app
 
 NAME = "radio"
 app = typer.Typer(

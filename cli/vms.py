@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
-from labpipe.deployments.cli.common import progress_bar
+from labpipe.cli.common import progress_bar
 
 NAME = "vms"
 app = typer.Typer(

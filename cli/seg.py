@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.common import fail, progress_bar
+from labpipe.cli.common import fail, progress_bar
 
 NAME = "seg"
 app = typer.Typer(help="The cryo-ET segmentation lifecycle (nnU-Net v2, CryoMamba).", no_args_is_help=True)

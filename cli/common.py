@@ -1,6 +1,6 @@
 """What every ``labpipe`` command shares: exit codes, JSON output, error reports and progress bars.
 
-A command raises a ``LabpipeError`` and lets it go: the entry point (``labpipe.deployments.cli.main``)
+A command raises a ``LabpipeError`` and lets it go: the entry point (``labpipe.cli.main``)
 reports it once as ``error:``/``hint:`` and exits with ``EXIT_REFUSED``. ``fail`` is for a command that
 must stop with its own code, or report an error that is not a ``LabpipeError``.
 """

@@ -21,7 +21,7 @@ def labpipe_cli(lab_db):
             COLUMNS="300",  # rich wraps error boxes at the terminal width
         )
         return subprocess.run(
-            [sys.executable, "-m", "labpipe.deployments.cli", *args],
+            [sys.executable, "-m", "labpipe.cli", *args],
             env=env,
             capture_output=True,
             text=True,

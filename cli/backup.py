@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import typer
-from labpipe.deployments.cli.common import fail, progress_bar
+from labpipe.cli.common import fail, progress_bar
 
 NAME = "backup"
 app = typer.Typer(help="Backups (borg + rclone), retention and disk watch.", no_args_is_help=True)
