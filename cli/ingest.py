@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from labpipe.cli.common import progress_bar
 
 NAME = "ingest"
 app = typer.Typer(help="The ADAMACS ingest lifecycle.", no_args_is_help=True)
@@ -15,16 +16,6 @@ def _database():
     from labpipe.blocks import lab_database
 
     return lab_database()
-
-
-def _bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    )
-    task = progress.add_task(description, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
 
 
 @app.command()
@@ -48,7 +39,7 @@ def scan(
             "skipped": 0,
         }
     else:
-        progress, update = _bar("ingest")
+        progress, update = progress_bar("ingest")
         with progress:
             report = ingest_share(_database(), root, scan=parsed, progress=update).as_json()
     if as_json:
@@ -95,7 +86,7 @@ def consolidate(
     from labpipe.ingest.consolidate import consolidate as consolidate_staging
 
     if staging is None or share is None:
-        from labpipe.flows.common import layout
+        from labpipe.blocks import layout
 
         roots = layout()
         staging, share = staging or roots.staging, share or roots.share

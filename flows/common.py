@@ -1,7 +1,6 @@
 """Prefect helpers every flow uses: the run logger, progress and summary artifacts, GPU slots.
 
-Configuration is resolved in ``labpipe.blocks`` (``layout``, ``lab_database``, ... are re-exported
-here for the flows that still import them from here).
+Configuration is resolved in ``labpipe.blocks``; markdown helpers live in ``labpipe.markdown``.
 """
 
 from __future__ import annotations
@@ -11,17 +10,12 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator
-from typing import TypeVar
 
-from labpipe.blocks import dask_settings, database_settings, lab_database, layout  # noqa: F401 - re-exported
-from labpipe.blocks.resolve import resolve
 from labpipe.markdown import markdown_table, png_markdown  # noqa: F401 - re-exported for the flows
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
-
-B = TypeVar("B")
 
 
 def logger():
@@ -32,11 +26,6 @@ def logger():
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("labpipe.flows")
-
-
-def load_block(block_cls: type, name: str | None, default: B) -> B:
-    """A block document's settings, or ``default`` (only for ``default``): ``labpipe.blocks.resolve``."""
-    return resolve(block_cls, name, default)
 
 
 class Progress:

@@ -11,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from labpipe.db.connect import dump_lab_database
+from labpipe.blocks import database_settings, lab_database, layout
+from labpipe.db.connect import dump_lab_database, open_lab_database
 from labpipe.db.jobs import DEFAULT_HEARTBEAT_WINDOW_S, recover_reserved_jobs
-from labpipe.flows.common import Progress, lab_database, layout, logger, markdown_table, publish_markdown
+from labpipe.db.settings import DatabaseSettings
+from labpipe.flows.common import Progress, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
-from labpipe.ingest.populate import PopulateResult, population_tables, run_population
+from labpipe.ingest.populate import population_tables, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
+from labpipe.layout import Layout
 from prefect import flow, task
 
 
@@ -38,9 +41,10 @@ def consolidate_staging(staging: Path, share: Path, min_age_s: float) -> Consoli
 
 
 @task(name="insert-share", task_run_name="insert-{share.name}", retries=2, retry_delay_seconds=10)
-def insert_share(share: Path, db_block: str | None, layout_block: str | None) -> IngestReport:
-    db = lab_database(db_block, layout_block)
-    return ingest_share(db, share, progress=Progress("sessions parsed and inserted", every=2.0))
+def insert_share(share: Path, db: DatabaseSettings, roots: Layout) -> IngestReport:
+    return ingest_share(
+        open_lab_database(db, blobs=roots.blobs), share, progress=Progress("sessions parsed and inserted", every=2.0)
+    )
 
 
 def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | None) -> str:
@@ -70,11 +74,20 @@ def ingest(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Consolidate staged files quiet for ``min_age_s``, then insert every new session, scan, file and task."""
+    """Consolidate staged files that stopped changing, then insert every new session, scan, file and task.
+
+    Args:
+        share: The share root to ingest; empty: the storage layout's share.
+        consolidate_first: Move finished files from staging into the share first.
+        min_age_s: A staged file moves only once its size and time have not changed for this many seconds and
+            no process holds it open for writing.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots = layout(layout_block)
     share_root = Path(share) if share else roots.share
     consolidation = consolidate_staging(roots.staging, share_root, min_age_s) if consolidate_first else None
-    report = insert_share(share_root, db_block, layout_block)
+    report = insert_share(share_root, database_settings(db_block), roots)
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":
         raise RuntimeError(f"ingest run {report.run_id} had {len(report.failures)} failed sessions; see its summary")
@@ -82,9 +95,14 @@ def ingest(
 
 
 @task(name="populate", task_run_name="populate-{population}")
-def populate_task(population: str, share: Path, max_calls: int | None, db_block, layout_block) -> PopulateResult:
-    db = lab_database(db_block, layout_block)
-    return run_population(db, population, share, max_calls=max_calls, progress=Progress(f"{population} tables"))
+def populate_task(population: str, share: Path, max_calls: int | None, db: DatabaseSettings, roots: Layout):
+    return run_population(
+        open_lab_database(db, blobs=roots.blobs),
+        population,
+        share,
+        max_calls=max_calls,
+        progress=Progress(f"{population} tables"),
+    )
 
 
 @flow(name="populate", flow_run_name="populate-{population}")
@@ -94,9 +112,16 @@ def populate(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """One worker of a DataJoint population; run several at once, each key is computed once."""
+    """One worker of a DataJoint population; run several at once, each key is computed once.
+
+    Args:
+        population: Which population's tables to compute.
+        max_calls: Stop after this many keys (empty: until none is left).
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     roots = layout(layout_block)
-    result = populate_task(population, roots.share, max_calls, db_block, layout_block)
+    result = populate_task(population, roots.share, max_calls, database_settings(db_block), roots)
     publish_markdown(
         f"# populate {population}\ncomputed {result.computed}; still to do {result.remaining}\n\n"
         f"## errors ({len(result.errors)})\n" + markdown_table(result.errors, ["table", "key", "error"]),
@@ -107,9 +132,10 @@ def populate(
 
 
 @task(name="recover-reserved-jobs")
-def recover_reserved(heartbeat_window_s: float, db_block, layout_block) -> list[dict]:
-    db = lab_database(db_block, layout_block)
-    cleared = recover_reserved_jobs(population_tables(db), heartbeat_window_s=heartbeat_window_s)
+def recover_reserved(heartbeat_window_s: float, db: DatabaseSettings, roots: Layout) -> list[dict]:
+    cleared = recover_reserved_jobs(
+        population_tables(open_lab_database(db, blobs=roots.blobs)), heartbeat_window_s=heartbeat_window_s
+    )
     for job in cleared:
         logger().warning("released %s %s (host %s, pid %s): %s", job.table, job.key, job.host, job.pid, job.message)
     return [job.as_json() for job in cleared]
@@ -121,8 +147,14 @@ def recover_jobs(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Re-queue DataJoint jobs reserved by workers that died (connection gone, pid reused) or stopped beating."""
-    cleared = recover_reserved(heartbeat_window_s, db_block, layout_block)
+    """Re-queue DataJoint jobs reserved by workers that died (connection gone, pid reused) or stopped beating.
+
+    Args:
+        heartbeat_window_s: A reservation whose worker has not beaten for this many seconds is released.
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
+    cleared = recover_reserved(heartbeat_window_s, database_settings(db_block), layout(layout_block))
     rows = [{**job, "key": ", ".join(f"{k}={v}" for k, v in job["key"].items())} for job in cleared]
     publish_markdown(
         f"# Reserved jobs recovered: {len(cleared)}\n\n"
@@ -135,7 +167,12 @@ def recover_jobs(
 
 @flow(name="dump-database", flow_run_name="dump-database")
 def dump_database(layout_block: str | None = "default", db_block: str | None = "default") -> str:
-    """A consistent dump (pg_dump / mysqldump) of the lab database into the dumps root."""
+    """A consistent dump (pg_dump / mysqldump) of the lab database into the dumps root.
+
+    Args:
+        layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
+        db_block: Name of the labpipe lab database block (the DataJoint server).
+    """
     path = dump_lab_database(lab_database(db_block, layout_block), layout(layout_block).dumps)
     publish_markdown(f"Dump written: `{path}` ({path.stat().st_size} bytes)", key="dump", description="database dump")
     return str(path)
