@@ -43,6 +43,7 @@ from labpipe.backup.settings import (
 from labpipe.blocks import lab_database, layout
 from labpipe.blocks.backup import backup_plan, borg_client, diskwatch_settings, rclone_remote, retention_policies
 from labpipe.db.connect import dump_lab_database
+from labpipe.errors import RunFailed
 from labpipe.flows.common import (
     Progress,
     logger,
@@ -143,7 +144,8 @@ def dump_databases(
     publish_markdown("# Database dumps\n" + records.dumps_markdown(results, pruned), key="dumps", description="dumps")
     failed = [r for r in results if not r.ok]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(results)} dumps failed: " + "; ".join(r.error for r in failed))
+        problem = f"{len(failed)} of {len(results)} dumps failed: " + "; ".join(r.error for r in failed)
+        raise RunFailed("dump-databases", problem, "the other dumps were written; see the summary")
     return [str(r.path) for r in results]
 
 
@@ -314,7 +316,8 @@ def backup(
     finally:
         _finish(report, roots, t, borg)
     if report.status != "succeeded":
-        raise RuntimeError(f"backup {report.archive or '(no archive)'} failed: " + "; ".join(report.problems))
+        raise RunFailed(f"backup {report.archive or '(no archive)'}", "; ".join(report.problems),
+                        "the run's summary says what was done and what was skipped")  # fmt: skip
     return report.as_json()
 
 
@@ -552,7 +555,7 @@ def archive_offsite(
         description="rclone",
     )
     if problems:
-        raise RuntimeError("archive-offsite: " + "; ".join(problems))
+        raise RunFailed("archive-offsite", "; ".join(problems), "nothing was deleted off-site; see the summary")
     return rows
 
 
@@ -599,7 +602,8 @@ def retention(
     )
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        raise RuntimeError(f"retention: {len(failed)} entries not archived (kept): {failed[:3]}")
+        raise RunFailed("retention", f"{len(failed)} entries not archived (kept): {failed[:3]}",
+                        "they stay in place and are tried again on the next run")  # fmt: skip
     return {"planned": planned, "done": rows, "dry_run": dry_run}
 
 

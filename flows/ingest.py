@@ -15,6 +15,7 @@ from labpipe.blocks import database_settings, lab_database, layout
 from labpipe.db.connect import dump_lab_database, open_lab_database
 from labpipe.db.jobs import DEFAULT_HEARTBEAT_WINDOW_S, recover_reserved_jobs
 from labpipe.db.settings import DatabaseSettings
+from labpipe.errors import RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
 from labpipe.ingest.populate import population_tables, run_population
@@ -90,7 +91,8 @@ def ingest(
     report = insert_share(share_root, database_settings(db_block), roots)
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":
-        raise RuntimeError(f"ingest run {report.run_id} had {len(report.failures)} failed sessions; see its summary")
+        raise RunFailed(f"ingest run {report.run_id}", f"{len(report.failures)} sessions failed",
+                        "the others were ingested; the run's summary names each failure")  # fmt: skip
     return {k: v for k, v in report.as_json().items() if k not in ("sessions", "rejected")}
 
 

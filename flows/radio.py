@@ -14,6 +14,7 @@ from pathlib import Path
 from labpipe.blocks import dask_settings, lab_database
 from labpipe.blocks.radio import radio_settings, radio_tree
 from labpipe.compute import dask_client
+from labpipe.errors import RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.radio import quicklook
 from labpipe.radio.convert import convert_group
@@ -161,7 +162,8 @@ def radio_convert(
     publish_markdown(_convert_summary(outcomes, tree), key="radio-convert", description="radio conversion summary")
     failed = [o["group_id"] for o in outcomes if o["state"] == "failed"]
     if failed:
-        raise RuntimeError(f"{len(failed)} groups failed to convert ({', '.join(failed)}); see ms/failed/*/<group>.log")
+        raise RunFailed("radio-convert", f"{len(failed)} groups failed to convert ({', '.join(failed)})",
+                        "each group's log is ms/failed/<date>/<group>.log; the others were converted")  # fmt: skip
     return {"converted": [o["group_id"] for o in outcomes], "failed": failed}
 
 

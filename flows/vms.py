@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from labpipe.blocks import database_settings
 from labpipe.blocks.vms import vm_settings
 from labpipe.db.settings import DatabaseSettings
+from labpipe.errors import RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.vms import lifecycle
 from labpipe.vms.models import VmState
@@ -169,7 +170,8 @@ def destroy_vms(
         description="VMs destroyed",
     )
     if report["failed"]:
-        raise RuntimeError(f"{len(report['failed'])} VMs were not destroyed: {report['failed']}")
+        raise RunFailed("destroy-vms", f"{len(report['failed'])} VMs were not destroyed: {report['failed']}",
+                        "they stay 'destroying'; run destroy-vms again")  # fmt: skip
     return report
 
 

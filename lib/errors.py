@@ -42,3 +42,7 @@ class ConflictError(LabpipeError):
 
 class ToolError(LabpipeError):
     """An external program (pg_dump, borg, rclone, ...) failed or is missing."""
+
+
+class RunFailed(LabpipeError, RuntimeError):
+    """A run finished with items that failed (the others were done); its summary lists them."""
