@@ -14,7 +14,7 @@ from labpipe.blocks import LabDatabase, StorageLayout
 from labpipe.blocks.radio_calibrate import RadioCalibration
 from labpipe.flows.radio_calibrate import radio_calibrate, radio_image, radio_mosaic
 from labpipe.layout import Layout
-from labpipe.radio import calregistry, imaging, products
+from labpipe.radio import calregistry, catalogue, imaging, products
 
 GROUP = "2025-10-13T13:28:03"
 
@@ -42,6 +42,7 @@ def blocks(lab_db, tmp_path):
     cal.calibration.channels_per_unit = 8
     cal.imaging = imaging.ImagingSettings(npix=512, cell_arcsec=45)
     cal.registration_wait_s = 5
+    cal.science.catalogue.promote_after = 1  # one image: its sources join the master list and are measured
     cal.save(name)
     ms = roots.radio / "ms" / "science" / GROUP[:10] / f"{GROUP}.ms"
     ms.parent.mkdir(parents=True)
@@ -70,10 +71,12 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
     kw = dict(cal_block=name, layout_block=name, db_block=name)
 
     first = radio_image(**kw)
-    assert first == {"imaged": [], "held": [GROUP]}
+    assert first == {"imaged": [], "held": [GROUP], "science": {}}
     events = _events("labpipe.radio.calibration.missing", f"labpipe.radio.group.{GROUP}")
     assert events and events[0].payload["group"] == GROUP
-    assert radio_image(**kw) == {"imaged": [], "held": []}  # already held: not retried, no second alert
+    assert radio_image(**kw) == {"imaged": [], "held": [], "science": {}}  # held: not retried, no second alert
+    flags = [p for p in products.products(lab_db, kind="qa") if p["subtype"] == "flags"]
+    assert len(flags) == 1 and flags[0]["detail"]["ms"] == str(ms)  # flagged once, before the hold
 
     solved = radio_calibrate(cadence="24h", **kw)
     assert solved["group"] == GROUP and solved["released"] == [GROUP]
@@ -91,4 +94,11 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
     mosaic = radio_mosaic(date=GROUP[:10], layout_block=name, db_block=name)
     assert mosaic["n_images"] == 1 and Path(mosaic["mosaic"]).exists()
     kinds = {p["kind"] for p in products.products(lab_db)}
-    assert kinds == {"ms", "caltable", "image", "qa", "mosaic"}
+    assert kinds == {"ms", "caltable", "image", "qa", "mosaic", "catalogue"}
+    # flagged once for all the runs above (hold, 24 h solve, release and image, 1 h solve)
+    assert len([p for p in products.products(lab_db, kind="qa") if p["subtype"] == "flags"]) == 1
+    sources = catalogue.tables(lab_db)
+    assert (sources.Image & {"image_id": GROUP}).fetch1("status") == "measured"
+    masters = catalogue.master_sources(lab_db)
+    assert masters and any(m["ref_name"] for m in masters)  # identified in the reference (sky model) catalog
+    assert len(sources.ForcedFlux & {"image_id": GROUP}) == len(masters)  # every master source measured
