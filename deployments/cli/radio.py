@@ -419,3 +419,43 @@ def image(
         typer.echo(f"{kind}: {path}")
     if found:
         typer.echo(f"{len(found.detections)} sources: {found.catalogue}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (another than loopback needs --certfile/--keyfile)."),
+    port: int = typer.Option(8790, help="Port."),
+    radio_root: Path = typer.Option(None, help="The radio tree (default: $LABPIPE_RADIO_ROOT, else the layout's)."),
+    token_file: Path = typer.Option(
+        None, help="Bearer token file, mode 0600 (default: $LABPIPE_RADIO_API_TOKEN_FILE, else HOME/radio/api-token)."
+    ),
+    new_token: bool = typer.Option(False, help="Write a new random token into the token file first (0600)."),
+    certfile: Path = typer.Option(None, help="TLS certificate (PEM, with its chain): serve HTTPS."),
+    keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
+) -> None:
+    """Serve the products API and page (read-only, token-protected): images, mosaics, sources, light curves, QA,
+    calibration registry and directory statistics."""
+    from labpipe.config import get_settings
+    from labpipe.errors import ConfigError
+    from labpipe.radio.api import ApiConfig, create_app, write_token
+    from labpipe.vms.server import check_listen, server_config
+
+    try:
+        check_listen(host, certfile, keyfile)
+        if radio_root is None and not __import__("os").environ.get("LABPIPE_RADIO_ROOT"):
+            from labpipe.blocks import layout
+
+            radio_root = layout("default").radio
+        config = ApiConfig.from_env(radio_root, token_file or get_settings().home / "radio" / "api-token")
+        if new_token:
+            write_token(config.token_file)
+        db, _ = _context()
+        api = create_app(db, config)
+    except ConfigError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    import uvicorn
+
+    scheme = "https" if certfile else "http"
+    typer.echo(f"radio products on {scheme}://{host}:{port}/ (token in {config.token_file})", err=True)
+    uvicorn.Server(server_config(api, host, port, certfile, keyfile)).run()
