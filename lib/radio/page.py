@@ -12,7 +12,7 @@ body{font-family:system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa
 h1{font-size:1.3em;margin:0 0 .4em} h2{font-size:1.05em;margin:1.2em 0 .3em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.82em} td,th{padding:2px 8px;border-bottom:1px solid #e4e4e4;text-align:left}
 th{background:#eee} .num{text-align:right;font-variant-numeric:tabular-nums} .bad{color:#b00020;font-weight:600}
-.ok{color:#1b5e20} .grid{display:flex;flex-wrap:wrap;gap:12px} .card{background:#fff;border:1px solid #ddd;padding:6px}
+.ok{color:#1b5e20} .grid{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} .card{background:#fff;border:1px solid #ddd;padding:6px}
 .card img{max-width:560px;display:block} #login{display:none} #status{color:#666;font-size:.85em}
 </style></head><body>
 <h1>labpipe radio products</h1><div id="status">loading</div>
@@ -31,6 +31,7 @@ let token = sessionStorage.getItem("labpipe-token");
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 const num = (v, d = 3) => (v === null || v === undefined) ? "" : Number(v).toFixed(d);
+const SHOWN = 10;
 const mb = (b) => (b / 1048576).toFixed(1);
 async function api(path) {
   const r = await fetch(path, {headers: {Authorization: "Bearer " + token}});
@@ -54,6 +55,8 @@ async function load() {
   const [cands, sources, images, qa, mosaics, cal, stats] = await Promise.all(
     ["/api/candidates", "/api/sources", "/api/images", "/api/qa", "/api/mosaics", "/api/calibration", "/api/stats"]
       .map(p => api(p).then(r => r.json())));
+  const rel = (p) => p.startsWith(stats.root + "/") ? p.slice(stats.root.length + 1) : p;
+  const more = (rows) => rows.length > SHOWN ? "<p>" + (rows.length - SHOWN) + " older not shown (the API lists them)</p>" : "";
   const flagged = [...cands.ese_candidate.map(c => [c, "ESE candidate"]),
                    ...cands.variable.filter(c => !c.ese_candidate).map(c => [c, "variable"])];
   $("candidates").innerHTML = flagged.length ? "" : "<p>none</p>";
@@ -68,9 +71,9 @@ async function load() {
     ["Dec", r => num(r.dec_deg, 4)], ["detections", r => r.n_detections], ["reference", r => r.ref_name],
     ["mean mJy", r => num(r.mean_flux_jy * 1e3, 2)], ["V", r => num(r.v_index)], ["eta", r => num(r.eta, 2)],
     ["flag", r => r.ese_candidate ? "<span class=bad>ESE</span>" : r.is_variable ? "<span class=bad>variable</span>" : "", true]]);
-  $("images").innerHTML = table(images, [["group", r => r.group_id], ["date", r => r.obs_date],
+  $("images").innerHTML = table(images.slice(0, SHOWN), [["group", r => r.group_id], ["date", r => r.obs_date],
     ["RA", r => num(r.detail && r.detail.ra_deg, 3)], ["Dec", r => num(r.detail && r.detail.dec_deg, 3)],
-    ["MB", r => mb(r.size_bytes)], ["file", r => r.path]]);
+    ["MB", r => mb(r.size_bytes)], ["file", r => rel(r.path)]]) + more(images);
   const metrics = qa.filter(r => r.subtype === "metrics");
   const pngs = qa.filter(r => r.subtype === "png").slice(0, 2);
   $("qa").innerHTML = table(metrics, [["group", r => r.group_id], ["rms mJy", r => num(r.detail && r.detail.rms_jy * 1e3, 2)],
@@ -78,8 +81,8 @@ async function load() {
     ["QA", r => r.detail && r.detail.passed ? "<span class=ok>passed</span>" : "<span class=bad>failed</span>", true]]);
   for (const p of pngs) { const card = document.createElement("div"); card.className = "card";
     card.appendChild(await img("/api/products/" + p.product_id + "/file", "QA " + p.group_id)); $("qa").appendChild(card); }
-  $("mosaics").innerHTML = table(mosaics, [["date", r => r.obs_date], ["Dec", r => num(r.detail && r.detail.dec_deg, 2)],
-    ["images", r => r.detail && r.detail.n_images], ["MB", r => mb(r.size_bytes)], ["file", r => r.path]]);
+  $("mosaics").innerHTML = table(mosaics.slice(0, SHOWN), [["date", r => r.obs_date], ["Dec", r => num(r.detail && r.detail.dec_deg, 2)],
+    ["images", r => r.detail && r.detail.n_images], ["MB", r => mb(r.size_bytes)], ["file", r => rel(r.path)]]) + more(mosaics);
   $("calibration").innerHTML = table(cal, [["table", r => r.table_name], ["kind", r => r.kind], ["cadence", r => r.cadence],
     ["status", r => r.status === "active" ? "<span class=ok>active</span>" : "<span class=bad>" + esc(r.status) + "</span>", true],
     ["valid MJD", r => num(r.valid_start_mjd, 3) + "-" + num(r.valid_end_mjd, 3)], ["SNR", r => num(r.median_snr, 1)],

@@ -82,6 +82,8 @@ def month(lab_db, tmp_path):
                                     subtype="metrics", detail={"rms_jy": 1e-3, "dynamic_range": 400,
                                                                "n_sources": 14, "passed": True})  # fmt: skip
         calrun.image_science(lab_db, root, group, settings)
+    mosaics = calrun.night_mosaics(lab_db, root, Time(EPOCHS[0], format="mjd").datetime.date())
+    assert len(mosaics) == 1
     calregistry.begin_registration(lab_db, dict(
         table_name="2023-02-25T06:00:00_24h.bpcal", kind="BP", cadence="24h", path=str(root / "x.bpcal"),
         ms_path=str(root / "x.ms"), solve_mjd=60000.25, valid_start_mjd=59999.75, valid_end_mjd=60001.25,
@@ -129,6 +131,8 @@ def test_products_api_serves_the_month_only_with_the_token(lab_db, month, tmp_pa
     assert len(client.get("/api/catalogues", headers=auth).json()) == len(EPOCHS)
     images = client.get("/api/images", headers=auth).json()
     assert len(images) == len(EPOCHS) and images[0]["start_mjd"] > images[-1]["start_mjd"]  # newest first
+    (mosaic,) = client.get("/api/mosaics", headers=auth).json()
+    assert mosaic["detail"]["n_images"] == 1 and Path(mosaic["path"]).is_file()
     (cal,) = client.get("/api/calibration", headers=auth).json()
     assert cal["status"] == "active" and cal["kind"] == "BP"
 
