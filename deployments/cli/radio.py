@@ -442,11 +442,13 @@ def serve(
 
     try:
         check_listen(host, certfile, keyfile)
-        if radio_root is None and not __import__("os").environ.get("LABPIPE_RADIO_ROOT"):
+
+        def defaults():
             from labpipe.blocks import layout
 
-            radio_root = layout("default").radio
-        config = ApiConfig.from_env(radio_root, token_file or get_settings().home / "radio" / "api-token")
+            return layout("default").radio, get_settings().home / "radio" / "api-token"
+
+        config = ApiConfig.from_env(radio_root, token_file, defaults=defaults)
         if new_token:
             write_token(config.token_file)
         db, _ = _context()

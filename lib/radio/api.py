@@ -51,10 +51,17 @@ class ApiConfig(BaseModel):
     stats_depth: int = Field(2, description="Directory levels of the radio tree reported by /api/stats.")
 
     @classmethod
-    def from_env(cls, radio_root: Path | None = None, token_file: Path | None = None, **kw) -> "ApiConfig":
-        """Environment first (``LABPIPE_RADIO_ROOT``, ``LABPIPE_RADIO_API_TOKEN_FILE``), then the values given."""
-        root = os.environ.get(RADIO_ROOT_ENV) or radio_root
-        token = os.environ.get(TOKEN_FILE_ENV) or token_file
+    def from_env(
+        cls, radio_root: Path | None = None, token_file: Path | None = None, *, defaults=lambda: (None, None), **kw
+    ) -> "ApiConfig":
+        """Values given (command-line options) first, then the environment (``LABPIPE_RADIO_ROOT``,
+        ``LABPIPE_RADIO_API_TOKEN_FILE``), then ``defaults()`` (the layout block's radio tree and the home's token).
+        """
+        root = radio_root or os.environ.get(RADIO_ROOT_ENV)
+        token = token_file or os.environ.get(TOKEN_FILE_ENV)
+        if root is None or token is None:
+            default_root, default_token = defaults()
+            root, token = root or default_root, token or default_token
         if root is None or token is None:
             missing = RADIO_ROOT_ENV if root is None else TOKEN_FILE_ENV
             raise ConfigError(missing, "not set", "set it in the environment or pass it (labpipe radio serve --help)")

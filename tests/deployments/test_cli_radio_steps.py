@@ -77,3 +77,42 @@ def test_a_folder_that_is_not_an_ms_is_named(labpipe_cli, tmp_path):
     result = labpipe_cli(tmp_path / "home", "radio", "flag", str(bogus))
     assert result.returncode == 2
     assert "nothing.ms" in result.stderr
+
+
+def test_serve_checks_its_paths_then_serves_only_with_the_token(lab_db, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    env = dict(os.environ, LABPIPE_HOME=str(tmp_path / "home"), LABPIPE_DATABASE_URL=lab_db.target.url,
+               LABPIPE_SCHEMA_PREFIX=lab_db.prefix, PREFECT_API_URL="http://127.0.0.1:9/api")  # fmt: skip
+    cmd = [sys.executable, "-m", "labpipe.deployments.cli", "radio", "serve"]
+    radio = tmp_path / "radio"
+    missing = subprocess.run([*cmd, "--radio-root", str(radio)], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and f"LABPIPE_RADIO_ROOT={radio}" in missing.stderr  # named, not a traceback
+    radio.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token_file = tmp_path / "secret" / "token"
+    args = ["--radio-root", str(radio), "--token-file", str(token_file), "--new-token", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline, up = time.monotonic() + 90, False
+        while not up and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert up, proc.stderr.read1().decode() if proc.poll() is not None else "no answer"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.get(f"http://127.0.0.1:{port}/api/stats").status_code == 401
+        token = token_file.read_text().strip()
+        stats = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers={"Authorization": f"Bearer {token}"})
+        assert stats.status_code == 200 and stats.json()["directories"][0]["files"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
