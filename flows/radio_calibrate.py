@@ -139,7 +139,11 @@ def _release_held(radio_root: Path, cal_block, db_block, layout_block) -> list[d
     db = lab_database(db_block, layout_block)
     released = []
     for group in calregistry.releasable(db):
-        result = _image_group(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
+        try:
+            result = _image_group(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
+        except Exception as exc:  # one bad group must not stop the others; radio-image retries it
+            logger().error("released group %s failed: %s", group["group_id"], exc)
+            continue
         released.append(result)
     return released
 
@@ -218,17 +222,27 @@ def radio_image(
             logger().error("group %s failed: %s", path, exc)
             failures.append({"ms": str(path), "error": str(exc)[:500]})
         progress(i + 1, len(todo))
+    if calibration_settings(cal_block).run_science:  # images whose science step failed or was killed: resume
+        done = {r["group"] for r in results}
+        for group in [g for g in calrun.science_pending(db) if g not in done]:
+            try:
+                science = science_task(group, radio_root, cal_block, db_block, layout_block)
+                results.append({"group": group, "held": False, "resumed": True, "science": science, "flags": {}})
+            except Exception as exc:
+                logger().error("science of %s failed: %s", group, exc)
+                failures.append({"ms": group, "error": str(exc)[:500]})
     imaged_ok = [r for r in results if not r["held"]]
     held_now = [{"group": r["group"], "reason": r["reason"]} for r in results if r["held"]]
     parts = ["# radio-image", f"{len(imaged_ok)} imaged, {len(held_now)} held, {len(failures)} failed"]
-    parts += [_qa_markdown(r) for r in imaged_ok[-3:]]
+    parts += [_qa_markdown(r) for r in imaged_ok[-3:] if "metrics" in r]
     parts += [_science_markdown(imaged_ok)]
     parts += ["## held", markdown_table(held_now), "## failed", markdown_table(failures)]
     publish_markdown("\n\n".join(parts), key="radio-image", description="calibrated images and their QA")
     if failures:
         raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
     science = {r["group"]: r["science"] for r in imaged_ok if "science" in r}
-    return {"imaged": [r["group"] for r in imaged_ok], "held": [h["group"] for h in held_now], "science": science}
+    imaged = [r["group"] for r in imaged_ok if not r.get("resumed")]
+    return {"imaged": imaged, "held": [h["group"] for h in held_now], "science": science}
 
 
 @flow(name="radio-mosaic", flow_run_name="radio-mosaic-{date}", log_prints=True)

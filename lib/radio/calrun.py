@@ -299,6 +299,15 @@ def flag_once(
     return {**detail, "already": False}
 
 
+def science_pending(db: LabDatabase) -> list[str]:
+    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first."""
+    from labpipe.radio import catalogue
+
+    imaged = [r["group_id"] for r in products.products(db, kind="image") if r["subtype"] == "image" and r["group_id"]]
+    done = set((catalogue.tables(db).Image & {"status": "measured"}).to_arrays("image_id").tolist())
+    return [g for g in dict.fromkeys(imaged) if g not in done]
+
+
 def lightcurve_path(radio_root: Path, source_id: int) -> Path:
     return Path(radio_root) / "images" / "lightcurves" / f"source-{int(source_id):06d}.png"
 
