@@ -102,3 +102,47 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
     masters = catalogue.master_sources(lab_db)
     assert masters and any(m["ref_name"] for m in masters)  # identified in the reference (sky model) catalog
     assert len(sources.ForcedFlux & {"image_id": GROUP}) == len(masters)  # every master source measured
+
+
+@pytest.mark.slow
+def test_radio_image_runs_the_science_of_a_month_and_finds_the_variable_and_the_ese(lab_db, tmp_path):
+    """Thirty imaged epochs whose science step has not run (as after a crash, or with science switched on later):
+    radio-image measures them all, flags exactly the variable and the ESE-like dip, and plots their light curves."""
+    import math
+
+    import numpy as np
+    from labpipe.radio import catalogue, simulate, variability
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    roots = Layout.default(tmp_path).model_dump()
+    roots["blobs"] = lab_db.blobs
+    StorageLayout(**roots).save(name)
+    LabDatabase(url=lab_db.target.url, schema_prefix=lab_db.prefix).save(name)
+    roots = Layout(**roots).ensure()
+    RadioCalibration().save(name)
+    epochs, sky = simulate.science_epochs(roots.radio, 30)
+    for group, image in epochs:  # what the imaging step records
+        for kind, path in image.paths.items():
+            products.record_product(lab_db, "image", path, start_mjd=image.mjd, end_mjd=image.mjd + 0.0035,
+                                    group_id=group, subtype=kind)  # fmt: skip
+    kw = dict(cal_block=name, layout_block=name, db_block=name)
+
+    result = radio_image(**kw)
+    assert result["imaged"] == [] and sorted(result["science"]) == [g for g, _ in epochs]
+
+    masters = catalogue.master_sources(lab_db)
+    assert len(masters) == len(sky)
+    pos = np.array([(m["ra_deg"], m["dec_deg"]) for m in masters])
+
+    def identity(source) -> int:
+        sep = np.hypot((pos[:, 0] - source.ra_deg) * math.cos(math.radians(source.dec_deg)), pos[:, 1] - source.dec_deg)
+        return int(masters[int(np.argmin(sep))]["source_id"])
+
+    variable, ese = identity(sky[-2]), identity(sky[-1])
+    flagged = variability.flagged(lab_db)
+    assert flagged["ese_candidate"] == [ese]
+    assert variable in flagged["variable"] and set(flagged["variable"]) <= {variable, ese}
+    plotted = {p["detail"]["source_id"]: Path(p["path"]) for p in products.products(lab_db, kind="lightcurve")}
+    assert {variable, ese} <= set(plotted) and all(p.stat().st_size > 0 for p in plotted.values())
+    assert len(products.products(lab_db, kind="catalogue")) == len(epochs)
+    assert radio_image(**kw) == {"imaged": [], "held": [], "science": {}}  # nothing pending: nothing redone
