@@ -241,3 +241,223 @@ def requeue(group: str = typer.Argument(..., help="Group id, YYYY-MM-DDTHH:MM:SS
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"{group}: pending")
+
+
+# By hand, as CASA and WSClean users expect: one step on one MS, outside the stream and the registry.
+
+
+def _cal_settings(cal_block: str, catalog: Path | None, channels_per_unit: int | None):
+    from labpipe.blocks.radio_calibrate import calibration_settings
+
+    settings = calibration_settings(cal_block)
+    if catalog is not None:
+        settings.calibration.sky.catalog = str(catalog)
+    if channels_per_unit:
+        settings.calibration.channels_per_unit = channels_per_unit
+    return settings
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+MS_ARG = typer.Argument(..., exists=True, file_okay=False, help="The Measurement Set (a PATH.ms folder).")
+CAL_BLOCK = typer.Option("default", "--cal-block", help="Radio calibration block whose settings to use.")
+CHANNELS = typer.Option(None, "--channels-per-unit", help="Channels read at once (default: the block's, 48).")
+
+
+@app.command()
+def flag(
+    ms: Path = MS_ARG,
+    strategy: Path = typer.Option(None, exists=True, dir_okay=False, help="AOFlagger Lua strategy file."),
+    antenna_level: bool = typer.Option(None, help="Also flag on each antenna's own image."),
+    baseline_level: bool = typer.Option(None, help="Also run AOFlagger on every baseline (slow)."),
+    cal_block: str = CAL_BLOCK,
+    channels_per_unit: int = CHANNELS,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Flag interference in one MS with AOFlagger (adds to FLAG; existing flags stay), like CASA flagdata."""
+    from labpipe.errors import LabpipeError
+    from labpipe.radio import flagging
+
+    settings = _cal_settings(cal_block, None, channels_per_unit)
+    update = dict(strategy=str(strategy) if strategy else None, antenna_level=antenna_level,
+                  baseline_level=baseline_level, channels_per_unit=settings.calibration.channels_per_unit)  # fmt: skip
+    flag_settings = settings.flagging.model_copy(update={k: v for k, v in update.items() if v is not None})
+    progress, update_bar = _bar(f"flagging {ms.name}")
+    try:
+        with progress:
+            report = flagging.flag_ms(ms, flag_settings, progress=update_bar)
+    except LabpipeError as exc:
+        raise _fail(exc) from exc
+    result = {
+        "ms": str(ms), "flagged_before": report.flagged_before, "flagged_after": report.flagged_after,
+        "bad_antennas": report.bad_antennas, "array_cells": report.array_cells,
+        "antenna_cells": report.antenna_cells, "baseline_cells": report.baseline_cells, "timings": report.timings,
+    }  # fmt: skip
+    if as_json:
+        _print(result)
+        return
+    typer.echo(
+        f"{ms}: flagged {report.flagged_before:.1%} -> {report.flagged_after:.1%}; bad antennas "
+        f"{', '.join(report.bad_antennas) or 'none'}; {report.timings.get('total_s', 0):.1f} s"
+    )
+
+
+@app.command()
+def calibrate(
+    ms: Path = MS_ARG,
+    solve: str = typer.Option("KBPG", help="KBPG (delay, bandpass, gains) or G (gains only, needs --apply-from)."),
+    catalog: Path = typer.Option(None, exists=True, dir_okay=False, help="Sky catalog CSV (default: the block's)."),
+    out: Path = typer.Option(None, help="Prefix of the tables (default: the MS path without .ms)."),
+    apply_from: list[Path] = typer.Option([], help="K/BP tables to solve G on top of (with --solve G)."),
+    apply: bool = typer.Option(True, help="Apply the solved tables into CORRECTED_DATA."),
+    cal_block: str = CAL_BLOCK,
+    channels_per_unit: int = CHANNELS,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Solve one MS on the sky model (StEFCal), write CASA tables (PREFIX.kcal/.bpcal/.gpcal), apply them.
+
+    Nothing is registered: the tables are yours (the stream's registry only takes what its flows solve).
+    """
+    from labpipe.errors import InvalidInput, LabpipeError
+    from labpipe.radio import calibrate as cal
+    from labpipe.radio import caltable, skymodel
+    from labpipe.radio.calrun import catalog_path
+    from labpipe.radio.ms import read_layout
+
+    if solve not in ("KBPG", "G"):
+        raise typer.BadParameter(f"{solve!r}: expected KBPG or G", param_hint="--solve")
+    settings = _cal_settings(cal_block, catalog, channels_per_unit)
+    prefix = Path(out) if out else ms.with_suffix("")
+    progress, update_bar = _bar(f"solving {ms.name}")
+    try:
+        if not settings.calibration.sky.catalog:
+            raise InvalidInput(ms, "no sky catalog to solve against", "pass --catalog CSV or set it in the block")
+        catalog_rows = skymodel.read_catalog(catalog_path(ms.parent, settings))
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
+        chain = None
+        if solve == "G":
+            known = [caltable.read_table(p) for p in apply_from]
+            chain = cal.CalChain(k=next((s for s in known if s.kind == "K"), None),
+                                 bp=next((s for s in known if s.kind == "BP"), None))  # fmt: skip
+        with progress:
+            solution = cal.solve_group(
+                layout, catalog_rows, settings.calibration, solve=solve, chain=chain, progress=update_bar
+            )
+        tables = {}
+        for sol in (s for s in (solution.k, solution.bp, solution.g) if s is not None):
+            path = Path(f"{prefix}.{caltable.SUFFIX[sol.kind]}")
+            caltable.write_table(sol, layout, path)
+            passed, reason = cal.passes_qa(sol, settings.calibration)
+            tables[sol.kind] = {"path": str(path), "passed": passed, "reason": reason, "qa": sol.qa()}
+        if apply:
+            applied = cal.CalChain(k=solution.k or (chain.k if chain else None),
+                                   bp=solution.bp or (chain.bp if chain else None), g=[solution.g])  # fmt: skip
+            cal.apply_chain(layout, applied)
+    except LabpipeError as exc:
+        raise _fail(exc) from exc
+    finally:
+        import shutil
+
+        scratch = getattr(locals().get("solution"), "scratch", None)
+        if scratch and Path(scratch).name.startswith("labpipe-cal-"):
+            shutil.rmtree(scratch, ignore_errors=True)
+    if as_json:
+        _print({"ms": str(ms), "tables": tables, "applied": apply, "timings": solution.timings})
+        return
+    for kind, t in tables.items():
+        typer.echo(f"{kind}: {t['path']} ({'passed' if t['passed'] else 'FAILED: ' + t['reason']})")
+    if apply:
+        typer.echo(f"applied into {ms}/CORRECTED_DATA")
+
+
+@app.command()
+def image(
+    ms: Path = MS_ARG,
+    out: Path = typer.Option(None, help="Prefix of the FITS images (default: the MS path without .ms)."),
+    column: str = typer.Option(None, help="MS column to image (default: CORRECTED_DATA)."),
+    npix: int = typer.Option(None, help="Image size in pixels (default: the block's)."),
+    cell: float = typer.Option(None, "--cell", help="Pixel size in arcseconds (default: the block's)."),
+    sources: bool = typer.Option(False, help="Also find sources (PyBDSF) into PREFIX.srl.fits."),
+    cal_block: str = CAL_BLOCK,
+    channels_per_unit: int = CHANNELS,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Image one MS (Briggs weighting, CLEAN, restored, primary-beam corrected FITS), like WSClean."""
+    from labpipe.errors import LabpipeError
+    from labpipe.radio import imaging, sourcefind
+    from labpipe.radio.ms import read_layout
+
+    settings = _cal_settings(cal_block, None, channels_per_unit)
+    update = {k: v for k, v in dict(column=column, npix=npix, cell_arcsec=cell).items() if v is not None}
+    image_settings = settings.imaging.model_copy(update=update)
+    prefix = Path(out) if out else ms.with_suffix("")
+    progress, update_bar = _bar(f"CLEAN {ms.name}")
+    try:
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
+        with progress:
+            result = imaging.clean_image(layout, image_settings, settings.calibration.sky, progress=update_bar)
+        paths = imaging.write_fits(result, layout, prefix)
+        found = None
+        if sources:
+            found = sourcefind.find_sources(paths["image"], paths.get("pb"), Path(f"{prefix}.srl.fits"),
+                                            settings.science.sources)  # fmt: skip
+    except LabpipeError as exc:
+        raise _fail(exc) from exc
+    summary = {
+        "ms": str(ms), "images": {k: str(v) for k, v in paths.items()}, "npix": result.npix,
+        "cell_arcsec": result.cell_deg * 3600, "clean_components": result.n_components,
+        "timings": result.timings,
+        "sources": len(found.detections) if found else None, "catalogue": str(found.catalogue) if found else None,
+    }  # fmt: skip
+    if as_json:
+        _print(summary)
+        return
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
+    if found:
+        typer.echo(f"{len(found.detections)} sources: {found.catalogue}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (another than loopback needs --certfile/--keyfile)."),
+    port: int = typer.Option(8790, help="Port."),
+    radio_root: Path = typer.Option(None, help="The radio tree (default: $LABPIPE_RADIO_ROOT, else the layout's)."),
+    token_file: Path = typer.Option(
+        None, help="Bearer token file, mode 0600 (default: $LABPIPE_RADIO_API_TOKEN_FILE, else HOME/radio/api-token)."
+    ),
+    new_token: bool = typer.Option(False, help="Write a new random token into the token file first (0600)."),
+    certfile: Path = typer.Option(None, help="TLS certificate (PEM, with its chain): serve HTTPS."),
+    keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
+) -> None:
+    """Serve the products API and page (read-only, token-protected): images, mosaics, sources, light curves, QA,
+    calibration registry and directory statistics."""
+    from labpipe.config import get_settings
+    from labpipe.errors import ConfigError
+    from labpipe.radio.api import ApiConfig, create_app, write_token
+    from labpipe.vms.server import check_listen, server_config
+
+    try:
+        check_listen(host, certfile, keyfile)
+
+        def defaults():
+            from labpipe.blocks import layout
+
+            return layout("default").radio, get_settings().home / "radio" / "api-token"
+
+        config = ApiConfig.from_env(radio_root, token_file, defaults=defaults)
+        if new_token:
+            write_token(config.token_file)
+        db, _ = _context()
+        api = create_app(db, config)
+    except ConfigError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    import uvicorn
+
+    scheme = "https" if certfile else "http"
+    typer.echo(f"radio products on {scheme}://{host}:{port}/ (token in {config.token_file})", err=True)
+    uvicorn.Server(server_config(api, host, port, certfile, keyfile)).run()

@@ -26,7 +26,7 @@ def _database():
 @app.callback()
 def products(
     date: str = typer.Option(None, "--date", help="Observation date YYYY-MM-DD."),
-    kind: str = typer.Option(None, help="ms, caltable, image, mosaic or qa."),
+    kind: str = typer.Option(None, help="ms, caltable, image, mosaic, qa, catalogue or lightcurve."),
     group: str = typer.Option(None, help="Group id (ISO timestamp)."),
     held: bool = typer.Option(False, "--held", help="List held science groups instead."),
     registry_tables: bool = typer.Option(False, "--tables", help="List the calibration registry instead."),

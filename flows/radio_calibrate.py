@@ -4,7 +4,9 @@ Deployments (deployments/prefect.yaml, cpu pool): ``radio-calibrate/daily`` (K+B
 ``radio-calibrate/hourly`` (G every hour), ``radio-image/groups`` (every 10 min: apply and image every
 converted group not imaged yet; a group with no valid calibration is held and raises the
 ``labpipe.radio.calibration.missing`` event), ``radio-mosaic/nightly``. A calibration run releases
-the held groups its tables cover.
+the held groups its tables cover. Every MS is flagged for interference (AOFlagger) once, before its
+first solve or image; every new image goes through the science steps (sources, master catalogue,
+forced photometry, variability), each product recorded in the products catalogue.
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ def _choose_group(radio_root: Path, cadence: str, db) -> Path | None:
         transits = [p for p in groups if p.parent.parent.name == "calibrators"]
         groups = transits or groups
     return groups[-1] if groups else None
+
+
+@task(name="flag-rfi", task_run_name="flag-{ms.name}")
+def flag_task(ms: Path, radio_root: Path, cal_block, db_block, layout_block) -> dict:
+    """AOFlagger on one MS, once (a recorded MS is not flagged again)."""
+    db = lab_database(db_block, layout_block)
+    return calrun.flag_once(
+        db, radio_root, ms, calibration_settings(cal_block), progress=Progress(f"flagging {ms.name}")
+    )
+
+
+@task(name="image-science", task_run_name="science-{group}")
+def science_task(group: str, radio_root: Path, cal_block, db_block, layout_block) -> dict:
+    """Sources, master catalogue, forced photometry and variability of one group's image."""
+    db = lab_database(db_block, layout_block)
+    return calrun.image_science(
+        db, radio_root, group, calibration_settings(cal_block), progress=Progress(f"science steps {group}")
+    )
 
 
 @task(name="solve-group", task_run_name="solve-{cadence}-{ms.name}", retries=1, retry_delay_seconds=30)
@@ -74,6 +94,26 @@ def apply_image_task(ms: Path, radio_root: Path, cal_block, db_block, layout_blo
             "timings": report.timings}  # fmt: skip
 
 
+def _image_group(ms: Path, radio_root: Path, cal_block, db_block, layout_block) -> dict:
+    """Flag (once), apply and image one group, then the science steps on its image."""
+    flags = flag_task(ms, radio_root, cal_block, db_block, layout_block)
+    result = apply_image_task(ms, radio_root, cal_block, db_block, layout_block)
+    result["flags"] = flags
+    if not result["held"]:
+        result["science"] = science_task(result["group"], radio_root, cal_block, db_block, layout_block)
+    return result
+
+
+def _science_markdown(results: list[dict]) -> str:
+    rows = [
+        {"group": r["group"], "detections": s.get("detections"), "matched": s.get("matched"),
+         "promoted": len(s.get("promoted") or []), "measured": s.get("measured"), "variables": s.get("variables"),
+         "ESE candidates": s.get("ese_candidates"), "flagged after": f"{r['flags'].get('flagged_after', 0):.3f}"}
+        for r in results if (s := r.get("science")) and "skipped" not in s
+    ]  # fmt: skip
+    return "## sources, photometry, variability\n\n" + markdown_table(rows) if rows else ""
+
+
 def _qa_markdown(result: dict) -> str:
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
@@ -99,7 +139,11 @@ def _release_held(radio_root: Path, cal_block, db_block, layout_block) -> list[d
     db = lab_database(db_block, layout_block)
     released = []
     for group in calregistry.releasable(db):
-        result = apply_image_task(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
+        try:
+            result = _image_group(Path(group["ms_path"]), radio_root, cal_block, db_block, layout_block)
+        except Exception as exc:  # one bad group must not stop the others; radio-image retries it
+            logger().error("released group %s failed: %s", group["group_id"], exc)
+            continue
         released.append(result)
     return released
 
@@ -112,7 +156,7 @@ def radio_calibrate(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Solve a calibrator group at this cadence, register its tables if they pass QA, release held groups.
+    """Flag a group (once), solve it at this cadence, register its tables if they pass QA, release held groups.
 
     Args:
         cadence: 24h (delay, bandpass and gains) or 1h (gains only).
@@ -127,6 +171,7 @@ def radio_calibrate(
     if target is None:
         publish_markdown("No converted group to calibrate.", key=f"radio-calibrate-{cadence}", description="nothing")
         return {"group": None}
+    flag_task(target, radio_root, cal_block, db_block, layout_block)
     solved = solve_group_task(target, cadence, radio_root, cal_block, db_block, layout_block)
     released = _release_held(radio_root, cal_block, db_block, layout_block)
     rows = [{"table": Path(t["path"]).name, "status": t["status"], **t["qa"], "reason": t["reason"]}
@@ -152,7 +197,7 @@ def radio_image(
     layout_block: str | None = "default",
     db_block: str | None = "default",
 ) -> dict:
-    """Apply the valid calibration to every converted group not imaged yet, image it and QA it.
+    """Flag (once), calibrate, image and QA every converted group not imaged yet; sources and photometry of each image.
 
     Args:
         ms: Only these Measurement Sets; empty: every converted group not imaged yet.
@@ -172,20 +217,32 @@ def radio_image(
     results, failures = [], []
     for i, path in enumerate(todo):
         try:
-            results.append(apply_image_task(path, radio_root, cal_block, db_block, layout_block))
+            results.append(_image_group(path, radio_root, cal_block, db_block, layout_block))
         except Exception as exc:  # one bad group must not stop the others
             logger().error("group %s failed: %s", path, exc)
             failures.append({"ms": str(path), "error": str(exc)[:500]})
         progress(i + 1, len(todo))
+    if calibration_settings(cal_block).run_science:  # images whose science step failed or was killed: resume
+        done = {r["group"] for r in results}
+        for group in [g for g in calrun.science_pending(db) if g not in done]:
+            try:
+                science = science_task(group, radio_root, cal_block, db_block, layout_block)
+                results.append({"group": group, "held": False, "resumed": True, "science": science, "flags": {}})
+            except Exception as exc:
+                logger().error("science of %s failed: %s", group, exc)
+                failures.append({"ms": group, "error": str(exc)[:500]})
     imaged_ok = [r for r in results if not r["held"]]
     held_now = [{"group": r["group"], "reason": r["reason"]} for r in results if r["held"]]
     parts = ["# radio-image", f"{len(imaged_ok)} imaged, {len(held_now)} held, {len(failures)} failed"]
-    parts += [_qa_markdown(r) for r in imaged_ok[-3:]]
+    parts += [_qa_markdown(r) for r in imaged_ok[-3:] if "metrics" in r]
+    parts += [_science_markdown(imaged_ok)]
     parts += ["## held", markdown_table(held_now), "## failed", markdown_table(failures)]
     publish_markdown("\n\n".join(parts), key="radio-image", description="calibrated images and their QA")
     if failures:
         raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
-    return {"imaged": [r["group"] for r in imaged_ok], "held": [h["group"] for h in held_now]}
+    science = {r["group"]: r["science"] for r in imaged_ok if "science" in r}
+    imaged = [r["group"] for r in imaged_ok if not r.get("resumed")]
+    return {"imaged": imaged, "held": [h["group"] for h in held_now], "science": science}
 
 
 @flow(name="radio-mosaic", flow_run_name="radio-mosaic-{date}", log_prints=True)

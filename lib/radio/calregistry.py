@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 LIFECYCLE = "radiocal"
 KINDS = ("K", "BP", "G")
-PRODUCT_KINDS = ("ms", "caltable", "image", "mosaic", "qa")
+PRODUCT_KINDS = ("ms", "caltable", "image", "mosaic", "qa", "catalogue", "lightcurve")
 
 
 class ValiditySettings(BaseModel):
@@ -86,7 +86,7 @@ def _build(schema) -> SimpleNamespace:
         definition = """
         product_id : char(32)              # md5 of the path
         ---
-        kind : enum('ms', 'caltable', 'image', 'mosaic', 'qa')
+        kind : enum('ms', 'caltable', 'image', 'mosaic', 'qa', 'catalogue', 'lightcurve')
         subtype = '' : varchar(32)         # kcal, bpcal, gpcal, image.pbcor, residual, psf, pb, metrics, png ...
         path : varchar(1023)
         group_id = '' : varchar(64)

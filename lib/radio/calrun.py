@@ -13,6 +13,7 @@ the products (``atomic_path``'s ``.<name>.*.part``) is known to be nobody's and 
 from __future__ import annotations
 
 import glob
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -22,12 +23,15 @@ from pathlib import Path
 import numpy as np
 from labpipe.db.connect import LabDatabase
 from labpipe.errors import InvalidInput
+from labpipe.files import atomic_path
 from labpipe.radio import calibrate, calregistry, caltable, imaging, products, qa, skymodel
 from labpipe.radio.calibrate import CalChain, CalibrationSettings
 from labpipe.radio.calregistry import ValiditySettings
+from labpipe.radio.flagging import FlagSettings
 from labpipe.radio.imaging import ImagingSettings
 from labpipe.radio.ms import MsLayout, read_layout
 from labpipe.radio.qa import QaSettings
+from labpipe.radio.science import RadioScienceSettings
 from pydantic import BaseModel, Field
 
 
@@ -45,6 +49,16 @@ class RadioCalSettings(BaseModel):
         default_factory=ValiditySettings, description="Validity windows of the 24 h and 1 h tables."
     )
     registration_wait_s: float = Field(120.0, description="How long an apply waits for a registration in flight.")
+    flag_rfi: bool = Field(True, description="Flag interference (AOFlagger) once per MS, before solving or imaging.")
+    flagging: FlagSettings = Field(
+        default_factory=FlagSettings,
+        description="AOFlagger levels and thresholds (channels_per_unit follows calibration.channels_per_unit).",
+    )
+    run_science: bool = Field(True, description="Find sources, catalogue, measure and assess every new image.")
+    science: RadioScienceSettings = Field(
+        default_factory=RadioScienceSettings,
+        description="Source finding, master catalogue, forced photometry, variability and mosaics.",
+    )
 
 
 def group_of(ms: Path) -> str:
@@ -65,6 +79,10 @@ def catalog_path(radio_root: Path, settings: RadioCalSettings) -> Path:
     if not path.exists():
         raise InvalidInput(path, "no sky catalog", "put an NVSS extract there or set calibration.sky.catalog")
     return path
+
+
+def flag_report_path(radio_root: Path, group: str) -> Path:
+    return qa_dir(radio_root, group) / f"{group}.flags.json"
 
 
 def table_path(radio_root: Path, group: str, cadence: str, kind: str) -> Path:
@@ -279,6 +297,133 @@ def _apply_and_image(
         calregistry.release(db, group)
     report.timings["total_s"] = time.perf_counter() - t0
     return report
+
+
+def flag_once(
+    db: LabDatabase,
+    radio_root: Path,
+    ms: Path,
+    settings: RadioCalSettings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Flag interference in ``ms`` (AOFlagger, into FLAG) unless this MS was flagged already; returns the record.
+
+    The run is recorded as a ``qa`` product (subtype ``flags``): its report, written atomically to
+    ``images/qa/<date>/<ms name>.flags.json``, names the MS it flagged. A recorded MS is not flagged again
+    (``already``: True). A crash between writing FLAG and the record only means a second run, which
+    only adds flags (existing flags never come back and are left out of AOFlagger's statistics).
+    """
+    from labpipe.radio import flagging
+
+    ms = Path(ms)
+    if not settings.flag_rfi:
+        return {"ms": str(ms), "skipped": "flag_rfi is off"}
+    group = group_of(ms)
+    report_path = flag_report_path(radio_root, ms.name.removesuffix(".ms"))
+    t = calregistry.tables(db)
+    done = (t.Product & {"product_id": products.product_id(report_path)}).to_dicts()
+    if done and (done[0]["detail"] or {}).get("ms") == str(ms):
+        return {**done[0]["detail"], "already": True}
+    flag_settings = settings.flagging.model_copy(update={"channels_per_unit": settings.calibration.channels_per_unit})
+    report = flagging.flag_ms(ms, flag_settings, progress=progress)
+    detail = {
+        "ms": str(ms),
+        "flagged_before": report.flagged_before,
+        "flagged_after": report.flagged_after,
+        "bad_antennas": report.bad_antennas,
+        "array_cells": report.array_cells,
+        "antenna_cells": report.antenna_cells,
+        "baseline_cells": report.baseline_cells,
+        "seconds": report.timings.get("total_s", 0.0),
+    }
+    with atomic_path(report_path) as tmp:
+        tmp.write_text(json.dumps(products.json_safe({**detail, "timings": report.timings}), indent=1))
+    layout = read_layout(ms, settings.calibration.channels_per_unit)
+    products.record_product(db, "qa", report_path, start_mjd=float(layout.times_mjd[0]),
+                            end_mjd=float(layout.times_mjd[-1]), group_id=group, subtype="flags",
+                            detail=detail)  # fmt: skip
+    return {**detail, "already": False}
+
+
+def science_pending(db: LabDatabase) -> list[str]:
+    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first."""
+    from labpipe.radio import catalogue
+
+    imaged = [r["group_id"] for r in products.products(db, kind="image") if r["subtype"] == "image" and r["group_id"]]
+    done = set((catalogue.tables(db).Image & {"status": "measured"}).to_arrays("image_id").tolist())
+    return [g for g in dict.fromkeys(imaged) if g not in done]
+
+
+def lightcurve_path(radio_root: Path, source_id: int) -> Path:
+    return Path(radio_root) / "images" / "lightcurves" / f"source-{int(source_id):06d}.png"
+
+
+def image_science(
+    db: LabDatabase,
+    radio_root: Path,
+    group: str,
+    settings: RadioCalSettings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """The science steps on a group's image (``science.process_image``), their products recorded.
+
+    The reference catalogue is ``science.reference_catalog``, else the calibration sky model's catalog, else
+    ``static/catalogs/nvss.csv``. Records the PyBDSF source list as a ``catalogue`` product and, for every
+    source flagged variable or ESE candidate after this image, its light-curve plot
+    (``images/lightcurves/source-NNNNNN.png``, written atomically) as a ``lightcurve`` product.
+    Idempotent (a finished image is not processed again).
+    """
+    import matplotlib.pyplot as plt
+    from labpipe.radio import photometry, science, variability
+
+    if not settings.run_science:
+        return {"group": group, "skipped": "run_science is off"}
+    prefix = image_prefix(radio_root, group)
+    if not Path(f"{prefix}.image.fits").exists():
+        raise InvalidInput(f"{prefix}.image.fits", "no image of this group", "image the group first")
+    science_settings = settings.science
+    if not science_settings.reference_catalog and settings.calibration.sky.catalog:  # the sky model's catalog
+        science_settings = science_settings.model_copy(update={"reference_catalog": settings.calibration.sky.catalog})
+    reference = science.reference_for(radio_root, science_settings)
+    report = science.process_image(db, group, prefix, settings.science, reference=reference, progress=progress)
+    rows = [r for r in products.products(db, kind="image", group_id=group) if r["subtype"] == "image"]
+    start, end = (rows[0]["start_mjd"], rows[0]["end_mjd"]) if rows else (0.0, 0.0)
+    if report.catalogue and Path(report.catalogue).exists():
+        products.record_product(db, "catalogue", Path(report.catalogue), start_mjd=start, end_mjd=end,
+                                group_id=group, subtype="srl", detail={"n_detections": report.n_detections,
+                                "matched": report.matched, "promoted": report.promoted})  # fmt: skip
+    curves = []
+    for source_id in sorted(set(report.variables) | set(report.ese_candidates)):
+        curve = photometry.light_curve(db, source_id)
+        if not len(curve.mjd):
+            continue
+        assessment = variability.assess(curve.mjd, curve.flux_jy, curve.flux_err_jy, settings.science.variability)
+        figure = photometry.light_curve_figure(curve, f"source {source_id}", assessment)
+        path = lightcurve_path(radio_root, source_id)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=90)
+        plt.close(figure)
+        detail = {"source_id": source_id, "variable": source_id in report.variables,
+                  "ese_candidate": source_id in report.ese_candidates, "n_epochs": len(curve.mjd)}  # fmt: skip
+        products.record_product(db, "lightcurve", path, start_mjd=float(curve.mjd[0]), end_mjd=float(curve.mjd[-1]),
+                                subtype="png", detail=detail)  # fmt: skip
+        curves.append(str(path))
+    return {
+        "group": group,
+        "catalogue": report.catalogue,
+        "detections": report.n_detections,
+        "matched": report.matched,
+        "new_candidates": report.new_candidates,
+        "promoted": report.promoted,
+        "measured": report.measured,
+        "variables": report.variables,
+        "ese_candidates": report.ese_candidates,
+        "lightcurves": curves,
+        "already": report.already_done,
+        "timings": report.timings,
+    }
 
 
 def _qa(layout, paths, radio_root, settings, result, report: GroupReport) -> dict:

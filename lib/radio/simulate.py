@@ -920,3 +920,51 @@ def simulate_image(
     layout = _EpochLayout(np.array([freq_hz - 90e6, freq_hz + 90e6]), np.array([mjd]))
     paths = imaging.write_fits(result, layout, Path(prefix), kinds=("image", "residual", "pb", "image.pbcor"))
     return SimulatedImage(Path(prefix), paths, mjd, ra0_deg, dec0_deg, beam_deg, noise_jy, fluxes, beams)
+
+
+def variability_field(
+    mjds, *, ra0_deg: float = 150.0, dec0_deg: float = 55.0, seed: int = 11
+) -> tuple[list[Source], str, str]:
+    """Fourteen sources on a 4 x 3 grid plus two: twelve steady (20-300 mJy), a variable (30 % modulation) and
+    an ESE-like dip (40 % deep, 5 days FWHM, centred in the span); returns (sources, variable name, ESE name)."""
+    import math
+
+    mjds = np.asarray(mjds, dtype=float)
+    rng = np.random.default_rng(seed)
+    positions = [(x, y) for x in (-0.75, -0.25, 0.25, 0.75) for y in (-0.6, 0.0, 0.6)] + [(-0.5, 0.3), (0.5, -0.3)]
+    sources = []
+    for k, (x, y) in enumerate(positions):
+        ra = ra0_deg + x / math.cos(math.radians(dec0_deg + y))
+        if k == len(positions) - 2:
+            curve = variable_lightcurve(mjds, modulation=0.3, seed=5)
+            sources.append(Source("variable", ra, dec0_deg + y, 0.1, lightcurve=curve))
+        elif k == len(positions) - 1:
+            centre = float(mjds[len(mjds) // 2])
+            curve = ese_lightcurve(mjds, centre_mjd=centre, fwhm_days=5.0, depth=0.4)
+            sources.append(Source("ese", ra, dec0_deg + y, 0.1, lightcurve=curve))
+        else:
+            sources.append(Source(f"steady{k}", ra, dec0_deg + y, float(10 ** rng.uniform(-1.7, -0.5))))
+    return sources, "variable", "ese"
+
+
+def science_epochs(
+    radio_root: Path,
+    n_epochs: int = 30,
+    *,
+    start_mjd: float = 60000.25,
+    ra0_deg: float = 150.0,
+    dec0_deg: float = 55.0,
+) -> tuple[list[tuple[str, SimulatedImage]], list[Source]]:
+    """Daily image-plane epochs of ``variability_field`` written where imaging puts them
+    (``<radio>/images/single/DATE/GROUP.*.fits``, GROUP the ISO time); returns [(group, image)] and the sky."""
+    from astropy.time import Time
+
+    mjds = start_mjd + np.arange(n_epochs)
+    sky, _, _ = variability_field(mjds, ra0_deg=ra0_deg, dec0_deg=dec0_deg)
+    epochs = []
+    for k, mjd in enumerate(mjds):
+        group = Time(mjd, format="mjd").isot[:19]
+        prefix = Path(radio_root) / "images" / "single" / group[:10] / group
+        image = simulate_image(prefix, sky, ra0_deg=ra0_deg, dec0_deg=dec0_deg, mjd=float(mjd), seed=k)
+        epochs.append((group, image))
+    return epochs, sky
