@@ -58,7 +58,7 @@ def run(ctx: DemoContext) -> DemoResult:
     lines = [
         f"session {session}: denoised {'yes' if denoised else 'no'}"
         + (f" (noise sd {denoised[0]['noise_before']:.1f} -> {denoised[0]['noise_after']:.1f})" if denoised else ""),
-        f"suite2p: {cells} cells (truth: {int(scan.recording.active.sum())} active of {spec.cells}); "
+        f"suite2p: {cells} cells (truth: {len(scan.recording.active)} active of {spec.cells}); "
         f"activity by {', '.join(methods) or 'nothing'}; {trials} trials aligned "
         f"(truth {len(scan.behavior.trial_starts_harp)})",
         f"analysis: LABPIPE_NOTEBOOK_SESSION={session} jupyter lab notebooks/analysis.ipynb",
