@@ -12,7 +12,7 @@ app = typer.Typer(help="The ADAMACS ingest lifecycle.", no_args_is_help=True)
 
 
 def _database():
-    from labpipe.flows.common import lab_database
+    from labpipe.blocks import lab_database
 
     return lab_database()
 
@@ -116,8 +116,8 @@ def populate(
     session: str = typer.Option(None, help="Only this session's keys (its session_id)."),
 ) -> None:
     """Run one population worker in this process (the flows do the same on the cpu and gpu pools)."""
+    from labpipe.blocks import layout
     from labpipe.calcium.populate import POPULATIONS as CALCIUM
-    from labpipe.flows.common import layout
 
     roots = layout()
     if share:
