@@ -56,7 +56,7 @@ def test_ingest_then_analysis_notebooks_run_on_a_simulated_session(embedded_targ
     monkeypatch.setenv("LABPIPE_DATABASE_URL", embedded_target.url)
     monkeypatch.setenv("LABPIPE_SCHEMA_PREFIX", prefix)
     monkeypatch.setenv("LABPIPE_NOTEBOOK_USER", "alice")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # the figures as outputs
     try:
         share = simulate_science_share(roots.share, 1, spec=SPEC, video=False)
         ingest = _execute("ingest.ipynb", tmp_path)
