@@ -106,6 +106,18 @@ def jobs(
         typer.echo(f"cleared {clear_jobs(tables)} jobs; the next populate retries them")
 
 
+def _datajoint_logs_to_stderr() -> None:
+    """DataJoint logs a failed key to stdout; the command's stdout is its JSON result."""
+    import logging
+    import sys
+
+    import datajoint  # noqa: F401 - installs its handler
+
+    for handler in logging.getLogger("datajoint").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 @app.command()
 def populate(
     population: str = typer.Argument(
@@ -119,6 +131,7 @@ def populate(
     from labpipe.blocks import layout
     from labpipe.calcium.populate import POPULATIONS as CALCIUM
 
+    _datajoint_logs_to_stderr()
     roots = layout()
     if share:
         roots = roots.model_copy(update={"share": share})

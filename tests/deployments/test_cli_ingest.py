@@ -43,7 +43,7 @@ def test_populate_behavior_and_jobs_name_another_sessions_trial_file(lab_db, lab
     shutil.copy(share.root / good.folder / good.bpod_file, share.root / bad.folder / good.bpod_file)
     ingest_share(lab_db, share.root)
     run = labpipe_cli(tmp_path / "home", "ingest", "populate", "behavior", "--share", str(share.root))
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0 and run.stdout.startswith("{"), (run.stdout[:2000], run.stderr[-2000:])
     result = json.loads(run.stdout)
     assert result["computed"] == {"BehaviorSession": 1} and len(result["errors"]) == 1
     assert good.bpod_file in result["errors"][0]["error"] and "another session" in result["errors"][0]["error"]
