@@ -97,7 +97,8 @@ def populate_behavior(
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
-    context = CalciumContext(share=layout(layout_block).share, scratch=layout(layout_block).scratch)
+    roots = layout(layout_block)
+    context = CalciumContext(share=roots.share, scratch=roots.scratch)
     return _publish(populate_task("behavior", context, session, max_calls, db_block, layout_block))
 
 
