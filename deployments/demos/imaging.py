@@ -14,7 +14,7 @@ import datetime as dt
 
 from labpipe.deployments.demo import DemoContext, DemoResult
 
-ORDER = 65  # after the pose demo, whose workers also analyse this session's video
+ORDER = 15  # after ingest (10); the pose demo (60) then also analyses this session's video
 BLOCKS = "demo-small"
 
 
