@@ -28,6 +28,7 @@ def _execute(name: str, workdir: Path) -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     resources = {"metadata": {"path": str(workdir)}}
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
+    nbformat.write(notebook, workdir / f"executed-{name}")  # to look at (the test's tmp folder)
     return notebook
 
 
