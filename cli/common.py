@@ -45,8 +45,9 @@ def progress_bar(description: str, *, unit: str = "items"):
     """A transient rich progress bar and its ``update(done, total)`` callable (lib's progress signature).
 
     ``unit``: ``items`` shows done/total, elapsed and remaining time; ``bytes`` shows sizes and remaining time.
-    Use the bar as a context manager around the work.
+    Use the bar as a context manager around the work. It draws on stderr: stdout stays the command's output.
     """
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -58,6 +59,7 @@ def progress_bar(description: str, *, unit: str = "items"):
     )
 
     counts = [DownloadColumn()] if unit == "bytes" else [MofNCompleteColumn(), TimeElapsedColumn()]
-    progress = Progress(TextColumn(description), BarColumn(), *counts, TimeRemainingColumn(), transient=True)
+    progress = Progress(TextColumn(description), BarColumn(), *counts, TimeRemainingColumn(), transient=True,
+                        console=Console(stderr=True))  # stdout stays the command's output (JSON)  # fmt: skip
     task = progress.add_task(description, total=None)
     return progress, lambda done, total: progress.update(task, completed=done, total=total or None)

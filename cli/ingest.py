@@ -105,11 +105,13 @@ def jobs(
     clear: bool = typer.Option(False, help="Clear stuck and failed jobs so they are retried."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Jobs reserved by dead workers or failed, in every ingest population."""
+    """Jobs reserved by dead workers or failed, in every ingest, calcium and behaviour population."""
+    from labpipe.calcium.populate import population_tables as calcium_tables
     from labpipe.db.jobs import clear_jobs, job_problems
     from labpipe.ingest.populate import population_tables
 
-    tables = population_tables(_database())
+    db = _database()
+    tables = population_tables(db) + calcium_tables(db)
     problems = job_problems(tables)
     if as_json:
         typer.echo(json.dumps([p.as_json() for p in problems], indent=1))
@@ -121,18 +123,48 @@ def jobs(
         typer.echo(f"cleared {clear_jobs(tables)} jobs; the next populate retries them")
 
 
+def _datajoint_logs_to_stderr() -> None:
+    """DataJoint logs a failed key to stdout; the command's stdout is its JSON result."""
+    import logging
+    import sys
+
+    import datajoint  # noqa: F401 - installs its handler
+
+    for handler in logging.getLogger("datajoint").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 @app.command()
 def populate(
-    population: str = typer.Argument("imaging"),
+    population: str = typer.Argument(
+        "imaging", help="imaging (suite2p), denoise, spikes, behavior (labpipe.calcium) or mocap."
+    ),
     max_calls: int = typer.Option(None),
     share: Path = typer.Option(None, help="Share root; default: the storage layout's."),
     session: str = typer.Option(None, help="Only this session's keys (its session_id)."),
 ) -> None:
-    """Run one population worker in this process (the flow does the same on the cpu pool)."""
+    """Run one population worker in this process (the flows do the same on the cpu and gpu pools)."""
     from labpipe.blocks import layout
-    from labpipe.ingest.populate import run_population
+    from labpipe.calcium.populate import POPULATIONS as CALCIUM
 
-    result = run_population(_database(), population, share or layout().share, max_calls=max_calls, session=session)
+    _datajoint_logs_to_stderr()
+    roots = layout()
+    if share:
+        roots = roots.model_copy(update={"share": share})
+    if population in CALCIUM:
+        from labpipe.blocks.imaging import calcium_context
+        from labpipe.calcium.populate import run_population
+
+        progress, update = progress_bar(f"{population} tables")
+        with progress:
+            result = run_population(
+                _database(), population, calcium_context(roots), max_calls=max_calls, session=session, progress=update
+            )
+    else:
+        from labpipe.ingest.populate import run_population
+
+        result = run_population(_database(), population, roots.share, max_calls=max_calls, session=session)
     typer.echo(
         json.dumps({"computed": result.computed, "errors": result.errors, "remaining": result.remaining}, indent=1)
     )

@@ -1,9 +1,9 @@
 """Ingest lifecycle flows (ADAMACS): consolidate -> scan share -> insert -> populate, and DB dumps.
 
 Deployments (deployments/prefect.yaml): ``ingest`` every 5 minutes on the cpu
-pool, ``populate-imaging`` / ``populate-mocap`` on the cpu pool (start several
-runs to get several workers), ``recover-jobs`` every 5 minutes (reservations of dead or frozen
-workers go back to the queue), ``dump-database``.
+pool, ``populate/mocap`` on the cpu pool (start several runs to get several
+workers), ``recover-jobs`` every 5 minutes (reservations of dead or frozen workers go back to the
+queue), ``dump-database``. The imaging populations are in flows/imaging.py.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def populate_task(population: str, share: Path, max_calls: int | None, db: Datab
 
 @flow(name="populate", flow_run_name="populate-{population}")
 def populate(
-    population: Literal["imaging", "mocap"] = "imaging",
+    population: Literal["mocap"] = "mocap",
     max_calls: int | None = None,
     layout_block: str | None = "default",
     db_block: str | None = "default",
@@ -117,7 +117,7 @@ def populate(
     """One worker of a DataJoint population; run several at once, each key is computed once.
 
     Args:
-        population: Which population's tables to compute.
+        population: mocap (Motive .csv exports); imaging, behaviour and spikes run in flows/imaging.py.
         max_calls: Stop after this many keys (empty: until none is left).
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).

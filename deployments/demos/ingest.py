@@ -1,4 +1,7 @@
-"""Ingest demo: a simulated share (some of it still in staging), ingested and populated by the workers."""
+"""Ingest demo: a simulated share (some of it still in staging), ingested, motion capture populated by two workers.
+
+The imaging populations (suite2p, denoising, spikes, behaviour) have their own demo: deployments/demos/imaging.py.
+"""
 
 from __future__ import annotations
 
@@ -35,19 +38,17 @@ def run(ctx: DemoContext) -> DemoResult:
     _stage_some(roots.share, roots.staging, sim.sessions)
     ctx.say(f"simulated {len(sim.sessions)} sessions and {len(sim.malformed)} malformed folders in {roots.share}")
     ingest_run = ctx.run("ingest/share", timeout=600)
-    runs = ctx.run_many("populate/imaging", [{}, {}], timeout=900) + [ctx.run("populate/mocap", timeout=600)]
+    runs = ctx.run_many("populate/mocap", [{}, {}], timeout=600)
     dump_run = ctx.run("dump-database/lab", timeout=300)
     t = tables(lab_database())
     last = (t.IngestRun & "status != 'running'").to_dicts(order_by="started DESC", limit=1)
-    rois = len(t.Segmentation.Roi())
     lines = [
         f"sessions in the database: {len(t.Session())}, scans {len(t.Scan())}, raw files {len(t.RawFile())}",
         f"last ingest run: {last[0]['status'] if last else '?'}, "
         f"rejected folders {last[0]['rejected'] if last else '?'}",
-        f"imaging: {len(t.MotionCorrection())} stacks motion-corrected, {len(t.Segmentation())} segmented, {rois} ROIs",
         f"motion capture: {len(t.MocapRecording())} recordings parsed",
         f"objects under {roots.blobs}; dumps under {roots.dumps}",
     ]
     states = [r.state.is_completed() for r in [ingest_run, *runs, dump_run] if r.state]
-    ok = all(states) and len(t.Segmentation()) == len(t.ImagingTask()) > 0
+    ok = all(states) and len(t.MocapRecording()) == len(t.MocapTask()) > 0
     return DemoResult("ingest", ok, lines)

@@ -45,6 +45,13 @@ def _namespace(db: LabDatabase, schema: str):
     return calcium_tables(db)
 
 
+def population_tables(db: LabDatabase, population: str | None = None) -> list:
+    """The computed tables of ``population`` (all populations: None), for listing and clearing their jobs."""
+    names = [population] if population else list(POPULATIONS)
+    seen = {(schema, table) for name in names for schema, table, _ in POPULATIONS[name]}
+    return [getattr(_namespace(db, schema), table) for schema, table in sorted(seen)]
+
+
 def _make_kwargs(table, context: CalciumContext) -> dict:
     return {"share": str(context.share)} if table.__name__ == "BehaviorSession" else {"context": context}
 
@@ -92,3 +99,27 @@ def run_population(
         if progress:
             progress(done, len(steps))
     return result
+
+
+def population_status(db: LabDatabase, session: str | None = None) -> list[dict]:
+    """Per population and table: keys done, still to do, reserved by a worker now, and failed (jobs table)."""
+    rows = []
+    for population, steps in POPULATIONS.items():
+        for schema, name, restriction in steps:
+            table = getattr(_namespace(db, schema), name)
+            query = table.key_source
+            for r in (restriction, {"session_id": session} if session else None):
+                query = query & r if r else query
+            jobs = table.jobs & ({"session_id": session} if session else {})
+            rows.append(
+                {
+                    "population": population,
+                    "pool": POOLS[population],
+                    "table": name,
+                    "done": len(query.proj() & table.proj()),
+                    "to do": len(query.proj() - table.proj()),
+                    "running": len(jobs & "status = 'reserved'"),
+                    "failed": len(jobs & "status = 'error'"),
+                }
+            )
+    return rows

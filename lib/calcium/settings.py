@@ -82,11 +82,11 @@ class DenoiseSettings(BaseModel):
     patch: int = Field(128, ge=16, description="Training frames are cropped to patches of this size.")
     features: int = Field(32, ge=4, description="U-Net features in the first level.")
     levels: int = Field(3, ge=1, le=5, description="U-Net levels.")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the U-Net.")
     batch_frames: int = Field(32, ge=1, description="Frames denoised per inference batch.")
     device: str = Field("auto", description="auto (cuda if present), cuda, cpu.")
     cpu_threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; empty: torch's default.")
-    seed: int = 0
+    seed: int = Field(0, description="Random seed of patch sampling, masking and initial weights.")
 
     @classmethod
     def small(cls, **overrides) -> DenoiseSettings:
@@ -102,14 +102,14 @@ class SpikeSettings(BaseModel):
     window: int = Field(64, ge=8, description="Frames the network sees around each time point (CASCADE: 64).")
     training_traces: int = Field(2000, ge=10, description="Simulated ground-truth traces per model.")
     trace_seconds: float = Field(120.0, gt=1, description="Length of each simulated training trace.")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, description="Passes over the simulated training traces.")
     batch_size: int = Field(16, ge=1, description="Traces per step (small batches: more steps, measured better).")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the network.")
     smoothing: float = Field(0.2, gt=0, description="Gaussian sigma (s) of the target rate, as CASCADE trains.")
     tau_decay: float = Field(1.0, gt=0, description="Indicator decay assumed for the training data (s).")
     device: str = Field("auto", description="auto (cuda if present), cuda, cpu.")
     cpu_threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; empty: torch's default.")
-    seed: int = 0
+    seed: int = Field(0, description="Random seed of the simulated training data and initial weights.")
 
     @classmethod
     def small(cls, **overrides) -> SpikeSettings:

@@ -9,9 +9,8 @@ from labpipe.db.connect import LabDatabase
 from labpipe.db.jobs import worker_heartbeat
 from labpipe.ingest.schema import tables
 
-# population -> computed tables in dependency order
+# population -> computed tables in dependency order (calcium imaging and behaviour: labpipe.calcium.populate)
 POPULATIONS: dict[str, tuple[str, ...]] = {
-    "imaging": ("MotionCorrection", "Segmentation"),
     "mocap": ("MocapRecording",),
 }
 

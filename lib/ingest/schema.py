@@ -18,7 +18,7 @@ MODALITIES = ("imaging", "video", "mocap", "aux", "other")
 
 def _build(schema) -> SimpleNamespace:
     dj = _datajoint()
-    from labpipe.ingest import imaging, mocap
+    from labpipe.ingest import mocap
 
     @schema
     class Setup(dj.Lookup):
@@ -86,7 +86,7 @@ def _build(schema) -> SimpleNamespace:
 
     @schema
     class ImagingTask(dj.Manual):
-        """Imaging processing to run on a .tif stack (CPU pool). Attributes: max_shift_px."""
+        """A .tif stack to process (labpipe.calcium: suite2p on the cpu pool). Attributes: max_shift_px (unused)."""
 
         definition = """
         -> RawFile
@@ -154,59 +154,6 @@ def _build(schema) -> SimpleNamespace:
             """
 
     @schema
-    class MotionCorrection(dj.Computed):
-        """Rigid motion correction by phase correlation, with projections."""
-
-        definition = """
-        -> ImagingTask
-        ---
-        n_frames : int32
-        height : int32
-        width : int32
-        shifts : <npy@blobs>         # (frames, 2) y, x shift applied, pixels
-        max_abs_shift : float32
-        mean_image : <npy@blobs>
-        max_image : <npy@blobs>
-        """
-
-        def make(self, key, share: str):
-            stack = imaging.read_stack(_file_path(RawFile, key, share))
-            result = imaging.motion_correct(stack, max_shift=(ImagingTask & key).fetch1("max_shift_px"))
-            self.insert1(dict(key, **result.row()))
-
-    @schema
-    class Segmentation(dj.Computed):
-        """ROIs found on the corrected stack, with their dF/F traces."""
-
-        definition = """
-        -> MotionCorrection
-        ---
-        n_rois : int32
-        labels : <npy@blobs>         # (height, width) ROI label image, 0 = background
-        dff : <npy@blobs>            # (n_rois, frames) dF/F
-        """
-
-        class Roi(dj.Part):
-            """One ROI. Attributes: roi_id, center, area, peak dF/F."""
-
-            definition = """
-            -> master
-            roi_id : int32
-            ---
-            center_y : float32
-            center_x : float32
-            area : int32
-            peak_dff : float32
-            """
-
-        def make(self, key, share: str):
-            stack = imaging.read_stack(_file_path(RawFile, key, share))
-            shifts = (MotionCorrection & key).fetch1("shifts")
-            result = imaging.segment(imaging.apply_shifts(stack, _as_array(shifts)))
-            self.insert1(dict(key, **result.row()))
-            self.Roi.insert([dict(key, **roi) for roi in result.roi_rows()])
-
-    @schema
     class MocapRecording(dj.Computed):
         """Marker trajectories parsed from a Motive .csv export."""
 
@@ -236,8 +183,6 @@ def _build(schema) -> SimpleNamespace:
         MocapTask=MocapTask,
         PoseEstimationTask=PoseEstimationTask,
         IngestRun=IngestRun,
-        MotionCorrection=MotionCorrection,
-        Segmentation=Segmentation,
         MocapRecording=MocapRecording,
     )
 
@@ -251,15 +196,9 @@ def _scan_of(raw_file_table):
     return raw_file_table.parents(as_objects=True)[0]
 
 
-def _as_array(value):
-    import numpy as np
-
-    return np.asarray(value.load() if hasattr(value, "load") else value)
-
-
 def tables(db: LabDatabase) -> SimpleNamespace:
     """The ingest tables on ``db`` (declared on first use)."""
     return db.tables("ingest", _build)
 
 
-POPULATIONS = {"imaging": ("MotionCorrection", "Segmentation"), "mocap": ("MocapRecording",)}
+POPULATIONS = {"mocap": ("MocapRecording",)}  # imaging: labpipe.calcium.populate

@@ -54,3 +54,27 @@ def test_consolidate_reports_moved_waiting_and_rejected_as_json(tmp_path):
     second = run("--staging", str(staging), "--share", str(share), "--min-age", "0", "--json")
     assert [m["path"] for m in second["moved"]] == [f"{scan.relative_to(staging / 'mini2p1').as_posix()}/done.tif"]
     assert (share / second["moved"][0]["path"]).read_bytes() == b"complete"
+
+
+def test_populate_behavior_and_jobs_name_another_sessions_trial_file(lab_db, labpipe_cli, tmp_path):
+    import shutil
+
+    from labpipe.behavior.schema import tables as behavior_tables
+    from labpipe.calcium.simulate import RecordingSpec
+    from labpipe.ingest.run import ingest_share
+    from labpipe.ingest.simulate_science import simulate_science_share
+
+    spec = RecordingSpec(frames=900, height=32, width=32, cells=3, seed=2)
+    share = simulate_science_share(tmp_path / "share", 2, spec=spec, video=False)
+    good, bad = share.scans
+    (share.root / bad.folder / bad.bpod_file).unlink()
+    shutil.copy(share.root / good.folder / good.bpod_file, share.root / bad.folder / good.bpod_file)
+    ingest_share(lab_db, share.root)
+    run = labpipe_cli(tmp_path / "home", "ingest", "populate", "behavior", "--share", str(share.root))
+    assert run.returncode == 0 and run.stdout.startswith("{"), (run.stdout[:2000], run.stderr[-2000:])
+    result = json.loads(run.stdout)
+    assert result["computed"] == {"BehaviorSession": 1} and len(result["errors"]) == 1
+    assert good.bpod_file in result["errors"][0]["error"] and "another session" in result["errors"][0]["error"]
+    assert len(behavior_tables(lab_db).BehaviorSession()) == 1
+    jobs = json.loads(labpipe_cli(tmp_path / "home", "ingest", "jobs", "--json").stdout)
+    assert [(j["table"], j["status"]) for j in jobs] == [("BehaviorSession", "error")]

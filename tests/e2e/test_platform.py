@@ -72,7 +72,7 @@ def test_up_run_a_deployment_status_and_down(tmp_path):
         status = _status(env)  # `up` returned: the server answers
         assert {p["pool"] for p in status["pools"]} >= {"cpu", "gpu", "backup"} and status["gpu_limit"] >= 1
         status = _until(lambda: _all_pools_online(env), "one ONLINE worker per pool")
-        assert {"share", "imaging", "mocap", "lab"} <= {d["name"] for d in status["deployments"]}
+        assert {"share", "suite2p", "mocap", "lab"} <= {d["name"] for d in status["deployments"]}
         assert all(not d["schedules"] for d in status["deployments"])  # --pause-schedules
 
         sim = simulate_share(home / "data" / "share", sessions_per_user=1)

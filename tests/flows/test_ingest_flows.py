@@ -50,9 +50,9 @@ def test_ingest_then_populate_then_dump_and_restore(blocks, lab_db):
     text = _artifact("ingest-summary")
     assert "succeeded" in text and "Rejected or failed (7)" in text and "sessSHORT" in text
 
-    result = populate(population="imaging", layout_block=name, db_block=name)
-    assert result["errors"] == 0 and result["remaining"] == {"MotionCorrection": 0, "Segmentation": 0}
-    assert "populate imaging" in _artifact("populate-imaging")
+    result = populate(population="mocap", layout_block=name, db_block=name)
+    assert result["errors"] == 0 and result["remaining"] == {"MocapRecording": 0}
+    assert "populate mocap" in _artifact("populate-mocap")
 
     dump = dump_database(layout_block=name, db_block=name)
     restored = create_empty_database(lab_db.target.with_dbname("postgres"), f"restore_{lab_db.prefix}")
@@ -61,7 +61,7 @@ def test_ingest_then_populate_then_dump_and_restore(blocks, lab_db):
 
     copy = Lab(restored, lab_db.blobs, lab_db.prefix)
     assert len(tables(copy).Session()) == len(t.Session())
-    assert len(tables(copy).Segmentation.Roi()) == len(t.Segmentation.Roi()) > 0
+    assert len(tables(copy).MocapRecording()) == len(t.MocapRecording()) > 0
 
 
 def test_ingest_run_fails_when_a_session_fails(blocks, lab_db):

@@ -1,4 +1,5 @@
-"""Worker populations on a real database, with real worker processes."""
+"""Worker populations on a real database, with real worker processes (the mocap population: the populate
+mechanism every population shares; the calcium ones are tested in tests/lib/calcium and tests/flows/test_imaging.py)."""
 
 import json
 import os
@@ -9,12 +10,11 @@ import time
 
 import numpy as np
 import pytest
-import tifffile
 from labpipe.db.jobs import clear_jobs, job_problems
 from labpipe.ingest.populate import population_tables, run_population
 from labpipe.ingest.run import ingest_share
 from labpipe.ingest.schema import tables
-from labpipe.ingest.simulate import simulate_share
+from labpipe.ingest.simulate import simulate_share, write_motive_csv
 
 from tests.conftest import MARIADB_STORE_BUG, server_target
 
@@ -38,7 +38,7 @@ def _worker(db, home, share, *args):
             "labpipe.cli",
             "ingest",
             "populate",
-            "imaging",
+            "mocap",
             "--share",
             str(share),
             *args,
@@ -63,24 +63,22 @@ def ingested(lab_db, tmp_path, labpipe_home):
 
 def test_populations_compute_every_task(ingested):
     db, share, sim = ingested
-    result = run_population(db, "imaging", share)
+    result = run_population(db, "mocap", share)
     t = tables(db)
-    assert result.errors == [] and result.remaining == {"MotionCorrection": 0, "Segmentation": 0}
-    assert len(t.Segmentation()) == len(t.ImagingTask()) == len(sim.stacks)
-    shifts = (t.MotionCorrection & t.ImagingTask).to_arrays("shifts")[0]
-    assert np.asarray(shifts.load() if hasattr(shifts, "load") else shifts).shape == (64, 2)
-    mocap = run_population(db, "mocap", share)
-    assert mocap.computed == {"MocapRecording": len(t.MocapTask())}
+    assert result.errors == [] and result.remaining == {"MocapRecording": 0}
+    assert result.computed == {"MocapRecording": len(t.MocapTask())} and len(t.MocapTask()) == len(sim.stacks)
+    trajectories = (t.MocapRecording & t.MocapTask).to_arrays("trajectories")[0]
+    assert np.asarray(trajectories.load() if hasattr(trajectories, "load") else trajectories).shape == (120, 3, 3)
 
 
 def test_a_session_restriction_computes_that_session_only(ingested):
     db, share, _ = ingested
     t = tables(db)
-    session = t.ImagingTask.keys(order_by="session_id", limit=1)[0]["session_id"]
-    mine = len(t.ImagingTask & {"session_id": session})
-    result = run_population(db, "imaging", share, session=session)
-    assert result.computed["MotionCorrection"] == mine and result.remaining["MotionCorrection"] == 0
-    assert len(t.MotionCorrection()) == mine < len(t.ImagingTask())
+    session = t.MocapTask.keys(order_by="session_id", limit=1)[0]["session_id"]
+    mine = len(t.MocapTask & {"session_id": session})
+    result = run_population(db, "mocap", share, session=session)
+    assert result.computed["MocapRecording"] == mine and result.remaining["MocapRecording"] == 0
+    assert len(t.MocapRecording()) == mine < len(t.MocapTask())
 
 
 def test_two_concurrent_workers_never_compute_one_key_twice(ingested, labpipe_home):
@@ -90,33 +88,31 @@ def test_two_concurrent_workers_never_compute_one_key_twice(ingested, labpipe_ho
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in results]
     outputs = [json.loads(out) for out, _ in results]
     t = tables(db)
-    computed = [o["computed"]["MotionCorrection"] for o in outputs]
-    assert sum(computed) == len(t.ImagingTask()) == len(t.MotionCorrection())  # each key exactly once
-    assert sum(o["computed"]["Segmentation"] for o in outputs) == len(t.Segmentation())
+    computed = [o["computed"]["MocapRecording"] for o in outputs]
+    assert sum(computed) == len(t.MocapTask()) == len(t.MocapRecording())  # each key exactly once
     assert all(o["errors"] == [] for o in outputs)
 
 
 def test_a_killed_worker_leaves_a_stuck_job_that_is_listed_cleared_and_redone(ingested, labpipe_home):
     db, share, _ = ingested
     t = tables(db)
-    session = t.ImagingTask.keys(order_by="session_id", limit=1)[0]["session_id"]
-    big = np.random.default_rng(0).poisson(100, (1500, 96, 96)).astype(np.uint16)  # a few seconds of work
-    for key in (t.ImagingTask & {"session_id": session}).keys(order_by="file_name"):  # all slow
-        tifffile.imwrite(share / (t.Scan & key).fetch1("folder") / key["file_name"], big)
+    session = t.MocapTask.keys(order_by="session_id", limit=1)[0]["session_id"]
+    for key in (t.MocapTask & {"session_id": session}).keys(order_by="file_name"):  # all slow: a few seconds each
+        write_motive_csv(share / (t.Scan & key).fetch1("folder") / key["file_name"], np.random.default_rng(0), 300_000)
     worker = _worker(db, labpipe_home, share, "--max-calls", "1", "--session", session)
     deadline = time.monotonic() + 300  # the worker process imports DataJoint and numpy first: slow on a busy host
     while (
-        time.monotonic() < deadline and worker.poll() is None and not len(t.MotionCorrection.jobs & "status='reserved'")
+        time.monotonic() < deadline and worker.poll() is None and not len(t.MocapRecording.jobs & "status='reserved'")
     ):
         time.sleep(0.05)
     assert worker.poll() is None, f"the worker ended (code {worker.returncode}) before it could be killed mid-job"
-    assert len(t.MotionCorrection.jobs & "status='reserved'") == 1, "the worker reserved no job within 300 s"
+    assert len(t.MocapRecording.jobs & "status='reserved'") == 1, "the worker reserved no job within 300 s"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    assert len(t.MotionCorrection.jobs & "status='reserved'") == 1
+    assert len(t.MocapRecording.jobs & "status='reserved'") == 1
     time.sleep(0.5)  # the server notices the closed connection
-    problems = job_problems(population_tables(db, "imaging"))
-    assert [(p.table, p.status) for p in problems] == [("MotionCorrection", "stuck")]
+    problems = job_problems(population_tables(db, "mocap"))
+    assert [(p.table, p.status) for p in problems] == [("MocapRecording", "stuck")]
     listed = subprocess.run(
         [sys.executable, "-m", "labpipe.cli", "ingest", "jobs", "--json"],
         env=_worker_env(db, labpipe_home),
@@ -125,20 +121,20 @@ def test_a_killed_worker_leaves_a_stuck_job_that_is_listed_cleared_and_redone(in
         timeout=120,
     )
     assert json.loads(listed.stdout)[0]["status"] == "stuck"
-    assert clear_jobs(population_tables(db, "imaging")) == 1
-    result = run_population(db, "imaging", share)
-    assert result.errors == [] and len(t.MotionCorrection()) == len(t.ImagingTask())
+    assert clear_jobs(population_tables(db, "mocap")) == 1
+    result = run_population(db, "mocap", share)
+    assert result.errors == [] and len(t.MocapRecording()) == len(t.MocapTask())
 
 
 def test_a_failing_key_is_recorded_and_the_rest_computed(ingested):
     db, share, _ = ingested
     t = tables(db)
-    key = t.ImagingTask.keys(order_by="session_id", limit=1)[0]
+    key = t.MocapTask.keys(order_by="session_id", limit=1)[0]
     (share / (t.Scan & key).fetch1("folder") / key["file_name"]).write_bytes(b"truncated")
-    result = run_population(db, "imaging", share)
-    assert len(result.errors) == 1 and "not a readable TIFF" in result.errors[0]["error"]
-    assert len(t.MotionCorrection()) == len(t.ImagingTask()) - 1
-    problems = job_problems(population_tables(db, "imaging"))
+    result = run_population(db, "mocap", share)
+    assert len(result.errors) == 1 and "not a Motive .csv export" in result.errors[0]["error"]
+    assert len(t.MocapRecording()) == len(t.MocapTask()) - 1
+    problems = job_problems(population_tables(db, "mocap"))
     assert [p.status for p in problems] == ["error"]
 
 
@@ -146,10 +142,10 @@ def test_populations_run_on_every_backend(any_db, tmp_path):
     share = tmp_path / "share"
     simulate_share(share, sessions_per_user=1, malformed=False, users={"alice": "AB"})
     ingest_share(any_db, share)
-    result = run_population(any_db, "imaging", share)
-    assert result.errors == [] and result.computed == {"MotionCorrection": 1, "Segmentation": 1}
-    labels = tables(any_db).Segmentation.fetch1("labels")
-    assert np.asarray(labels.load()).shape == (48, 48)
+    result = run_population(any_db, "mocap", share)
+    assert result.errors == [] and result.computed == {"MocapRecording": 1}
+    trajectories = tables(any_db).MocapRecording.fetch1("trajectories")
+    assert np.asarray(trajectories.load()).shape == (120, 3, 3)
 
 
 @pytest.mark.xfail(strict=True, raises=TypeError, reason=MARIADB_STORE_BUG)

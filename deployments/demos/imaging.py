@@ -1,0 +1,68 @@
+"""Imaging demo: a simulated two-photon session with behaviour, denoised, run through suite2p and spike inference.
+
+One session of user ``alice`` (a ScanImage-like stack of 64x64 pixels and 1500 frames with ten cells, its
+Bpod and Harp files and a behaviour video) is written into the share and ingested; then, restricted to
+that session, the ``calcium-imaging`` workers denoise it (gpu pool), run suite2p and OASIS (cpu pool)
+and the CASCADE-style network (gpu pool), and ``behavior-trials`` aligns its trials. The runs use block
+documents named ``demo-small`` (the settings' ``small()`` variants): the defaults are sized for a GPU and
+would train for about an hour each on a laptop CPU. ``notebooks/analysis.ipynb`` then shows its cells.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from labpipe.deployments.demo import DemoContext, DemoResult
+
+ORDER = 15  # after ingest (10); the pose demo (60) then also analyses this session's video
+BLOCKS = "demo-small"
+
+
+def _save_small_blocks() -> dict:
+    from labpipe.blocks.imaging import SpikeInference, StackDenoising, Suite2pProcessing
+    from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSettings
+
+    Suite2pProcessing(**Suite2pSettings.small().model_dump()).save(BLOCKS, overwrite=True)
+    StackDenoising(**DenoiseSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
+    SpikeInference(**SpikeSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
+    return {"suite2p_block": BLOCKS, "denoise_block": BLOCKS, "spikes_block": BLOCKS}
+
+
+def run(ctx: DemoContext) -> DemoResult:
+    from labpipe.behavior.schema import tables as behavior_tables
+    from labpipe.blocks import lab_database
+    from labpipe.calcium.schema import tables
+    from labpipe.calcium.simulate import RecordingSpec
+    from labpipe.ingest.simulate_science import simulate_science_share
+
+    roots = ctx.layout.ensure()
+    spec = RecordingSpec(frames=1500, height=64, width=64, cells=10, photons=8, rate_hz=0.6, seed=7)
+    share = simulate_science_share(roots.share, 1, spec=spec, start=dt.date(2026, 4, 20), seed=18)
+    scan = share.scans[0]
+    session = scan.folder.rsplit("scan", 1)[1]
+    ctx.say(f"simulated session {session} of alice: {spec.frames} frames, {spec.cells} cells, Bpod + Harp, video")
+    blocks = _save_small_blocks()
+    runs = [ctx.run("ingest/share", timeout=600)]
+    db = lab_database()
+    t, b = tables(db), behavior_tables(db)
+    stack = {"session_id": session, "scan_id": session, "file_name": "imaging_00001.tif"}
+    t.DenoiseTask.insert1(stack, skip_duplicates=True)
+    for deployment in ("denoise", "suite2p", "spikes"):
+        runs.append(ctx.run(f"calcium-imaging/{deployment}", {"session": session, **blocks}, timeout=1800))
+    runs.append(ctx.run("behavior-trials/bpod", {"session": session}, timeout=600))
+
+    cells = len(t.Segmentation.Mask & stack & "is_cell")
+    methods = sorted(set((t.Activity & stack).to_arrays("method"))) if t.Activity & stack else []
+    trials = len(b.BehaviorSession.Trial & stack)
+    denoised = (t.Denoising & stack).to_dicts()
+    lines = [
+        f"session {session}: denoised {'yes' if denoised else 'no'}"
+        + (f" (noise sd {denoised[0]['noise_before']:.1f} -> {denoised[0]['noise_after']:.1f})" if denoised else ""),
+        f"suite2p: {cells} cells (truth: {len(scan.recording.active)} active of {spec.cells}); "
+        f"activity by {', '.join(methods) or 'nothing'}; {trials} trials aligned "
+        f"(truth {len(scan.behavior.trial_starts_harp)})",
+        f"analysis: LABPIPE_NOTEBOOK_SESSION={session} jupyter lab notebooks/analysis.ipynb",
+    ]
+    states = [r.state.is_completed() for r in runs if r.state]
+    ok = all(states) and cells > 0 and methods == ["cascade", "oasis"] and trials > 0 and bool(denoised)
+    return DemoResult("imaging", ok, lines)
