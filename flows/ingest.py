@@ -16,6 +16,7 @@ from labpipe.ingest.consolidate import ConsolidationReport, consolidate
 from labpipe.ingest.populate import PopulateResult, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from prefect import flow, task
+from prefect.events import emit_event
 
 
 def _share_label() -> str:
@@ -67,6 +68,15 @@ def ingest(
     share_root = Path(share) if share else roots.share
     consolidation = consolidate_staging(roots.staging, share_root) if consolidate_first else None
     report = insert_share(share_root, db_block, layout_block)
+    if report.inserted or any(report.tasks_inserted.values()):  # the populations' deployments trigger on it
+        emit_event(
+            event="labpipe.ingest.sessions.inserted",
+            resource={
+                "prefect.resource.id": f"labpipe.ingest.share.{share_root.name}",
+                "prefect.resource.name": "ingest",
+            },
+            payload={"run_id": report.run_id, "inserted": report.inserted, "tasks": report.tasks_inserted},
+        )
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":
         raise RuntimeError(f"ingest run {report.run_id} had {len(report.failures)} failed sessions; see its summary")

@@ -123,7 +123,7 @@ def radio_calibrate(
     """
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
-    target = Path(ms) if ms else _choose_group(radio_root, cadence, db)
+    target = radio_root / ms if ms else _choose_group(radio_root, cadence, db)  # relative: under the radio root
     if target is None:
         publish_markdown("No converted group to calibrate.", key=f"radio-calibrate-{cadence}", description="nothing")
         return {"group": None}
@@ -163,7 +163,7 @@ def radio_image(
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
     if ms:
-        todo = [Path(p) for p in ms]
+        todo = [radio_root / p for p in ms]  # a converted event's ms_path is relative to the radio root
     else:
         imaged = {p["group_id"] for p in products.products(db, kind="image")}
         held = {g["group_id"] for g in calregistry.held_groups(db)}
