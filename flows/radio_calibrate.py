@@ -16,7 +16,7 @@ from typing import Literal
 from labpipe.blocks import dask_settings, lab_database, layout
 from labpipe.blocks.radio_calibrate import calibration_settings
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
-from labpipe.radio import calregistry, calrun, products
+from labpipe.radio import calregistry, calrun, lag, products
 from labpipe.radio.calibrate import calibration_client
 from prefect import flow, task
 from prefect.events import emit_event
@@ -183,6 +183,7 @@ def radio_image(
     parts += [_qa_markdown(r) for r in imaged_ok[-3:]]
     parts += ["## held", markdown_table(held_now), "## failed", markdown_table(failures)]
     publish_markdown("\n\n".join(parts), key="radio-image", description="calibrated images and their QA")
+    lag.write_textfile(lag.LagCollector(db), radio_root / "metrics" / "labpipe_radio_lag.prom")  # node_exporter
     if failures:
         raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
     return {"imaged": [r["group"] for r in imaged_ok], "held": [h["group"] for h in held_now]}
