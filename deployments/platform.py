@@ -237,6 +237,16 @@ def register_blocks(settings: Settings) -> list[str]:
     return registered
 
 
+def ensure_alert_automations():
+    """The alert automations of the ``default`` LabAlerts block (deployments/alerts.py); idempotent by name."""
+    from labpipe.blocks.alerts import alert_settings
+    from labpipe.deployments.alerts import ensure_alerts
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return ensure_alerts(client, alert_settings("default"))
+
+
 def deploy_all(settings: Settings) -> None:
     """``prefect deploy --all`` of deployments/prefect.yaml, from the project root."""
     result = subprocess.run(
@@ -298,6 +308,8 @@ class UpReport:
     gpu_slots: int
     blocks: list[str] = field(default_factory=list)
     workers: dict[str, int] = field(default_factory=dict)
+    alert_channels: list[str] = field(default_factory=list)  # email, webhook; empty: nobody hears of failures
+    alerts: list[str] = field(default_factory=list)  # the automations created or updated
 
 
 def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = False) -> UpReport:
@@ -314,6 +326,7 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
         ensure_pools(client, gpus)
         slots = ensure_gpu_limit(client, gpus)
     blocks = register_blocks(settings)
+    alerts = ensure_alert_automations()
     deploy_all(settings)
     with get_client(sync_client=True) as client:
         set_schedules_active(client, not pause_schedules)
@@ -326,7 +339,9 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
     server = _processes(settings)["prefect-server"]
     if not wait_for_api(api_url, 60.0, starting=server.running):  # `up` returns only while the server answers
         raise ServerDown(api_url, "the Prefect server stopped answering during `labpipe up`", f"see {server.log_file}")
-    return UpReport(api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids)
+    return UpReport(
+        api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids, alerts.channels, alerts.automations
+    )
 
 
 def down(settings: Settings, *, keep_database: bool = False) -> list[str]:
