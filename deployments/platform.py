@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
@@ -222,6 +223,7 @@ def block_classes() -> list[type]:
 def register_blocks(settings: Settings) -> list[str]:
     """Register every labpipe block type and save ``default`` documents where none exist yet."""
     from labpipe.blocks import DaskCluster, LabDatabase, StorageLayout
+    from labpipe.blocks.alerts import LabAlerts
 
     registered = []
     for cls in block_classes():
@@ -231,6 +233,7 @@ def register_blocks(settings: Settings) -> list[str]:
         StorageLayout: lambda: StorageLayout(**Layout.default(settings.home).model_dump()),
         LabDatabase: lambda: LabDatabase(url=settings.database_url, schema_prefix=settings.schema_prefix),
         DaskCluster: lambda: DaskCluster(address=settings.dask_address),
+        LabAlerts: LabAlerts,  # empty (nobody told, and `up` says so): the form the operator fills in the UI
     }
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -250,8 +253,16 @@ def ensure_alert_automations():
     from labpipe.deployments.alerts import ensure_alerts
     from prefect.client.orchestration import get_client
 
+    settings = alert_settings("default")
+    installed = {e.value for e in entry_points(group="prefect.collections")}
+    if settings.email_to and "labpipe.blocks.alerts" not in installed:
+        raise ConfigError(
+            "alert e-mail",
+            "the Prefect server cannot send it: labpipe's prefect.collections entry point is not installed",
+            "reinstall labpipe (pip install -e . or make install) and run `labpipe up` again",
+        )
     with get_client(sync_client=True) as client:
-        return ensure_alerts(client, alert_settings("default"))
+        return ensure_alerts(client, settings)
 
 
 LIFECYCLE_OF_MODULE = {"radio_calibrate": "radio", "segment": "segmentation", "imaging": "ingest"}

@@ -130,3 +130,15 @@ def test_no_channel_removes_the_automations_and_says_so():
 def test_unknown_rule_is_refused_naming_it():
     with pytest.raises(ValueError, match="unknown alert rules \\['disk-full'\\]"):
         AlertSettings(rules=["disk-full"])
+
+
+def test_up_refuses_email_alerts_the_server_could_not_send(monkeypatch):
+    """Without labpipe's prefect.collections entry point the server cannot load the e-mail block: say so at `up`."""
+    import labpipe.blocks.alerts
+    from labpipe.deployments import platform
+    from labpipe.errors import ConfigError
+
+    monkeypatch.setattr(labpipe.blocks.alerts, "alert_settings", lambda name: AlertSettings(email_to=["a@lab"]))
+    monkeypatch.setattr(platform, "entry_points", lambda group: [])
+    with pytest.raises(ConfigError, match="prefect.collections entry point is not installed"):
+        platform.ensure_alert_automations()
