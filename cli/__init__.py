@@ -113,6 +113,10 @@ def up(
     typer.echo(f"database: {report.database}")
     typer.echo(f"GPUs: {report.gpus} (gpu concurrency limit {report.gpu_slots})")
     typer.echo(f"workers: {report.workers or 'not started'}")
+    if report.alert_channels:
+        typer.echo(f"alerts: {len(report.alerts)} automations notify by {', '.join(report.alert_channels)}")
+    else:
+        typer.echo("alerts: none - no e-mail or webhook in the LabAlerts block, nobody hears of failures (docs/lab.md)")
     typer.echo(f"Prefect UI: {report.ui_url}")
 
 

@@ -10,6 +10,7 @@ starts one process worker per pool. Everything it starts is recorded under
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
@@ -28,6 +30,7 @@ from labpipe.db.embedded import EmbeddedPostgres
 from labpipe.deployments import PREFECT_FILE, PROJECT_ROOT
 from labpipe.deployments.processes import ManagedProcess
 from labpipe.errors import ConfigError, ToolError
+from labpipe.files import atomic_path
 from labpipe.layout import Layout
 
 POOLS = {
@@ -180,6 +183,11 @@ def ensure_pools(client, gpus: int) -> None:
             client.update_work_pool(name, WorkPoolUpdate(description=description, concurrency_limit=limits[name]))
 
 
+def lab_gpu_count(settings: Settings, host_gpus: int) -> int:
+    """GPUs the `gpu` limit stands for: the lab's GPU hosts' (LABPIPE_LAB_GPUS), else this host's."""
+    return settings.lab_gpus if settings.lab_gpus is not None else host_gpus
+
+
 def ensure_gpu_limit(client, gpus: int) -> int:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -215,6 +223,7 @@ def block_classes() -> list[type]:
 def register_blocks(settings: Settings) -> list[str]:
     """Register every labpipe block type and save ``default`` documents where none exist yet."""
     from labpipe.blocks import DaskCluster, LabDatabase, StorageLayout
+    from labpipe.blocks.alerts import LabAlerts
 
     registered = []
     for cls in block_classes():
@@ -224,6 +233,7 @@ def register_blocks(settings: Settings) -> list[str]:
         StorageLayout: lambda: StorageLayout(**Layout.default(settings.home).model_dump()),
         LabDatabase: lambda: LabDatabase(url=settings.database_url, schema_prefix=settings.schema_prefix),
         DaskCluster: lambda: DaskCluster(address=settings.dask_address),
+        LabAlerts: LabAlerts,  # empty (nobody told, and `up` says so): the form the operator fills in the UI
     }
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -237,10 +247,86 @@ def register_blocks(settings: Settings) -> list[str]:
     return registered
 
 
+def ensure_alert_automations():
+    """The alert automations of the ``default`` LabAlerts block (deployments/alerts.py); idempotent by name."""
+    from labpipe.blocks.alerts import alert_settings
+    from labpipe.deployments.alerts import ensure_alerts
+    from prefect.client.orchestration import get_client
+
+    settings = alert_settings("default")
+    installed = {e.value for e in entry_points(group="prefect.collections")}
+    if settings.email_to and "labpipe.blocks.alerts" not in installed:
+        raise ConfigError(
+            "alert e-mail",
+            "the Prefect server cannot send it: labpipe's prefect.collections entry point is not installed",
+            "reinstall labpipe (pip install -e . or make install) and run `labpipe up` again",
+        )
+    with get_client(sync_client=True) as client:
+        return ensure_alerts(client, settings)
+
+
+LIFECYCLE_OF_MODULE = {"radio_calibrate": "radio", "segment": "segmentation", "imaging": "ingest"}
+
+
+def lifecycle_of(entrypoint: str) -> str:
+    """The lifecycle a deployment belongs to, from its flow module (flows/radio_calibrate.py -> radio)."""
+    stem = Path(entrypoint.split(":", 1)[0]).stem
+    return LIFECYCLE_OF_MODULE.get(stem, stem)
+
+
+def host_timezone() -> str:
+    """This host's IANA time zone: $TZ, /etc/timezone, the /etc/localtime link, else UTC."""
+    from zoneinfo import ZoneInfo
+
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with contextlib.suppress(OSError):
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    with contextlib.suppress(OSError):
+        candidates.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
+    for name in candidates:
+        with contextlib.suppress(Exception):
+            if name and ZoneInfo(name):
+                return name
+    return "UTC"
+
+
+def deployment_specs(settings: Settings) -> list[dict]:
+    """The deployments of prefect.yaml this lab deploys: its lifecycles only, cron schedules in its time zone."""
+    import yaml
+
+    specs = yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+    known = sorted({lifecycle_of(d["entrypoint"]) for d in specs})
+    chosen = settings.lifecycle_list
+    if chosen is not None:
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ConfigError("LABPIPE_LIFECYCLES", f"unknown lifecycles {unknown}", f"choose among {known}")
+        specs = [d for d in specs if lifecycle_of(d["entrypoint"]) in chosen]
+    zone = settings.timezone or host_timezone()
+    for d in specs:
+        for schedule in d.get("schedules") or []:
+            if "cron" in schedule:
+                schedule.setdefault("timezone", zone)
+    return specs
+
+
+def deployment_file(settings: Settings) -> Path:
+    """prefect.yaml as this lab deploys it (``deployment_specs``), written under $LABPIPE_HOME/run."""
+    import yaml
+
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    config["deployments"] = deployment_specs(settings)
+    path = settings.home / "run" / "prefect.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as staged:
+        staged.write_text(yaml.safe_dump(config, sort_keys=False, width=200))
+    return path
+
+
 def deploy_all(settings: Settings) -> None:
-    """``prefect deploy --all`` of deployments/prefect.yaml, from the project root."""
+    """``prefect deploy --all`` of the lab's deployment file (``deployment_file``), from the project root."""
     result = subprocess.run(
-        [bin_path("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
+        [bin_path("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(deployment_file(settings))],
         cwd=PROJECT_ROOT,
         env=platform_env(settings),
         capture_output=True,
@@ -250,14 +336,44 @@ def deploy_all(settings: Settings) -> None:
         raise ToolError("prefect deploy", (result.stdout + result.stderr)[-4000:])
 
 
-def set_schedules_active(client, active: bool) -> int:
+def set_schedules_active(client, active: bool, keep_paused: PausedState | None = None) -> int:
+    """Turn every schedule on (or off); what an operator had paused (``keep_paused``) stays paused."""
+    keep_paused = keep_paused or PausedState()
     changed = 0
     for deployment in client.read_deployments():
+        name = _full_name(client, deployment)
         for schedule in deployment.schedules:
-            if schedule.active != active:
-                client.update_deployment_schedule(deployment.id, schedule.id, active=active)
+            want = active and (name, _schedule_text(schedule.schedule)) not in keep_paused.schedules
+            if schedule.active != want:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=want)
                 changed += 1
+        if name in keep_paused.deployments and not deployment.paused:
+            client.pause_deployment(deployment.id)
+            changed += 1
     return changed
+
+
+@dataclass
+class PausedState:
+    """What an operator paused: deployments (by flow/deployment name) and schedules (name, schedule text)."""
+
+    deployments: set[str] = field(default_factory=set)
+    schedules: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _full_name(client, deployment) -> str:
+    return f"{client.read_flow(deployment.flow_id).name}/{deployment.name}"
+
+
+def paused_state(client) -> PausedState:
+    """Read before redeploying, so that ``up`` does not turn back on what an operator turned off."""
+    state = PausedState()
+    for deployment in client.read_deployments():
+        name = _full_name(client, deployment)
+        if deployment.paused:
+            state.deployments.add(name)
+        state.schedules |= {(name, _schedule_text(s.schedule)) for s in deployment.schedules if not s.active}
+    return state
 
 
 def start_workers(settings: Settings, gpus: int) -> dict[str, int]:
@@ -298,6 +414,8 @@ class UpReport:
     gpu_slots: int
     blocks: list[str] = field(default_factory=list)
     workers: dict[str, int] = field(default_factory=dict)
+    alert_channels: list[str] = field(default_factory=list)  # email, webhook; empty: nobody hears of failures
+    alerts: list[str] = field(default_factory=list)  # the automations created or updated
 
 
 def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = False) -> UpReport:
@@ -310,13 +428,17 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
     api_url = start_server(settings)
     use_platform_env(settings)
     gpus = settings.gpus if settings.gpus is not None else count_gpus()
+    lab_gpus = lab_gpu_count(settings, gpus)
     with get_client(sync_client=True) as client:
-        ensure_pools(client, gpus)
-        slots = ensure_gpu_limit(client, gpus)
+        ensure_pools(client, lab_gpus)
+        slots = ensure_gpu_limit(client, lab_gpus)
     blocks = register_blocks(settings)
+    alerts = ensure_alert_automations()
+    with get_client(sync_client=True) as client:
+        paused = paused_state(client)
     deploy_all(settings)
     with get_client(sync_client=True) as client:
-        set_schedules_active(client, not pause_schedules)
+        set_schedules_active(client, not pause_schedules, keep_paused=paused)
     pids = start_workers(settings, gpus) if workers else {}
     if pids:
         offline = [pool for pool, ok in wait_for_workers(pids).items() if not ok]
@@ -326,7 +448,9 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
     server = _processes(settings)["prefect-server"]
     if not wait_for_api(api_url, 60.0, starting=server.running):  # `up` returns only while the server answers
         raise ServerDown(api_url, "the Prefect server stopped answering during `labpipe up`", f"see {server.log_file}")
-    return UpReport(api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids)
+    return UpReport(
+        api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids, alerts.channels, alerts.automations
+    )
 
 
 def down(settings: Settings, *, keep_database: bool = False) -> list[str]:

@@ -22,6 +22,7 @@ from labpipe.ingest.populate import population_tables, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from labpipe.layout import Layout
 from prefect import flow, task
+from prefect.events import emit_event
 
 
 def _share_label() -> str:
@@ -89,6 +90,15 @@ def ingest(
     share_root = Path(share) if share else roots.share
     consolidation = consolidate_staging(roots.staging, share_root, min_age_s) if consolidate_first else None
     report = insert_share(share_root, database_settings(db_block), roots)
+    if report.inserted or any(report.tasks_inserted.values()):  # the populations' deployments trigger on it
+        emit_event(
+            event="labpipe.ingest.sessions.inserted",
+            resource={
+                "prefect.resource.id": f"labpipe.ingest.share.{share_root.name}",
+                "prefect.resource.name": "ingest",
+            },
+            payload={"run_id": report.run_id, "inserted": report.inserted, "tasks": report.tasks_inserted},
+        )
     publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
     if report.status != "succeeded":
         raise RunFailed(f"ingest run {report.run_id}", f"{len(report.failures)} sessions failed",

@@ -102,7 +102,11 @@ def convert_task(group: str, client, db_block, layout_block, radio_block) -> dic
     if outcome["state"] == "completed":
         emit_event(
             event="labpipe.radio.group.converted",
-            resource={"prefect.resource.id": f"labpipe.radio.group.{group}", "prefect.resource.name": "radio"},
+            resource={
+                "prefect.resource.id": f"labpipe.radio.group.{group}",
+                "prefect.resource.name": "radio",
+                "labpipe.radio.kind": str(outcome.get("kind") or ""),  # calibrators | science: triggers match it
+            },
             payload={k: v for k, v in outcome.items() if k in ("group_id", "kind", "ms_path", "flagged", "calibrator")},
         )
     elif outcome["state"] == "lost":  # another attempt holds the group now; this one published nothing

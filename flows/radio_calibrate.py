@@ -18,7 +18,7 @@ from typing import Literal
 from labpipe.blocks import dask_settings, lab_database, layout
 from labpipe.blocks.radio_calibrate import calibration_settings
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
-from labpipe.radio import calregistry, calrun, products
+from labpipe.radio import calregistry, calrun, lag, products
 from labpipe.radio.calibrate import calibration_client
 from prefect import flow, task
 from prefect.events import emit_event
@@ -167,7 +167,7 @@ def radio_calibrate(
     """
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
-    target = Path(ms) if ms else _choose_group(radio_root, cadence, db)
+    target = radio_root / ms if ms else _choose_group(radio_root, cadence, db)  # relative: under the radio root
     if target is None:
         publish_markdown("No converted group to calibrate.", key=f"radio-calibrate-{cadence}", description="nothing")
         return {"group": None}
@@ -208,7 +208,7 @@ def radio_image(
     radio_root = layout(layout_block).radio
     db = lab_database(db_block, layout_block)
     if ms:
-        todo = [Path(p) for p in ms]
+        todo = [radio_root / p for p in ms]  # a converted event's ms_path is relative to the radio root
     else:
         imaged = {p["group_id"] for p in products.products(db, kind="image")}
         held = {g["group_id"] for g in calregistry.held_groups(db)}
@@ -238,6 +238,10 @@ def radio_image(
     parts += [_science_markdown(imaged_ok)]
     parts += ["## held", markdown_table(held_now), "## failed", markdown_table(failures)]
     publish_markdown("\n\n".join(parts), key="radio-image", description="calibrated images and their QA")
+    try:  # the stage lag for node_exporter's textfile collector; a metric must never fail the run
+        lag.write_textfile(lag.LagCollector(db), radio_root / "metrics" / "labpipe_radio_lag.prom")
+    except Exception as exc:
+        logger().warning("stage lag metrics not written: %s", exc)
     if failures:
         raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
     science = {r["group"]: r["science"] for r in imaged_ok if "science" in r}

@@ -36,11 +36,42 @@ class Settings(BaseSettings):
     )
     dask_address: str | None = Field(None, description="tcp://host:8786 of a Dask scheduler; unset: LocalCluster.")
     gpus: int | None = Field(None, description="GPUs on this host; unset: counted with nvidia-smi.")
+    lab_gpus: int | None = Field(
+        None,
+        description="GPUs across the lab's GPU hosts: the `gpu` concurrency limit `labpipe up` sets (a main server "
+        "without GPUs sets it); unset: LABPIPE_GPUS, else this host's count.",
+    )
+    timezone: str | None = Field(
+        None, description="IANA time zone of the lab's cron schedules (Europe/Berlin); unset: this host's."
+    )
+    lifecycles: str | None = Field(
+        None,
+        description="Comma-separated lifecycles `labpipe up` deploys (ingest,radio,segmentation,training,pose,"
+        "backup,vms); unset: all of deployments/prefect.yaml.",
+    )
 
     @field_validator("home")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"LABPIPE_TIMEZONE={value!r} is not an IANA time zone (e.g. Europe/Berlin)") from exc
+        return value or None
+
+    @property
+    def lifecycle_list(self) -> list[str] | None:
+        """The lifecycles to deploy, or None for all."""
+        names = [n.strip() for n in (self.lifecycles or "").split(",") if n.strip()]
+        return names or None
 
     @property
     def api_url(self) -> str:

@@ -12,6 +12,7 @@ from labpipe.blocks import LabDatabase, StorageLayout
 from labpipe.blocks.radio import RadioStreaming
 from labpipe.flows.radio import radio_convert, radio_convert_files, radio_stream
 from labpipe.layout import Layout
+from labpipe.radio import lag
 from labpipe.radio.naming import group_id, subband_file_name
 from labpipe.radio.schema import tables
 from labpipe.radio.simulate import Source, simulate_group
@@ -32,6 +33,27 @@ def blocks(lab_db, tmp_path):
     RadioStreaming(tmpfs_root=tmpfs, fsync=False, min_file_age_s=0).save(name)
     yield name, RadioTree(Layout(**roots).radio).ensure()
     shutil.rmtree(tmpfs, ignore_errors=True)
+
+
+def _converted_event(group: str):
+    import time
+
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    wanted = EventFilter(
+        event=EventNameFilter(name=["labpipe.radio.group.converted"]),
+        resource=EventResourceFilter(id=[f"labpipe.radio.group.{group}"]),
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=wanted, limit=1).events
+        if events:
+            return events[0]
+        time.sleep(0.5)
+    pytest.fail(f"no labpipe.radio.group.converted event for {group}")
 
 
 def _artifact(key: str) -> str:
@@ -70,6 +92,13 @@ def test_stream_then_convert_with_a_flagged_and_a_failed_group(blocks, lab_db, t
     assert "no readable subband file" in tree.failed_log(group_id(starts[2])).read_text()
     text = _artifact("radio-convert")
     assert "2 groups converted, 1 failed" in text and "data:image/png;base64" in text
+
+    # what the deployment triggers match (deployments/prefect.yaml): the event, the kind label, the relative MS
+    converted = _converted_event(group_id(starts[0]))
+    assert converted.resource["labpipe.radio.kind"] == "science"
+    assert (tree.root / converted.payload["ms_path"]) == tree.ms_path("science", group_id(starts[0]))
+    lags = {x.group_id: x for x in lag.stage_lags(lab_db)}
+    assert lags[group_id(starts[0])].arrival_to_ms >= 0 and lags[group_id(starts[0])].ms_to_image is None
 
 
 def test_convert_files_by_hand(blocks, tmp_path):

@@ -72,6 +72,8 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
 
     first = radio_image(**kw)
     assert first == {"imaged": [], "held": [GROUP], "science": {}}
+    prom = (roots.radio / "metrics" / "labpipe_radio_lag.prom").read_text()
+    assert "labpipe_radio_group_budget_seconds 309.0" in prom  # stage lag gauges for Prometheus
     events = _events("labpipe.radio.calibration.missing", f"labpipe.radio.group.{GROUP}")
     assert events and events[0].payload["group"] == GROUP
     assert radio_image(**kw) == {"imaged": [], "held": [], "science": {}}  # held: not retried, no second alert
@@ -85,7 +87,7 @@ def test_held_group_alerts_then_calibration_releases_it(blocks, lab_db):
     pbcor = [p for p in products.products(lab_db, kind="image") if p["subtype"] == "image.pbcor"]
     assert len(pbcor) == 1 and Path(pbcor[0]["path"]).exists()
 
-    hourly = radio_calibrate(cadence="1h", **kw)
+    hourly = radio_calibrate(cadence="1h", ms=str(ms.relative_to(roots.radio)), **kw)  # as the trigger passes it
     assert list(hourly["tables"]) == ["G"] and hourly["tables"]["G"]["status"] == "active"
     assert Path(hourly["tables"]["G"]["path"]).name == f"{GROUP}_1h.gpcal"
     found = calregistry.lookup(lab_db, pbcor[0]["start_mjd"])

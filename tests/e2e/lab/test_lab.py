@@ -268,6 +268,50 @@ def test_labpipe_status_works_on_a_lab_host_with_its_env_files(lab):
     assert online == {"cpu": ["cpu@main"], "gpu": ["gpu@gpu"], "backup": ["backup@backup"]}
 
 
+MEASURE_TRIGGER = textwrap.dedent(
+    """
+    import json, time
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    def populate_runs():
+        with get_client(sync_client=True) as client:
+            flows = FlowFilter(name=FlowFilterName(any_=["populate"]))
+            return [r for r in client.read_flow_runs(flow_filter=flows) if r.deployment_id]
+
+    before = {r.id for r in populate_runs()}
+    start = time.monotonic()
+    emit_event(
+        event="labpipe.ingest.sessions.inserted",
+        resource={"prefect.resource.id": "labpipe.ingest.share.lab", "prefect.resource.name": "ingest"},
+        payload={"run_id": "lab-e2e", "inserted": 1, "tasks": {}},
+    )
+    EventsWorker.instance().wait_until_empty()
+    seen = {}
+    while len(seen) < 2 and time.monotonic() - start < 60:
+        for r in populate_runs():
+            if r.id not in before:
+                seen.setdefault(r.parameters.get("population"), round(time.monotonic() - start, 2))
+        time.sleep(0.2)
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_up_on_main_deploys_triggers_that_start_runs_within_seconds(lab):
+    """`labpipe up` on the main host (TLS, auth, the lab's PostgreSQL): a new ingest starts both populations."""
+    up = lab.run("main", [LABPIPE, "up", "--no-workers", "--pause-schedules"], timeout=600)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "alerts: none" in up.stdout
+    measured = lab.run("main", [sys.executable, "-c", MEASURE_TRIGGER], timeout=180)
+    assert measured.returncode == 0, measured.stdout + measured.stderr
+    latency = json.loads(measured.stdout.strip().splitlines()[-1])
+    print(f"trigger latency in the simulated lab (event -> run created, seen by a polling client): {latency}")
+    assert set(latency) == {"imaging", "mocap"} and max(latency.values()) < 30
+
+
 def test_teardown_leaves_no_namespace_process_or_folder(lab):
     pids = {s["pid"] for s in lab.status()["services"].values()} | {p for ps in lab.net.pids().values() for p in ps}
     down = _simulate("down", timeout=300)
