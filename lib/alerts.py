@@ -50,8 +50,8 @@ RULES: dict[str, AlertRule] = {
         ),
         AlertRule(
             "check-failed",
-            "A borg check found problems (labpipe.backup.check.failed).",
-            ("labpipe.backup.check.failed",),
+            "A borg check found problems (labpipe.backup.check-failed).",
+            ("labpipe.backup.check-failed",),
             "labpipe.backup.*",
             "labpipe: borg check failed ({{ event.resource.id }})",
         ),
