@@ -106,12 +106,11 @@ def jobs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Jobs reserved by dead workers or failed, in every ingest, calcium and behaviour population."""
-    from labpipe.calcium.populate import population_tables as calcium_tables
     from labpipe.db.jobs import clear_jobs, job_problems
-    from labpipe.ingest.populate import population_tables
+    from labpipe.ingest.populate import every_population_table
 
     db = _database()
-    tables = population_tables(db) + calcium_tables(db)
+    tables = every_population_table(db)
     problems = job_problems(tables)
     if as_json:
         typer.echo(json.dumps([p.as_json() for p in problems], indent=1))

@@ -18,7 +18,7 @@ from labpipe.db.settings import DatabaseSettings
 from labpipe.errors import RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
-from labpipe.ingest.populate import population_tables, run_population
+from labpipe.ingest.populate import every_population_table, run_population
 from labpipe.ingest.run import IngestReport, ingest_share
 from labpipe.layout import Layout
 from prefect import flow, task
@@ -146,7 +146,7 @@ def populate(
 @task(name="recover-reserved-jobs")
 def recover_reserved(heartbeat_window_s: float, db: DatabaseSettings, roots: Layout) -> list[dict]:
     cleared = recover_reserved_jobs(
-        population_tables(open_lab_database(db, blobs=roots.blobs)), heartbeat_window_s=heartbeat_window_s
+        every_population_table(open_lab_database(db, blobs=roots.blobs)), heartbeat_window_s=heartbeat_window_s
     )
     for job in cleared:
         logger().warning("released %s %s (host %s, pid %s): %s", job.table, job.key, job.host, job.pid, job.message)

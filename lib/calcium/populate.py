@@ -18,6 +18,7 @@ from collections.abc import Callable
 from labpipe.calcium.schema import CalciumContext
 from labpipe.calcium.schema import tables as calcium_tables
 from labpipe.db.connect import LabDatabase
+from labpipe.db.jobs import worker_heartbeat
 from labpipe.ingest.populate import PopulateResult
 
 # population -> (schema, table, restriction of its keys)
@@ -73,31 +74,32 @@ def run_population(
         raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
     result = PopulateResult(population)
     steps = POPULATIONS[population]
-    for done, (schema, name, restriction) in enumerate(steps, start=1):
-        table = getattr(_namespace(db, schema), name)
-        restrictions = [r for r in (restriction, {"session_id": session} if session else None) if r]
-        query = table.key_source
-        for r in restrictions:
-            query = query & r
-        outcome = table.populate(
-            query.proj(),
-            reserve_jobs=True,
-            suppress_errors=True,
-            max_calls=max_calls,
-            make_kwargs=_make_kwargs(table, context),
-            display_progress=False,
-        )
-        label = f"{name}[{restriction['method']}]" if restriction and "method" in restriction else name
-        result.computed[label] = int(outcome.get("success_count", 0))
-        for item in outcome.get("error_list", []):
-            key, error = item if isinstance(item, tuple) else (item, "")
-            key = dict(key) if isinstance(key, dict) else {"key": str(key)}
-            result.errors.append(
-                {"table": label, "key": {k: str(v) for k, v in key.items()}, "error": str(error)[:1000]}
+    with worker_heartbeat(db):  # the reservations stay ours while this process lives and beats
+        for done, (schema, name, restriction) in enumerate(steps, start=1):
+            table = getattr(_namespace(db, schema), name)
+            restrictions = [r for r in (restriction, {"session_id": session} if session else None) if r]
+            query = table.key_source
+            for r in restrictions:
+                query = query & r
+            outcome = table.populate(
+                query.proj(),
+                reserve_jobs=True,
+                suppress_errors=True,
+                max_calls=max_calls,
+                make_kwargs=_make_kwargs(table, context),
+                display_progress=False,
             )
-        result.remaining[label] = len(query.proj() - table.proj())
-        if progress:
-            progress(done, len(steps))
+            label = f"{name}[{restriction['method']}]" if restriction and "method" in restriction else name
+            result.computed[label] = int(outcome.get("success_count", 0))
+            for item in outcome.get("error_list", []):
+                key, error = item if isinstance(item, tuple) else (item, "")
+                key = dict(key) if isinstance(key, dict) else {"key": str(key)}
+                result.errors.append(
+                    {"table": label, "key": {k: str(v) for k, v in key.items()}, "error": str(error)[:1000]}
+                )
+            result.remaining[label] = len(query.proj() - table.proj())
+            if progress:
+                progress(done, len(steps))
     return result
 
 

@@ -29,6 +29,15 @@ def population_tables(db: LabDatabase, population: str | None = None) -> list:
     return [getattr(t, name) for name in names]
 
 
+def every_population_table(db: LabDatabase) -> list:
+    """The computed tables of every population of the lab database (ingest, calcium imaging, behaviour, pose):
+    what job recovery and the jobs listing look at."""
+    from labpipe.calcium.populate import population_tables as calcium_tables
+    from labpipe.pose.schema import tables as pose_tables
+
+    return population_tables(db) + calcium_tables(db) + [pose_tables(db).PoseEstimation]
+
+
 def run_population(
     db: LabDatabase,
     population: str,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labpipe.db.connect import LabDatabase
+from labpipe.db.jobs import worker_heartbeat
 from labpipe.errors import ConflictError, InvalidInput, LabpipeError
 from labpipe.pose.preflight import PreflightError, mismatch, preflight
 from labpipe.pose.schema import PoseContext, tables
@@ -58,14 +59,15 @@ def run_population(
 
     context.on_analysed = analysed
     try:
-        outcome = t.PoseEstimation.populate(
-            *restrictions,
-            reserve_jobs=True,
-            suppress_errors=True,
-            max_calls=max_calls,
-            make_kwargs={"context": context},
-            display_progress=False,
-        )
+        with worker_heartbeat(db):  # the reservations stay ours while this process lives and beats
+            outcome = t.PoseEstimation.populate(
+                *restrictions,
+                reserve_jobs=True,
+                suppress_errors=True,
+                max_calls=max_calls,
+                make_kwargs={"context": context},
+                display_progress=False,
+            )
     finally:
         context.on_analysed = user_hook
     for item in outcome.get("error_list", []):
