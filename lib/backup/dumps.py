@@ -132,10 +132,10 @@ def verify_dump(path: Path) -> None:
             while handle.read(1 << 20):
                 pass
     elif path.name.endswith(".pgdump"):
-        from labpipe.db.dump import _run
+        from labpipe.db.dump import run_client
         from labpipe.db.embedded import postgres_bin
 
-        _run([str(postgres_bin("pg_restore")), "--list", str(path)])  # reads the archive's table of contents
+        run_client([str(postgres_bin("pg_restore")), "--list", str(path)])  # reads the archive's table of contents
 
 
 def prune_dumps(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 
 LIFECYCLE = "backup"
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
 
     @schema
     class BackupRun(dj.Manual):

@@ -13,12 +13,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from labpipe.behavior.sync import SyncWiring
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.ingest.schema import tables as ingest_tables
 
 
 def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
     from labpipe.behavior import load
 
     Scan = ingest.Scan  # noqa: N806 - DataJoint resolves "-> Scan" from this scope

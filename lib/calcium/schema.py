@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSettings
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.ingest.schema import tables as ingest_tables
 
 ACTIVITY_METHODS = {
@@ -53,7 +53,7 @@ def worker_name() -> str:
 
 
 def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
     from labpipe.calcium import denoise, scanimage, spikes, suite2p_run
 
     ImagingTask = ingest.ImagingTask  # noqa: F841, N806 - DataJoint resolves "-> ImagingTask" from this scope

@@ -22,7 +22,8 @@ _lock = threading.Lock()
 _open: dict[tuple, LabDatabase] = {}
 
 
-def _datajoint():
+def datajoint_module():
+    """The ``datajoint`` package, quiet (warnings silenced, connection chatter kept off stdout)."""
     # every dj.Instance re-applies its config's log level; keep connection chatter out of stdout (CLI JSON)
     os.environ.setdefault("DJ_LOG_LEVEL", "WARNING")
     with warnings.catch_warnings():
@@ -41,7 +42,7 @@ class LabDatabase:
     """
 
     def __init__(self, target: DatabaseTarget, blobs: Path, prefix: str) -> None:
-        dj = _datajoint()
+        dj = datajoint_module()
         self.target, self.blobs, self.prefix = target, Path(blobs), prefix
         self.blobs.mkdir(parents=True, exist_ok=True)
         extra = {"database__name": target.dbname} if target.backend == "postgresql" and target.dbname else {}

@@ -103,7 +103,8 @@ def _streamed(cmd: list[str], *, source=None, sink=None) -> None:
         raise ToolError(Path(cmd[0]).name, f"exit {process.returncode}: {stderr.strip()[-1500:]}")
 
 
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+def run_client(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a database client tool; ``ToolError`` names it when it is missing or fails."""
     try:
         result = subprocess.run(cmd, capture_output=True, **kwargs)
     except FileNotFoundError as exc:
@@ -128,7 +129,7 @@ def dump_database(target: DatabaseTarget, schemas: list[str], dumps_root: Path, 
     with atomic_path(final) as tmp:
         if target.backend == "postgresql":
             schema_args = [arg for name in schemas for arg in ("-n", name)]
-            _run(
+            run_client(
                 [
                     str(postgres_bin("pg_dump")),
                     "-Fc",
@@ -153,7 +154,7 @@ def restore_dump(dump: Path, target: DatabaseTarget) -> None:
     if not dump.exists():
         raise DatabaseError(dump, "dump file not found")
     if dump.name.endswith(".pgdump"):
-        _run(
+        run_client(
             [
                 str(postgres_bin("pg_restore")),
                 *_pg_args(target),

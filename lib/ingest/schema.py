@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 
 SETUPS = ("mini2p1", "mini2p2", "bench2p1", "aux1", "aux2", "behavior1", "behavior2")
 MODALITIES = ("imaging", "video", "mocap", "aux", "other")
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
     from labpipe.ingest import mocap
 
     @schema

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.ingest.schema import tables as ingest_tables
 
 STIMULUS_KINDS = ("natural", "mei")
 
 
 def _build(schema, ingest) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
     Subject, Scan = ingest.Subject, ingest.Scan  # noqa: F841 - referenced by name in the definitions
 
     @schema

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.ingest.schema import tables as ingest_tables
 from labpipe.pose.settings import PoseAnalysisSettings
 
@@ -47,7 +47,7 @@ def worker_name() -> str:
 
 
 def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
     from labpipe.pose.analyze import analyze_video
     from labpipe.pose.preflight import preflight
 

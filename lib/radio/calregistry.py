@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.errors import ConflictError
 from pydantic import BaseModel, Field
 
@@ -40,7 +40,7 @@ class ValiditySettings(BaseModel):
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
 
     @schema
     class CalTable(dj.Manual):

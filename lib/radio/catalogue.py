@@ -30,7 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.errors import InvalidInput
 from pydantic import BaseModel, Field
 
@@ -47,7 +47,7 @@ class CatalogueSettings(BaseModel):
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
 
     @schema
     class Image(dj.Manual):

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 
 STATES = ("collecting", "pending", "in_progress", "completed", "failed")
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
 
     @schema
     class SubbandFile(dj.Manual):

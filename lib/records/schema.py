@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from labpipe.db.connect import LabDatabase, _datajoint
+from labpipe.db.connect import LabDatabase, datajoint_module
 
 
 def _build(schema) -> SimpleNamespace:
-    dj = _datajoint()
+    dj = datajoint_module()
 
     @schema
     class Cage(dj.Manual):

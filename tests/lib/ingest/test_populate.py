@@ -151,9 +151,9 @@ def test_populations_run_on_every_backend(any_db, tmp_path):
 @pytest.mark.xfail(strict=True, raises=TypeError, reason=MARIADB_STORE_BUG)
 def test_blob_store_attributes_on_mariadb_hit_the_datajoint_bug(tmp_path):
     """Kept so that we notice when a DataJoint release fixes it (this test then fails: XPASS)."""
-    from labpipe.db.connect import LabDatabase, _datajoint
+    from labpipe.db.connect import LabDatabase, datajoint_module
 
-    dj = _datajoint()
+    dj = datajoint_module()
     db = LabDatabase(server_target("mariadb"), tmp_path / "blobs", prefix=f"tmaria{os.getpid()}")
     try:
         schema = db.schema("bug")
