@@ -290,6 +290,7 @@ def flag_once(
         "baseline_cells": report.baseline_cells,
         "seconds": report.timings.get("total_s", 0.0),
     }
+    sweep_staging(report_path)
     with atomic_path(report_path) as tmp:
         tmp.write_text(json.dumps(products.json_safe({**detail, "timings": report.timings}), indent=1))
     layout = read_layout(ms, settings.calibration.channels_per_unit)
@@ -306,6 +307,23 @@ def science_pending(db: LabDatabase) -> list[str]:
     imaged = [r["group_id"] for r in products.products(db, kind="image") if r["subtype"] == "image" and r["group_id"]]
     done = set((catalogue.tables(db).Image & {"status": "measured"}).to_arrays("image_id").tolist())
     return [g for g in dict.fromkeys(imaged) if g not in done]
+
+
+def sweep_staging(final: Path) -> list[str]:
+    """Remove what a killed writer of ``final`` left beside it: ``atomic_path``'s ``.NAME.*.part`` folders.
+
+    A SIGKILL skips ``atomic_path``'s cleanup; the next writer of the same product sweeps it. A live
+    writer of the same name in another process loses its staging and fails its rename (its task is
+    retried); it never publishes a partial file.
+    """
+    import shutil
+
+    final = Path(final)
+    removed = []
+    for stale in final.parent.glob(f".{final.name}.*.part") if final.parent.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale.name)
+    return removed
 
 
 def lightcurve_path(radio_root: Path, source_id: int) -> Path:
@@ -340,6 +358,7 @@ def image_science(
     if not science_settings.reference_catalog and settings.calibration.sky.catalog:  # the sky model's catalog
         science_settings = science_settings.model_copy(update={"reference_catalog": settings.calibration.sky.catalog})
     reference = science.reference_for(radio_root, science_settings)
+    sweep_staging(Path(f"{prefix}.srl.fits"))
     report = science.process_image(db, group, prefix, settings.science, reference=reference, progress=progress)
     rows = [r for r in products.products(db, kind="image", group_id=group) if r["subtype"] == "image"]
     start, end = (rows[0]["start_mjd"], rows[0]["end_mjd"]) if rows else (0.0, 0.0)
@@ -355,6 +374,7 @@ def image_science(
         assessment = variability.assess(curve.mjd, curve.flux_jy, curve.flux_err_jy, settings.science.variability)
         figure = photometry.light_curve_figure(curve, f"source {source_id}", assessment)
         path = lightcurve_path(radio_root, source_id)
+        sweep_staging(path)
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=90)
         plt.close(figure)
