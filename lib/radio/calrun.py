@@ -301,11 +301,13 @@ def flag_once(
 
 
 def science_pending(db: LabDatabase) -> list[str]:
-    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first."""
-    from labpipe.radio import catalogue
+    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first.
+
+    Finished means its source list is recorded as a ``catalogue`` product, which ``image_science`` does last.
+    """
 
     imaged = [r["group_id"] for r in products.products(db, kind="image") if r["subtype"] == "image" and r["group_id"]]
-    done = set((catalogue.tables(db).Image & {"status": "measured"}).to_arrays("image_id").tolist())
+    done = {r["group_id"] for r in products.products(db, kind="catalogue")}  # recorded last by image_science
     return [g for g in dict.fromkeys(imaged) if g not in done]
 
 
@@ -347,7 +349,7 @@ def image_science(
     Idempotent (a finished image is not processed again).
     """
     import matplotlib.pyplot as plt
-    from labpipe.radio import photometry, science, variability
+    from labpipe.radio import catalogue, photometry, science, variability
 
     if not settings.run_science:
         return {"group": group, "skipped": "run_science is off"}
@@ -362,12 +364,13 @@ def image_science(
     report = science.process_image(db, group, prefix, settings.science, reference=reference, progress=progress)
     rows = [r for r in products.products(db, kind="image", group_id=group) if r["subtype"] == "image"]
     start, end = (rows[0]["start_mjd"], rows[0]["end_mjd"]) if rows else (0.0, 0.0)
-    if report.catalogue and Path(report.catalogue).exists():
-        products.record_product(db, "catalogue", Path(report.catalogue), start_mjd=start, end_mjd=end,
-                                group_id=group, subtype="srl", detail={"n_detections": report.n_detections,
-                                "matched": report.matched, "promoted": report.promoted})  # fmt: skip
+    # the candidates this image measured (from the tables, so a rerun after a kill redraws them too)
+    measured = catalogue.tables(db).ForcedFlux & {"image_id": group}
+    here = set(measured.to_arrays("source_id").tolist()) if measured else set()
+    flagged = variability.flagged(db)
+    to_plot = sorted((set(flagged["variable"]) | set(flagged["ese_candidate"])) & (here | set(report.promoted)))
     curves = []
-    for source_id in sorted(set(report.variables) | set(report.ese_candidates)):
+    for source_id in to_plot:
         curve = photometry.light_curve(db, source_id)
         if not len(curve.mjd):
             continue
@@ -378,11 +381,16 @@ def image_science(
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=90)
         plt.close(figure)
-        detail = {"source_id": source_id, "variable": source_id in report.variables,
-                  "ese_candidate": source_id in report.ese_candidates, "n_epochs": len(curve.mjd)}  # fmt: skip
+        detail = {"source_id": source_id, "variable": source_id in flagged["variable"],
+                  "ese_candidate": source_id in flagged["ese_candidate"], "n_epochs": len(curve.mjd)}  # fmt: skip
         products.record_product(db, "lightcurve", path, start_mjd=float(curve.mjd[0]), end_mjd=float(curve.mjd[-1]),
                                 subtype="png", detail=detail)  # fmt: skip
         curves.append(str(path))
+    # last: the record that says this image's science step is finished (science_pending)
+    srl = Path(report.catalogue) if report.catalogue else Path(f"{prefix}.srl.fits")
+    products.record_product(db, "catalogue", srl, start_mjd=start, end_mjd=end, group_id=group, subtype="srl",
+                            detail={"n_detections": report.n_detections, "matched": report.matched,
+                                    "promoted": report.promoted})  # fmt: skip
     return {
         "group": group,
         "catalogue": report.catalogue,
