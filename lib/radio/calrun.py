@@ -337,6 +337,7 @@ def flag_once(
         "baseline_cells": report.baseline_cells,
         "seconds": report.timings.get("total_s", 0.0),
     }
+    sweep_staging(report_path)
     with atomic_path(report_path) as tmp:
         tmp.write_text(json.dumps(products.json_safe({**detail, "timings": report.timings}), indent=1))
     layout = read_layout(ms, settings.calibration.channels_per_unit)
@@ -347,12 +348,31 @@ def flag_once(
 
 
 def science_pending(db: LabDatabase) -> list[str]:
-    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first."""
-    from labpipe.radio import catalogue
+    """Groups with an image whose science step has not finished (failed or killed after imaging), oldest first.
+
+    Finished means its source list is recorded as a ``catalogue`` product, which ``image_science`` does last.
+    """
 
     imaged = [r["group_id"] for r in products.products(db, kind="image") if r["subtype"] == "image" and r["group_id"]]
-    done = set((catalogue.tables(db).Image & {"status": "measured"}).to_arrays("image_id").tolist())
+    done = {r["group_id"] for r in products.products(db, kind="catalogue")}  # recorded last by image_science
     return [g for g in dict.fromkeys(imaged) if g not in done]
+
+
+def sweep_staging(final: Path) -> list[str]:
+    """Remove what a killed writer of ``final`` left beside it: ``atomic_path``'s ``.NAME.*.part`` folders.
+
+    A SIGKILL skips ``atomic_path``'s cleanup; the next writer of the same product sweeps it. A live
+    writer of the same name in another process loses its staging and fails its rename (its task is
+    retried); it never publishes a partial file.
+    """
+    import shutil
+
+    final = Path(final)
+    removed = []
+    for stale in final.parent.glob(f".{final.name}.*.part") if final.parent.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale.name)
+    return removed
 
 
 def lightcurve_path(radio_root: Path, source_id: int) -> Path:
@@ -376,7 +396,7 @@ def image_science(
     Idempotent (a finished image is not processed again).
     """
     import matplotlib.pyplot as plt
-    from labpipe.radio import photometry, science, variability
+    from labpipe.radio import catalogue, photometry, science, variability
 
     if not settings.run_science:
         return {"group": group, "skipped": "run_science is off"}
@@ -387,29 +407,37 @@ def image_science(
     if not science_settings.reference_catalog and settings.calibration.sky.catalog:  # the sky model's catalog
         science_settings = science_settings.model_copy(update={"reference_catalog": settings.calibration.sky.catalog})
     reference = science.reference_for(radio_root, science_settings)
+    sweep_staging(Path(f"{prefix}.srl.fits"))
     report = science.process_image(db, group, prefix, settings.science, reference=reference, progress=progress)
     rows = [r for r in products.products(db, kind="image", group_id=group) if r["subtype"] == "image"]
     start, end = (rows[0]["start_mjd"], rows[0]["end_mjd"]) if rows else (0.0, 0.0)
-    if report.catalogue and Path(report.catalogue).exists():
-        products.record_product(db, "catalogue", Path(report.catalogue), start_mjd=start, end_mjd=end,
-                                group_id=group, subtype="srl", detail={"n_detections": report.n_detections,
-                                "matched": report.matched, "promoted": report.promoted})  # fmt: skip
+    # the candidates this image measured (from the tables, so a rerun after a kill redraws them too)
+    measured = catalogue.tables(db).ForcedFlux & {"image_id": group}
+    here = set(measured.to_arrays("source_id").tolist()) if measured else set()
+    flagged = variability.flagged(db)
+    to_plot = sorted((set(flagged["variable"]) | set(flagged["ese_candidate"])) & (here | set(report.promoted)))
     curves = []
-    for source_id in sorted(set(report.variables) | set(report.ese_candidates)):
+    for source_id in to_plot:
         curve = photometry.light_curve(db, source_id)
         if not len(curve.mjd):
             continue
         assessment = variability.assess(curve.mjd, curve.flux_jy, curve.flux_err_jy, settings.science.variability)
         figure = photometry.light_curve_figure(curve, f"source {source_id}", assessment)
         path = lightcurve_path(radio_root, source_id)
+        sweep_staging(path)
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=90)
         plt.close(figure)
-        detail = {"source_id": source_id, "variable": source_id in report.variables,
-                  "ese_candidate": source_id in report.ese_candidates, "n_epochs": len(curve.mjd)}  # fmt: skip
+        detail = {"source_id": source_id, "variable": source_id in flagged["variable"],
+                  "ese_candidate": source_id in flagged["ese_candidate"], "n_epochs": len(curve.mjd)}  # fmt: skip
         products.record_product(db, "lightcurve", path, start_mjd=float(curve.mjd[0]), end_mjd=float(curve.mjd[-1]),
                                 subtype="png", detail=detail)  # fmt: skip
         curves.append(str(path))
+    # last: the record that says this image's science step is finished (science_pending)
+    srl = Path(report.catalogue) if report.catalogue else Path(f"{prefix}.srl.fits")
+    products.record_product(db, "catalogue", srl, start_mjd=start, end_mjd=end, group_id=group, subtype="srl",
+                            detail={"n_detections": report.n_detections, "matched": report.matched,
+                                    "promoted": report.promoted})  # fmt: skip
     return {
         "group": group,
         "catalogue": report.catalogue,

@@ -77,6 +77,13 @@ class RadioScience(Scenario):
         short = [m["source_id"] for m in masters if len(photometry.light_curve(db, m["source_id"]).mjd) != EPOCHS]
         if short:
             problems.append(f"light curves without every epoch: {short}")
+        from labpipe.radio import variability
+
+        plotted = {p["detail"]["source_id"]: p["detail"]["n_epochs"] for p in products.products(db, kind="lightcurve")}
+        flagged = set(sum(variability.flagged(db).values(), []))
+        stale = sorted(s for s in flagged if plotted.get(s) != EPOCHS)
+        if stale:
+            problems.append(f"candidates without an up-to-date light-curve plot: {stale}")
         for p in products.products(db, kind="lightcurve"):
             data = Path(p["path"]).read_bytes() if Path(p["path"]).is_file() else b""
             if not data.startswith(b"\x89PNG") or not data.rstrip().endswith(b"IEND\xaeB`\x82"):

@@ -241,3 +241,15 @@ def test_an_image_whose_science_step_did_not_finish_is_pending_until_it_does(lab
     assert calrun.science_pending(lab_db) == []
     (listed,) = [p for p in products.products(lab_db, kind="catalogue")]
     assert listed["group_id"] == group and Path(listed["path"]).exists()
+
+
+def test_a_killed_writers_staging_is_swept_by_the_next_writer(tmp_path):
+    """Found by the radio-science fault scenario: SIGKILL inside atomic_path left .source-NNNNNN.png.*.part."""
+    final = tmp_path / "lightcurves" / "source-000004.png"
+    stale = final.parent / ".source-000004.png._ms4ekgm.part"
+    stale.mkdir(parents=True)
+    (stale / "source-000004.png").write_bytes(b"\x89PNG half")
+    other = final.parent / ".source-000005.png.abc.part"
+    other.mkdir()
+    assert calrun.sweep_staging(final) == [stale.name]
+    assert not stale.exists() and other.exists()  # only this product's staging
