@@ -17,6 +17,7 @@ from typing import Literal
 
 from labpipe.blocks import dask_settings, lab_database, layout
 from labpipe.blocks.radio_calibrate import calibration_settings
+from labpipe.errors import RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, png_markdown, publish_markdown
 from labpipe.radio import calregistry, calrun, lag, products
 from labpipe.radio.calibrate import calibration_client
@@ -184,9 +185,9 @@ def radio_calibrate(
         description=f"{cadence} calibration summary",
     )
     if not all(t["status"] == "active" for t in solved["tables"].values()):
-        raise RuntimeError(
-            f"calibration of {solved['group']} failed QA: {[t['reason'] for t in solved['tables'].values()]}"
-        )
+        reasons = [t["reason"] for t in solved["tables"].values()]
+        raise RunFailed(f"calibration of {solved['group']}", f"failed QA: {reasons}",
+                        "the tables were not registered; groups stay held until a table passes")  # fmt: skip
     return {**solved, "released": [r["group"] for r in released]}
 
 
@@ -243,7 +244,8 @@ def radio_image(
     except Exception as exc:
         logger().warning("stage lag metrics not written: %s", exc)
     if failures:
-        raise RuntimeError(f"{len(failures)} groups failed: {failures[:3]}")
+        raise RunFailed("radio-image", f"{len(failures)} groups failed: {failures[:3]}",
+                        "the other groups were imaged; see the run's summary")  # fmt: skip
     science = {r["group"]: r["science"] for r in imaged_ok if "science" in r}
     imaged = [r["group"] for r in imaged_ok if not r.get("resumed")]
     return {"imaged": imaged, "held": [h["group"] for h in held_now], "science": science}
