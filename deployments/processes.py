@@ -6,11 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from labpipe.files import atomic_write_text
-from labpipe.procs import pid_alive
+from labpipe.procs import pid_alive, wait_until
 
 
 def group_members(pgid: int) -> list[int]:
@@ -33,15 +32,6 @@ def group_members(pgid: int) -> list[int]:
         if int(group) == pgid and state != "Z":
             members.append(int(entry.name))
     return members
-
-
-def _wait(condition, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 class ManagedProcess:
@@ -93,9 +83,9 @@ class ManagedProcess:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        if not _wait(lambda: not group_members(pid), timeout):
+        if not wait_until(lambda: not group_members(pid), timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            _wait(lambda: not group_members(pid), 10.0)
+            wait_until(lambda: not group_members(pid), 10.0)
         self.pid_file.unlink(missing_ok=True)
         return True

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def pid_alive(pid: int) -> bool:
@@ -27,3 +32,15 @@ def pid_alive(pid: int) -> bool:
         return False
     except (OSError, IndexError):
         return True
+
+
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.2) -> T | None:
+    """Poll ``condition()`` until it returns something true (returned) or ``timeout`` seconds pass (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 from labpipe.deployments.demo import DemoContext, DemoResult
+from labpipe.procs import wait_until
 
 ORDER = 70
 COUNT = 3
@@ -31,16 +32,6 @@ def _wait_flow_run(flow_run_id: str, timeout: float):
             if (run.state and run.state.is_final()) or time.monotonic() > deadline:
                 return run
             time.sleep(1.0)
-
-
-def _wait(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    return None
 
 
 def run(ctx: DemoContext) -> DemoResult:
@@ -71,7 +62,9 @@ def run(ctx: DemoContext) -> DemoResult:
         started = admin.post("/admin/vms", json={"count": COUNT, "request_key": key}).json()
         create_run = _wait_flow_run(started["flow_run_id"], 300)
         ctx.say(f"create-vms/default: {create_run.state.name if create_run.state else '?'} ({create_run.name})")
-        ours = _wait(lambda: [vm for vm in store.list(request_key=key) if vm.state == "available"] or None, 120) or []
+        ours = (
+            wait_until(lambda: [vm for vm in store.list(request_key=key) if vm.state == "available"] or None, 120) or []
+        )
         lines.append(f"{len(ours)}/{COUNT} local VMs registered by flow run {create_run.name}: "
                      + ", ".join(vm.hostname for vm in ours) + " (no GPU here, as the clients say)")  # fmt: skip
 
@@ -86,7 +79,7 @@ def run(ctx: DemoContext) -> DemoResult:
         vm = answer["vm"]
         ctx.say(f"ada@lab.org was given {vm['hostname']} at {vm['address']}")
         output_file = Path(store.get(vm["id"]).provider_ref["folder"]) / "session" / "command.log"
-        output = _wait(lambda: output_file.exists() and output_file.read_text().strip(), 60) or "(no output yet)"
+        output = wait_until(lambda: output_file.exists() and output_file.read_text().strip(), 60) or "(no output yet)"
         lines.append(f"allocation: {vm['hostname']} (VM {vm['id']}) -> ada@lab.org at {vm['address']}; "
                      f"her command printed: {output!r}")  # fmt: skip
         refused = httpx.post(

@@ -15,13 +15,13 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from labpipe.errors import ConfigError, ToolError
+from labpipe.procs import wait_until
 
 HOSTS = ("main", "gpu", "backup")
 NETNS_DIR = Path("/run/netns")
@@ -161,16 +161,6 @@ class LabNetwork:
 
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
-
-
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
-    """Whether ``condition()`` became true within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def namespaces_permitted() -> str | None:

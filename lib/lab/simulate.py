@@ -33,8 +33,8 @@ from pathlib import Path
 
 from labpipe.errors import ConfigError, ToolError
 from labpipe.lab.certs import make_certs, write_private
-from labpipe.lab.netns import LabNetwork, wait_until
-from labpipe.procs import pid_alive
+from labpipe.lab.netns import LabNetwork
+from labpipe.procs import pid_alive, wait_until
 
 PREFECT_PORT = 4200
 DASK_PORT = 8786

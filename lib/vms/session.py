@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labpipe.errors import ConfigError, ToolError
+from labpipe.procs import wait_until
 
 log = logging.getLogger("labpipe.vms.session")
 ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -146,15 +147,6 @@ class Containment(ABC):
         """SIGTERM everything, SIGKILL what is left after ``grace`` seconds, wait until empty, remove it."""
 
 
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 class CgroupFolder(Containment):
     """A cgroup v2 folder owned by the client: members cannot leave it, ``cgroup.kill`` ends them all."""
 
@@ -203,11 +195,11 @@ class CgroupFolder(Containment):
             return
         if grace > 0 and self.occupied():
             self._signal_all(signal.SIGTERM)
-            _wait(lambda: not self.occupied(), grace)
+            wait_until(lambda: not self.occupied(), grace, interval=0.05)
         deadline = time.monotonic() + 30
         while self.occupied():
             self._kill_all()
-            if _wait(lambda: not self.occupied(), 2.0):
+            if wait_until(lambda: not self.occupied(), 2.0, interval=0.05):
                 break
             if time.monotonic() > deadline:
                 raise ToolError(str(self.path), f"processes {self.pids()} survived cgroup.kill for 30 s")
@@ -241,7 +233,7 @@ class SystemdScope(Containment):
         if grace <= 0:
             self._systemctl("kill", "--signal=SIGKILL", self.unit)
         self._systemctl("stop", self.unit)  # SIGTERM, then SIGKILL after TimeoutStopSec, for the whole cgroup
-        if not _wait(lambda: not self.occupied(), 15):
+        if not wait_until(lambda: not self.occupied(), 15, interval=0.05):
             raise ToolError(self.unit, "still active after systemctl stop")
 
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 from labpipe.errors import ToolError
-from labpipe.lab.netns import LabNetwork, namespaces_permitted, wait_until
+from labpipe.lab.netns import LabNetwork, namespaces_permitted
+from labpipe.procs import wait_until
 
 pytestmark = pytest.mark.skipif(namespaces_permitted() is not None, reason=str(namespaces_permitted()))
 
