@@ -142,59 +142,42 @@ def solve_and_register(
     write_model: bool = True,
 ) -> SolveReport:
     """Solve one group at a cadence ('24h': K+BP+G, '1h': G on the active K+BP), write, QA, register."""
+    if cadence not in ("24h", "1h"):
+        raise InvalidInput(cadence, "unknown cadence", "use '24h' or '1h'")
     group = group_of(ms)
     with db.server_lock(f"radio caltables {group} {cadence}"):
         _clear_killed_staging(table_path(radio_root, group, cadence, "K").parent, f"{group}_{cadence}.")
-        return _solve_and_register(
-            db, radio_root, ms, cadence, settings, client=client, progress=progress, write_model=write_model
-        )
-
-
-def _solve_and_register(
-    db: LabDatabase,
-    radio_root: Path,
-    ms: Path,
-    cadence: str,
-    settings: RadioCalSettings,
-    *,
-    client=None,
-    progress: Callable[[int, int], None] | None = None,
-    write_model: bool = True,
-) -> SolveReport:
-    if cadence not in ("24h", "1h"):
-        raise InvalidInput(cadence, "unknown cadence", "use '24h' or '1h'")
-    t0 = time.perf_counter()
-    layout = read_layout(ms, settings.calibration.channels_per_unit)
-    group = group_of(ms)
-    catalog = skymodel.read_catalog(catalog_path(radio_root, settings))
-    chain = None
-    if cadence == "1h":
-        found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
-        if found.bp is None:
-            raise InvalidInput(ms, "no active bandpass covers this group", "run the 24 h calibration first")
-        chain = load_chain(found)
-        chain.g = []
-    solution = calibrate.solve_group(
-        layout, catalog, settings.calibration, solve="KBPG" if cadence == "24h" else "G",
-        chain=chain, client=client, progress=progress,
-    )  # fmt: skip
-    report = SolveReport(group, cadence, timings=dict(solution.timings), n_sources=len(solution.field.catalog))
-    if write_model:
-        t1 = time.perf_counter()
-        calibrate.write_model(layout, solution)
-        report.timings["write_model_s"] = time.perf_counter() - t1
-    found_tables = [s for s in (solution.k, solution.bp, solution.g) if s is not None]
-    for sol in found_tables:
-        path = table_path(radio_root, group, cadence, sol.kind)
-        caltable.write_table(sol, layout, path)
-        report.tables[sol.kind] = _register(db, layout, sol, path, group, cadence, settings)
-        products.record_product(
-            db, "caltable", path, start_mjd=float(layout.times_mjd[0]), end_mjd=float(layout.times_mjd[-1]),
-            group_id=group, subtype=caltable.SUFFIX[sol.kind], detail={"status": report.tables[sol.kind]["status"]},
+        t0 = time.perf_counter()
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
+        catalog = skymodel.read_catalog(catalog_path(radio_root, settings))
+        chain = None
+        if cadence == "1h":
+            found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+            if found.bp is None:
+                raise InvalidInput(ms, "no active bandpass covers this group", "run the 24 h calibration first")
+            chain = load_chain(found)
+            chain.g = []
+        solution = calibrate.solve_group(
+            layout, catalog, settings.calibration, solve="KBPG" if cadence == "24h" else "G",
+            chain=chain, client=client, progress=progress,
         )  # fmt: skip
-    _cleanup(solution)
-    report.timings["total_s"] = time.perf_counter() - t0
-    return report
+        report = SolveReport(group, cadence, timings=dict(solution.timings), n_sources=len(solution.field.catalog))
+        if write_model:
+            t1 = time.perf_counter()
+            calibrate.write_model(layout, solution)
+            report.timings["write_model_s"] = time.perf_counter() - t1
+        found_tables = [s for s in (solution.k, solution.bp, solution.g) if s is not None]
+        for sol in found_tables:
+            path = table_path(radio_root, group, cadence, sol.kind)
+            caltable.write_table(sol, layout, path)
+            report.tables[sol.kind] = _register(db, layout, sol, path, group, cadence, settings)
+            products.record_product(
+                db, "caltable", path, start_mjd=float(layout.times_mjd[0]), end_mjd=float(layout.times_mjd[-1]),
+                group_id=group, subtype=caltable.SUFFIX[sol.kind], detail={"status": report.tables[sol.kind]["status"]},
+            )  # fmt: skip
+        _cleanup(solution)
+        report.timings["total_s"] = time.perf_counter() - t0
+        return report
 
 
 def _register(db, layout: MsLayout, sol, path: Path, group: str, cadence: str, settings: RadioCalSettings) -> dict:
@@ -249,54 +232,42 @@ def apply_and_image(
     with db.server_lock(f"radio images {group}"):
         _clear_killed_staging(image_prefix(radio_root, group).parent, f"{group}.")
         _clear_killed_staging(qa_dir(radio_root, group), f"{group}.")
-        return _apply_and_image(db, radio_root, ms, settings, progress=progress)
-
-
-def _apply_and_image(
-    db: LabDatabase,
-    radio_root: Path,
-    ms: Path,
-    settings: RadioCalSettings,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> GroupReport:
-    t0 = time.perf_counter()
-    layout = read_layout(ms, settings.calibration.channels_per_unit)
-    group = group_of(ms)
-    report = GroupReport(group)
-    found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
-    if not found.complete:
-        missing = [k for k, v in (("BP", found.bp), ("G", found.g)) if not v]
-        report.held, report.reason = True, f"no valid {' and '.join(missing)} table covers MJD {layout.mid_mjd:.5f}"
-        calregistry.hold(db, group, str(ms), layout.mid_mjd, report.reason)
+        t0 = time.perf_counter()
+        layout = read_layout(ms, settings.calibration.channels_per_unit)
+        report = GroupReport(group)
+        found = calregistry.wait_for_registrations(db, layout.mid_mjd, settings.registration_wait_s)
+        if not found.complete:
+            missing = [k for k, v in (("BP", found.bp), ("G", found.g)) if not v]
+            report.held, report.reason = True, f"no valid {' and '.join(missing)} table covers MJD {layout.mid_mjd:.5f}"
+            calregistry.hold(db, group, str(ms), layout.mid_mjd, report.reason)
+            return report
+        report.tables = found.paths()
+        chain = load_chain(found)
+        t1 = time.perf_counter()
+        calibrate.apply_chain(layout, chain)
+        report.timings["apply_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        result = imaging.clean_image(layout, settings.imaging, settings.calibration.sky, progress=progress)
+        paths = imaging.write_fits(result, layout, image_prefix(radio_root, group))
+        report.timings["image_s"] = time.perf_counter() - t2
+        report.images = {k: str(v) for k, v in paths.items()}
+        metrics = _qa(layout, paths, radio_root, settings, result, report)
+        report.metrics = metrics
+        start, end = float(layout.times_mjd[0]), float(layout.times_mjd[-1])
+        products.record_product(db, "ms", ms, start_mjd=start, end_mjd=end, group_id=group, subtype="calibrated",
+                                detail={"tables": report.tables})  # fmt: skip
+        for kind, path in paths.items():
+            detail = {"ra_deg": result.ra0_deg, "dec_deg": result.dec0_deg} if kind == "image.pbcor" else None
+            products.record_product(db, "image", path, start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
+                                    detail=detail)  # fmt: skip
+        for kind, path in report.qa.items():
+            summary = {k: metrics[k] for k in ("rms_jy", "dynamic_range", "n_sources", "flux_error_median", "passed")}
+            products.record_product(db, "qa", Path(path), start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
+                                    detail=summary if kind == "metrics" else None)  # fmt: skip
+        if any(g["group_id"] == group for g in calregistry.held_groups(db)):
+            calregistry.release(db, group)
+        report.timings["total_s"] = time.perf_counter() - t0
         return report
-    report.tables = found.paths()
-    chain = load_chain(found)
-    t1 = time.perf_counter()
-    calibrate.apply_chain(layout, chain)
-    report.timings["apply_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    result = imaging.clean_image(layout, settings.imaging, settings.calibration.sky, progress=progress)
-    paths = imaging.write_fits(result, layout, image_prefix(radio_root, group))
-    report.timings["image_s"] = time.perf_counter() - t2
-    report.images = {k: str(v) for k, v in paths.items()}
-    metrics = _qa(layout, paths, radio_root, settings, result, report)
-    report.metrics = metrics
-    start, end = float(layout.times_mjd[0]), float(layout.times_mjd[-1])
-    products.record_product(db, "ms", ms, start_mjd=start, end_mjd=end, group_id=group, subtype="calibrated",
-                            detail={"tables": report.tables})  # fmt: skip
-    for kind, path in paths.items():
-        detail = {"ra_deg": result.ra0_deg, "dec_deg": result.dec0_deg} if kind == "image.pbcor" else None
-        products.record_product(db, "image", path, start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
-                                detail=detail)  # fmt: skip
-    for kind, path in report.qa.items():
-        summary = {k: metrics[k] for k in ("rms_jy", "dynamic_range", "n_sources", "flux_error_median", "passed")}
-        products.record_product(db, "qa", Path(path), start_mjd=start, end_mjd=end, group_id=group, subtype=kind,
-                                detail=summary if kind == "metrics" else None)  # fmt: skip
-    if any(g["group_id"] == group for g in calregistry.held_groups(db)):
-        calregistry.release(db, group)
-    report.timings["total_s"] = time.perf_counter() - t0
-    return report
 
 
 def flag_once(
