@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from labpipe.blocks.resolve import resolve
 from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSettings
-from labpipe.records.settings import PyratSettings
+from labpipe.records.settings import PyratSettings, RSpaceSettings
 from prefect.blocks.core import Block
 
 if TYPE_CHECKING:
@@ -79,6 +79,18 @@ class PyratConnection(Block, PyratSettings):
     """
 
 
+class RSpaceNotebook(Block, RSpaceSettings):
+    """The lab's RSpace server and which notebook entry each user's ingest summaries are appended to."""
+
+    _block_type_name = "labpipe rspace notebook"
+    _block_type_slug = "labpipe-rspace-notebook"
+    _description = "RSpace (electronic lab notebook): server URL, API key, and share username -> document to append to."
+    _code_example = """
+    from labpipe.blocks.imaging import RSpaceNotebook
+    RSpaceNotebook(url="https://rspace.example.org", api_key="...", entries={"alice": "SD1234"}).save("default")
+    """
+
+
 def suite2p_settings(name: str | None = "default") -> Suite2pSettings:
     """The ``Suite2pProcessing`` document ``name``, or the built-in defaults."""
     return resolve(Suite2pProcessing, name, Suite2pSettings())
@@ -120,8 +132,17 @@ def pyrat_settings(name: str | None = "default") -> PyratSettings | None:
     return settings if settings.url else None
 
 
+def rspace_settings(name: str | None = "default") -> RSpaceSettings | None:
+    """The ``RSpaceNotebook`` document ``name``; None when ``default`` is not configured (no RSpace in this lab)."""
+    unconfigured = RSpaceSettings.model_construct(url="", api_key=None, entries={})
+    settings = resolve(RSpaceNotebook, name, unconfigured)
+    return settings if settings.url else None
+
+
 __all__ = [
     "PyratConnection",
+    "RSpaceNotebook",
+    "rspace_settings",
     "SpikeInference",
     "StackDenoising",
     "Suite2pProcessing",

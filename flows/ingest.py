@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 from labpipe.blocks import database_settings, lab_database, layout
+from labpipe.blocks.imaging import rspace_settings
 from labpipe.db.connect import dump_lab_database, open_lab_database
 from labpipe.db.jobs import DEFAULT_HEARTBEAT_WINDOW_S, recover_reserved_jobs
 from labpipe.db.settings import DatabaseSettings
-from labpipe.errors import RunFailed
+from labpipe.errors import LabpipeError, RunFailed
 from labpipe.flows.common import Progress, logger, markdown_table, publish_markdown
 from labpipe.ingest.consolidate import DEFAULT_MIN_AGE_S, ConsolidationReport, consolidate
 from labpipe.ingest.populate import every_population_table, run_population
@@ -49,6 +50,29 @@ def insert_share(share: Path, db: DatabaseSettings, roots: Layout) -> IngestRepo
     )
 
 
+@task(name="post-to-notebooks", task_run_name="post-to-notebooks")
+def post_to_notebooks(report: IngestReport, settings) -> str:
+    """Append each inserted session's summary to its user's RSpace entry; the markdown of what was posted.
+
+    A failure is a warning and a line in the summary, never a failed ingest: the data are in the database.
+    """
+    from labpipe.records.rspace import post_summary, summaries_of
+
+    if settings is None or not report.sessions:
+        return ""
+    rows = []
+    for summary in summaries_of(report):
+        try:
+            document = post_summary(settings, summary)
+        except LabpipeError as exc:
+            logger().warning("RSpace summary of %s not posted: %s", summary.session_id, exc)
+            rows.append({"session": summary.session_id, "user": summary.username, "entry": "", "posted": str(exc)})
+            continue
+        if document:
+            rows.append({"session": summary.session_id, "user": summary.username, "entry": document, "posted": "yes"})
+    return "\n## RSpace notebook entries\n" + markdown_table(rows, ["session", "user", "entry", "posted"])
+
+
 def _ingest_summary(report: IngestReport, consolidation: ConsolidationReport | None) -> str:
     lines = [
         f"# Ingest run `{report.run_id}`: **{report.status}**",
@@ -75,6 +99,7 @@ def ingest(
     min_age_s: float = DEFAULT_MIN_AGE_S,
     layout_block: str | None = "default",
     db_block: str | None = "default",
+    rspace_block: str | None = "default",
 ) -> dict:
     """Consolidate staged files that stopped changing, then insert every new session, scan, file and task.
 
@@ -85,6 +110,8 @@ def ingest(
             no process holds it open for writing.
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         db_block: Name of the labpipe lab database block (the DataJoint server).
+        rspace_block: Name of the labpipe rspace notebook block; each session's summary is appended to its user's
+            entry (nothing when no such block is saved; an RSpace outage never fails the ingest).
     """
     roots = layout(layout_block)
     share_root = Path(share) if share else roots.share
@@ -99,7 +126,9 @@ def ingest(
             },
             payload={"run_id": report.run_id, "inserted": report.inserted, "tasks": report.tasks_inserted},
         )
-    publish_markdown(_ingest_summary(report, consolidation), key="ingest-summary", description="ingest run summary")
+    notebooks = post_to_notebooks(report, rspace_settings(rspace_block))
+    publish_markdown(_ingest_summary(report, consolidation) + notebooks, key="ingest-summary",
+                     description="ingest run summary")  # fmt: skip
     if report.status != "succeeded":
         raise RunFailed(f"ingest run {report.run_id}", f"{len(report.failures)} sessions failed",
                         "the others were ingested; the run's summary names each failure")  # fmt: skip

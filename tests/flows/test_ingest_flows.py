@@ -141,3 +141,30 @@ def test_recover_jobs_releases_a_dead_workers_reservation_and_reports_it(blocks,
     text = _artifact("recover-jobs")
     assert key["session_id"] in text and f"connection {gone} is gone" in text
     assert recover_jobs(layout_block=name, db_block=name)["recovered"] == 0
+
+
+def test_ingest_appends_each_sessions_summary_to_its_users_rspace_entry_and_an_outage_fails_nothing(blocks, lab_db):
+    """RSpace is a cloud service: the loopback stand-in (tests/lib/records/standins.py) implements the documented
+    endpoints the real rspace-client calls."""
+    from labpipe.blocks.imaging import RSpaceNotebook
+
+    from tests.lib.records.standins import API_KEY, rspace_app, serve
+
+    name, layout = blocks
+    simulate_share(layout.share, sessions_per_user=1, malformed=False, users={"alice": "AB", "bob": "BC"})
+    document = {"id": 7, "globalId": "SD7", "name": "log", "form": {"id": 3},
+                "fields": [{"id": 70, "name": "Data", "content": "<p>before</p>"}]}  # fmt: skip
+    with serve(rspace_app({7: document})) as url:
+        RSpaceNotebook(url=url, api_key=API_KEY, entries={"alice": "SD7"}).save(name)
+        first = ingest(min_age_s=0, layout_block=name, db_block=name, rspace_block=name)
+    assert first["status"] == "succeeded"
+    content = document["fields"][0]["content"]
+    alice = [s["session_id"] for s in (tables(lab_db).Session & {"username": "alice"}).to_dicts()]
+    assert content.startswith("<p>before</p>") and alice and all(s in content for s in alice)
+    assert "SD7" in _artifact("ingest-summary")
+
+    simulate_share(layout.share / "more", sessions_per_user=1, malformed=False, users={"alice": "AB"}, seed=9)
+    RSpaceNotebook(url="http://127.0.0.1:9", api_key=API_KEY, entries={"alice": "SD7"}).save(name, overwrite=True)
+    second = ingest(share=str(layout.share / "more"), min_age_s=0, layout_block=name, db_block=name, rspace_block=name)
+    assert second["status"] == "succeeded" and second["inserted"] == 1  # RSpace down: the ingest still succeeds
+    assert "RSpace" in _artifact("ingest-summary") and "could not append" in _artifact("ingest-summary")
