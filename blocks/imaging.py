@@ -87,7 +87,8 @@ class RSpaceNotebook(Block, RSpaceSettings):
     _description = "RSpace (electronic lab notebook): server URL, API key, and share username -> document to append to."
     _code_example = """
     from labpipe.blocks.imaging import RSpaceNotebook
-    RSpaceNotebook(url="https://rspace.example.org", api_key="...", entries={"alice": "SD1234"}).save("default")
+    notebook = RSpaceNotebook.load("BLOCK_NAME")
+    print(notebook.url, notebook.entries)
     """
 
 

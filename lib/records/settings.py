@@ -27,4 +27,4 @@ class RSpaceSettings(BaseModel):
         description="Share username -> RSpace document (global id such as SD1234, or number) to append to. "
         "Users without an entry get no summary.",
     )
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for RSpace before a summary counts as unposted.")
