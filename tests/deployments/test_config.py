@@ -22,6 +22,10 @@ SECRETS = {
     "labpipe-rclone-remote": {"type": "s3", "secret_options": {"access_key_id": "AK", "secret_access_key": "pw-s3"}},
     "labpipe-model-store": {"access_key_id": "AK2", "secret_access_key": "pw-model-store"},
     "labpipe-vm-allocation": {"database_url": "postgresql://vms:pw-vms@db.example/vms"},
+    "labpipe-pyrat-connection": {"url": "https://pyrat.example/p", "client_token": "pw-c", "user_token": "pw-u"},
+    "labpipe-rspace-notebook": {"url": "https://rspace.example", "api_key": "pw-rspace"},
+    "labpipe-lab-alerts": {"smtp": {"password": "pw-alerts"}},
+    "labpipe-smtp-email": {"password": "pw-smtp"},
 }
 
 
