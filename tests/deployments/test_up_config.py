@@ -62,7 +62,7 @@ def test_lab_chooses_lifecycles_and_cron_schedules_carry_its_time_zone(tmp_path)
 
     written = yaml.safe_load(platform.deployment_file(settings).read_text())
     assert written["deployments"] == specs and written["pull"]  # the rest of prefect.yaml as it is
-    populate = next(d for d in specs if d["name"] == "imaging")
+    populate = next(d for d in specs if d["name"] == "suite2p")  # calcium imaging belongs to ingest
     assert populate["triggers"][0]["expect"] == ["labpipe.ingest.sessions.inserted"]
 
     everything = platform.deployment_specs(Settings(home=tmp_path))
