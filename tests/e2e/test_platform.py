@@ -61,28 +61,25 @@ def _all_pools_online(env) -> dict | None:
     return status if online else None
 
 
-def _trigger_latency(api_url: str, event: str, flow_name: str, timeout: float = 60.0) -> dict[str, float]:
-    """Seconds from ``event`` (as the server recorded it) to the creation of each run of ``flow_name``'s deployments."""
+def _trigger_latency(api_url: str, event: str, flows: list[str], timeout: float = 60.0) -> dict[str, float]:
+    """Seconds from ``event`` (as the server recorded it) to the creation of a run of each flow's deployment."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while True:
         events = httpx.post(f"{api_url}/events/filter", json={"filter": {"event": {"name": [event]}}}).json()
-        runs = httpx.post(
-            f"{api_url}/flow_runs/filter", json={"flows": {"name": {"any_": [flow_name]}}, "limit": 50}
-        ).json()
-        runs = [r for r in runs if r.get("deployment_id")]
-        if (events["events"] and len({_run_key(r) for r in runs}) >= 2) or time.monotonic() > deadline:
+        created = {}
+        for name in flows:
+            found = httpx.post(f"{api_url}/flow_runs/filter", json={"flows": {"name": {"any_": [name]}}, "limit": 50})
+            runs = [r["created"] for r in found.json() if r.get("deployment_id")]
+            if runs:
+                created[name] = min(runs)
+        if (events["events"] and len(created) == len(flows)) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     assert events["events"], f"no {event} event"
     occurred = min(datetime.fromisoformat(e["occurred"]) for e in events["events"])
-    return {_run_key(r): round((datetime.fromisoformat(r["created"]) - occurred).total_seconds(), 2) for r in runs}
-
-
-def _run_key(run: dict) -> str:
-    """A created run's name is random until it starts: name it by flow and population parameter instead."""
-    return "populate-" + str(run["parameters"].get("population"))
+    return {name: round((datetime.fromisoformat(at) - occurred).total_seconds(), 2) for name, at in created.items()}
 
 
 def test_up_run_a_deployment_status_and_down(tmp_path):
@@ -124,9 +121,10 @@ def test_up_run_a_deployment_status_and_down(tmp_path):
         recent = _status(env)["recent_runs"]
         assert any(r["state"] == "Completed" and r["name"].startswith("ingest") for r in recent)
         # the new sessions' event starts the populations by trigger (deployments/prefect.yaml), not by their poll
-        latency = _trigger_latency(run_env["PREFECT_API_URL"], "labpipe.ingest.sessions.inserted", "populate")
-        print(f"\ntrigger latency ingest.sessions.inserted -> populate runs created (labpipe up): {latency}")
-        assert set(latency) == {"populate-imaging", "populate-mocap"} and max(latency.values()) < 30.0
+        populations = ["populate", "calcium-imaging", "behavior-trials"]  # mocap, suite2p, bpod
+        latency = _trigger_latency(run_env["PREFECT_API_URL"], "labpipe.ingest.sessions.inserted", populations)
+        print(f"\ntrigger latency ingest.sessions.inserted -> population runs created (labpipe up): {latency}")
+        assert set(latency) == set(populations) and max(latency.values()) < 30.0
     finally:
         down = _labpipe(env, "down")
     assert "worker-cpu" in down.stdout and "prefect-server" in down.stdout and "embedded-postgres" in down.stdout
