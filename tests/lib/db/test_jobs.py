@@ -4,6 +4,7 @@ A reservation is held while its worker's connection lives (its pid/id AND when t
 reuses pids) and, for workers that heartbeat, while the heartbeat is fresher than the window.
 """
 
+import json
 import platform
 import signal
 import subprocess
@@ -20,10 +21,10 @@ from labpipe.ingest.simulate import simulate_share
 
 @pytest.fixture
 def queued(lab_db, tmp_path):
-    """Ingested sessions with pending MotionCorrection jobs; one of them reserved by this process."""
+    """Ingested sessions with pending MocapRecording jobs; one of them reserved by this process."""
     simulate_share(tmp_path / "share", sessions_per_user=1, malformed=False, users={"alice": "AB", "bob": "BC"})
     ingest_share(lab_db, tmp_path / "share")
-    jobs = tables(lab_db).MotionCorrection.jobs
+    jobs = tables(lab_db).MocapRecording.jobs
     jobs.refresh()
     key = jobs.pending.keys(order_by="session_id", limit=1)[0]
     assert jobs.reserve(key)
@@ -46,10 +47,10 @@ def test_a_job_of_a_dead_worker_whose_pid_was_reused_is_recovered(queued):
         reused_pid = newcomer.get_backend_pid()
         started = db.connection.query("SELECT LOCALTIMESTAMP(3) - interval '1 hour'").fetchone()[0]
         _set(jobs, key, connection_id=reused_pid, reserved_time=started)  # reserved an hour ago by a dead backend
-        problems = job_problems([tables(db).MotionCorrection])
+        problems = job_problems([tables(db).MocapRecording])
         assert [(p.status, p.key["session_id"]) for p in problems] == [("stuck", key["session_id"])]
         assert "started after the reservation" in problems[0].message
-        cleared = recover_reserved_jobs([tables(db).MotionCorrection])
+        cleared = recover_reserved_jobs([tables(db).MocapRecording])
         assert [c.key["session_id"] for c in cleared] == [key["session_id"]]
         assert not len(jobs.reserved) and len(jobs & key & "status = 'pending'") == 1
     finally:
@@ -58,21 +59,21 @@ def test_a_job_of_a_dead_worker_whose_pid_was_reused_is_recovered(queued):
 
 def test_a_live_workers_job_stays_reserved(queued):
     db, jobs, key = queued
-    assert job_problems([tables(db).MotionCorrection]) == []
-    assert recover_reserved_jobs([tables(db).MotionCorrection]) == []
+    assert job_problems([tables(db).MocapRecording]) == []
+    assert recover_reserved_jobs([tables(db).MocapRecording]) == []
     assert len(jobs.reserved) == 1
 
 
 FROZEN_WORKER = """
-import sys, time
+import json, sys, time
 from labpipe.db.connect import LabDatabase
 from labpipe.db.jobs import worker_heartbeat
 from labpipe.db.target import DatabaseTarget
 from labpipe.ingest.schema import tables
 db = LabDatabase(DatabaseTarget.from_url(sys.argv[1]), sys.argv[2], prefix=sys.argv[3])
-jobs = tables(db).MotionCorrection.jobs
+jobs = tables(db).MocapRecording.jobs
 with worker_heartbeat(db, every_s=0.2):
-    assert jobs.reserve({"session_id": sys.argv[4]})
+    assert jobs.reserve(json.loads(sys.argv[4]))
     print("reserved", flush=True)
     time.sleep(600)
 """
@@ -82,11 +83,11 @@ def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_on
     """A worker process that freezes (SIGSTOP) keeps its connection open but stops beating."""
     db, jobs, key = queued
     other = jobs.pending.keys(order_by="session_id", limit=1)[0]
-    argv = [sys.executable, "-c", FROZEN_WORKER, db.target.url, str(tmp_path / "blobs"), db.prefix, other["session_id"]]
+    argv = [sys.executable, "-c", FROZEN_WORKER, db.target.url, str(tmp_path / "blobs"), db.prefix, json.dumps(other)]
     worker = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout.readline().strip() == "reserved"
-        populated = [tables(db).MotionCorrection]
+        populated = [tables(db).MocapRecording]
         time.sleep(1)
         assert recover_reserved_jobs(populated, heartbeat_window_s=2) == []  # beating: held (and ours: no beats)
         worker.send_signal(signal.SIGSTOP)
@@ -104,7 +105,7 @@ def test_a_worker_silent_past_the_heartbeat_window_is_recovered_and_a_beating_on
 def test_a_dead_connections_job_is_recovered_on_every_backend(any_db, tmp_path):
     simulate_share(tmp_path / "share", sessions_per_user=1, malformed=False, users={"alice": "AB"})
     ingest_share(any_db, tmp_path / "share")
-    table = tables(any_db).MotionCorrection
+    table = tables(any_db).MocapRecording
     table.jobs.refresh()
     key = table.jobs.pending.keys(limit=1)[0]
     if any_db.target.backend == "postgresql":
