@@ -42,7 +42,7 @@ def run(ctx: DemoContext) -> DemoResult:
     session = scan.folder.rsplit("scan", 1)[1]
     ctx.say(f"simulated session {session} of alice: {spec.frames} frames, {spec.cells} cells, Bpod + Harp, video")
     blocks = _save_small_blocks()
-    runs = [ctx.run("ingest/share", timeout=600)]
+    runs = [ctx.run("ingest/share", {"min_age_s": 0}, timeout=600)]
     db = lab_database()
     t, b = tables(db), behavior_tables(db)
     stack = {"session_id": session, "scan_id": session, "file_name": "imaging_00001.tif"}

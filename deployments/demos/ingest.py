@@ -37,7 +37,7 @@ def run(ctx: DemoContext) -> DemoResult:
     sim = simulate_share(roots.share, sessions_per_user=2, scans_per_session=1)
     _stage_some(roots.share, roots.staging, sim.sessions)
     ctx.say(f"simulated {len(sim.sessions)} sessions and {len(sim.malformed)} malformed folders in {roots.share}")
-    ingest_run = ctx.run("ingest/share", timeout=600)
+    ingest_run = ctx.run("ingest/share", {"min_age_s": 0}, timeout=600)
     runs = ctx.run_many("populate/mocap", [{}, {}], timeout=600)
     dump_run = ctx.run("dump-database/lab", timeout=300)
     t = tables(lab_database())

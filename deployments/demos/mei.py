@@ -42,7 +42,7 @@ def run(ctx: DemoContext) -> DemoResult:
         f"bench2p1 showed {len(lab.natural.ids)} natural images to {len(lab.population.unit_ids)} simulated "
         f"neurons; session {lab.recording.session_folder} waits in staging"
     )
-    runs = [ctx.run("ingest/share", timeout=600)]
+    runs = [ctx.run("ingest/share", {"min_age_s": 0}, timeout=600)]
     runs.append(ctx.run("mei-loop/turn", {"animal_id": ANIMAL, "simulated_seed": SEED}, timeout=1800))
     t = tables(db)
     mei_run = _latest_run(t)
@@ -53,7 +53,7 @@ def run(ctx: DemoContext) -> DemoResult:
     mei_set = (t.StimulusSet & {"kind": "mei", "model_id": mei_run["model_id"]}).fetch1()
     recording = record_meis(roots.staging, lab.population, mei_set["folder"], lab.natural, date=today, seed=SEED + 10)
     ctx.say(f"bench2p1 showed the {mei_set['n_stimuli']} MEIs (10 repeats each) among 500 natural images")
-    runs.append(ctx.run("ingest/share", timeout=600))
+    runs.append(ctx.run("ingest/share", {"min_age_s": 0}, timeout=600))
     runs.append(ctx.run("train-twin/twin", {"animal_id": ANIMAL, "epochs": 3, "ensemble": 1}, timeout=1200))
     scan_id = recording.scan_folder.split("scan")[-1]
     shown = t.ScanStimuli.Shown * t.MeiStimulus & {"scan_id": scan_id}

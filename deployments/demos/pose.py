@@ -44,7 +44,7 @@ def run(ctx: DemoContext) -> DemoResult:
     write_labelled_frames(source / "labeled-data", source / "videos" / "arena_cam.mp4", truth, n_frames=20)
     ctx.say(f"simulated 20 labelled frames (DeepLabCut CollectedData) under {source / 'labeled-data'}")
     copy = _add_deinterlaced_copy(t, roots.share)
-    runs = [ctx.run("ingest/share", timeout=600)] if copy else []
+    runs = [ctx.run("ingest/share", {"min_age_s": 0}, timeout=600)] if copy else []
 
     settings = PoseTrainingSettings.small(batch_size=4, device="auto").model_dump()
     params = {"labelled": str(source / "labeled-data"), "videos": str(source / "videos"), "name": MODEL}

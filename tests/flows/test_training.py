@@ -43,7 +43,7 @@ def lab(embedded_target, tmp_path_factory):
 def _ingest(name):
     from labpipe.flows.ingest import ingest
 
-    summary = ingest(layout_block=name, db_block=name)
+    summary = ingest(min_age_s=0, layout_block=name, db_block=name)  # simulated recordings are complete
     assert summary["status"] == "succeeded"
 
 

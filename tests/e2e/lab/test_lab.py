@@ -278,7 +278,7 @@ MEASURE_TRIGGER = textwrap.dedent(
 
     def populate_runs():
         with get_client(sync_client=True) as client:
-            flows = FlowFilter(name=FlowFilterName(any_=["populate"]))
+            flows = FlowFilter(name=FlowFilterName(any_=["populate", "calcium-imaging", "behavior-trials"]))
             return [r for r in client.read_flow_runs(flow_filter=flows) if r.deployment_id]
 
     before = {r.id for r in populate_runs()}
@@ -290,10 +290,10 @@ MEASURE_TRIGGER = textwrap.dedent(
     )
     EventsWorker.instance().wait_until_empty()
     seen = {}
-    while len(seen) < 2 and time.monotonic() - start < 60:
+    while len(seen) < 3 and time.monotonic() - start < 60:
         for r in populate_runs():
             if r.id not in before:
-                seen.setdefault(r.parameters.get("population"), round(time.monotonic() - start, 2))
+                seen.setdefault(r.parameters.get("population", "behavior"), round(time.monotonic() - start, 2))
         time.sleep(0.2)
     print(json.dumps(seen))
     """
@@ -301,7 +301,7 @@ MEASURE_TRIGGER = textwrap.dedent(
 
 
 def test_up_on_main_deploys_triggers_that_start_runs_within_seconds(lab):
-    """`labpipe up` on the main host (TLS, auth, the lab's PostgreSQL): a new ingest starts both populations."""
+    """`labpipe up` on the main host (TLS, auth, the lab's PostgreSQL): a new ingest starts the populations."""
     up = lab.run("main", [LABPIPE, "up", "--no-workers", "--pause-schedules"], timeout=600)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "alerts: none" in up.stdout
@@ -309,7 +309,7 @@ def test_up_on_main_deploys_triggers_that_start_runs_within_seconds(lab):
     assert measured.returncode == 0, measured.stdout + measured.stderr
     latency = json.loads(measured.stdout.strip().splitlines()[-1])
     print(f"trigger latency in the simulated lab (event -> run created, seen by a polling client): {latency}")
-    assert set(latency) == {"imaging", "mocap"} and max(latency.values()) < 30
+    assert set(latency) == {"imaging", "behavior", "mocap"} and max(latency.values()) < 30
 
 
 def test_teardown_leaves_no_namespace_process_or_folder(lab):

@@ -56,7 +56,7 @@ def test_damaged_or_duplicate_sets_are_refused(tmp_path):
 
 def _ingest(db, layout_root):
     share, staging = layout_root / "share", layout_root / "staging"
-    consolidate(staging, share)
+    consolidate(staging, share, min_age_s=0)  # simulated recordings are complete when written
     report = ingest_share(db, share, today=dt.date(2026, 12, 31))
     assert report.status == "succeeded", report.failures
     return share
