@@ -125,7 +125,7 @@ def test_recover_jobs_releases_a_dead_workers_reservation_and_reports_it(blocks,
     name, layout = blocks
     simulate_share(layout.share, sessions_per_user=1, malformed=False, users={"alice": "AB"})
     ingest(layout_block=name, db_block=name)
-    jobs = tables(lab_db).MotionCorrection.jobs
+    jobs = tables(lab_db).MocapRecording.jobs
     jobs.refresh()
     key = jobs.pending.keys(limit=1)[0]
     worker = psycopg2.connect(**lab_db.target.psycopg2_kwargs())  # a worker's connection: reserves, then dies
