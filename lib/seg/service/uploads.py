@@ -74,14 +74,18 @@ class PartWriter:
         self._hash = hashlib.sha256()
         self._fd = os.open(folder / "data.partial", os.O_WRONLY)
 
-    def write(self, chunk: bytes) -> None:
-        if self.received + len(chunk) > self.expected:
+    def check_length(self, length: int) -> None:
+        """413 when a part of ``length`` bytes (received so far, or announced) overflows its slot."""
+        if length > self.expected:
             raise ServiceError(
                 413,
                 "part_too_large",
                 f"part {self.index} is larger than its {self.expected} bytes",
                 "cut the file in parts of part_size bytes (the last one the rest)",
             )
+
+    def write(self, chunk: bytes) -> None:
+        self.check_length(self.received + len(chunk))
         view = memoryview(chunk)
         while view:
             written = os.pwrite(self._fd, view, self.offset + self.received)
