@@ -24,6 +24,7 @@ from labpipe.seg.service.service import Environment
 from labpipe.seg.service.settings import ServiceSettings
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
 
+ROOT = Path(__file__).resolve().parents[4]
 PART = 64 << 10  # the tests' smallest part size (the lab's is 8 MiB): small files in several parts
 
 
@@ -152,13 +153,15 @@ def segment_deployment(labpipe_home):
     trained_tiny_model(labpipe_home)
     with get_client(sync_client=True) as client:
         ensure_gpu_limit(client, 0)
+    # loaded from the source tree as a worker does (python -m prefect.engine with the entrypoint), not pickled
+    flow = segment.from_source(source=str(ROOT), entrypoint="flows/segment.py:segment")
     runner = Runner(name="seg-service-tests", query_seconds=0.5, pause_on_shutdown=False)
-    runner.add_flow(segment, name="service-test")
+    runner.add_flow(flow, name="service-test")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=lambda: loop.run_until_complete(runner.start()), daemon=True)
     thread.start()
     yield DEPLOYMENT
-    loop.call_soon_threadsafe(runner.stop)
+    asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(30)
     thread.join(30)
 
 
