@@ -28,6 +28,7 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ from labpipe.files import atomic_path, sha256_file
 MB = 1 << 20
 DEFAULT_PART_BYTES = 16 * MB  # the server accepts 8-32 MB parts
 RETRY_STATUS = {429, 502, 503, 504}
-TERMINAL_STATES = {"completed", "failed", "canceled", "cancelled"}
+TERMINAL_STATES = {"completed", "failed", "canceled"}
 Progress = Callable[[int, int], None]
 
 
@@ -142,9 +143,10 @@ class Job:
 
     id: str
     state: str
-    progress: float | None = None
+    done: int = 0
+    total: int = 0
     error: dict | None = None
-    artifacts: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> signed URL (relative to the server)
     raw: dict = field(default_factory=dict)
 
     @property
@@ -153,17 +155,21 @@ class Job:
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
-        artifacts = data.get("artifacts") or {}
-        if isinstance(artifacts, list):  # [{name, url}, ...]
-            artifacts = {a["name"]: a["url"] for a in artifacts}
+        progress = data.get("progress") or {}
         return cls(
-            id=str(data.get("id") or data.get("job_id")),
+            id=str(data["job_id"]),
             state=str(data.get("state", "")).lower(),
-            progress=data.get("progress"),
+            done=int(progress.get("done") or 0),
+            total=int(progress.get("total") or 0),
             error=data.get("error"),
-            artifacts=dict(artifacts),
+            artifacts=artifact_urls(data.get("artifacts")),
             raw=data,
         )
+
+
+def artifact_urls(artifacts: dict | None) -> dict[str, str]:
+    """``{name: url}`` of a job's or a ``completed`` message's ``artifacts`` (``{name: {url, expires_at, bytes}}``)."""
+    return {name: item["url"] for name, item in (artifacts or {}).items()}
 
 
 @dataclass
@@ -178,7 +184,8 @@ class Upload:
     held_at_start: int
     sent_bytes: int
     sent_parts: int
-    info: dict = field(default_factory=dict)
+    file_id: str
+    metadata: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -194,24 +201,29 @@ class PreviewFrame:
 
 
 def decode_preview(message: dict) -> PreviewFrame:
-    """A ``preview`` message's labels (base64 of the raw array, C order) as a numpy array with its scale."""
+    """A ``preview`` message's labels (``zlib+base64`` of the C-order array) as a numpy array with its scale."""
     shape = tuple(int(s) for s in message["shape"])
     dtype = np.dtype(message.get("dtype", "uint8"))
-    payload = base64.b64decode(message["data"] if "data" in message else message["payload"])
+    try:
+        payload = base64.b64decode(message["payload"])
+        if message.get("encoding", "zlib+base64") == "zlib+base64":
+            payload = zlib.decompress(payload)
+    except (ValueError, zlib.error) as exc:
+        raise ServiceError("preview", f"payload does not decode ({exc})", "the next preview replaces it") from None
     if len(payload) != math.prod(shape) * dtype.itemsize:
         raise ServiceError(
             "preview",
             f"payload of {len(payload)} bytes does not fill shape {shape} of {dtype}",
             "the server sent a damaged preview; the next one replaces it",
         )
-    scale = message.get("scale", message.get("factor", 1))
+    scale = message.get("scale", 1)
     scale = tuple(int(s) for s in scale) if isinstance(scale, list | tuple) else (int(scale),) * 3
-    raw = {k: v for k, v in message.items() if k not in ("data", "payload")}
+    raw = {k: v for k, v in message.items() if k != "payload"}
     return PreviewFrame(
         labels=np.frombuffer(payload, dtype).reshape(shape),
         scale=scale,
-        sequence=message.get("seq", message.get("sequence")),
-        published_at=message.get("published_at", message.get("ts")),
+        sequence=message.get("seq"),
+        published_at=message.get("published_at"),
         received_at=time.time(),
         raw=raw,
     )
@@ -329,19 +341,29 @@ class SegmentationClient:
         sha256 = sha256 or sha256_file(path, progress=hash_progress)
         body = {"filename": path.name, "size": size, "sha256": sha256, "part_size": part_bytes}
         session = self.request("POST", "/v1/uploads/init", json=body).json()
-        upload_id = str(session.get("upload_id") or session.get("id"))
+        upload_id = str(session["upload_id"])
         part_bytes = int(session.get("part_size", part_bytes))
-        count = max(1, math.ceil(size / part_bytes))
-        held = {int(i) for i in session.get("received_parts", session.get("parts_received", []))}
+        count = int(session.get("parts_total") or max(1, math.ceil(size / part_bytes)))
+        held = set(range(count)) if session.get("state") == "complete" else set(session.get("parts_received", []))
         missing = [i for i in range(count) if i not in held]
         counter = _Counter(sum(_part_length(i, size, part_bytes) for i in held), size, progress)
         if progress:
             progress(counter.done, size)
         if missing:
             self._send_parts(path, upload_id, missing, size, part_bytes, counter, concurrency, cancel)
-        info = self.request("POST", f"/v1/uploads/{upload_id}/complete").json()
+        # the server reads the whole file once to check it: allow minutes for 10 GB
+        info = self.request("POST", f"/v1/uploads/{upload_id}/complete", timeout=max(60.0, size / (50 * MB))).json()
         return Upload(
-            upload_id, sha256, size, part_bytes, count, len(held), counter.sent_bytes, counter.sent_parts, info
+            upload_id,
+            sha256,
+            size,
+            part_bytes,
+            count,
+            len(held),
+            counter.sent_bytes,
+            counter.sent_parts,
+            str(info["file_id"]),
+            info.get("metadata") or {},
         )
 
     def _send_parts(self, path, upload_id, parts, size, part_bytes, counter, concurrency, cancel) -> None:
@@ -405,15 +427,15 @@ class SegmentationClient:
 
     # -- jobs -----------------------------------------------------------------------------------------------
 
-    def submit(self, options: JobOptions, *, upload_id: str | None = None, server_path: str | None = None) -> Job:
-        """Start a job on an uploaded file (``upload_id``) or a file on the server (``server_path``)."""
-        if (upload_id is None) == (server_path is None):
-            raise ServiceError("job", "give either an upload id or a server path", "upload the file first")
+    def submit(self, options: JobOptions, *, file_id: str | None = None, server_path: str | None = None) -> Job:
+        """Start a job on an uploaded file (``file_id``) or a file on the server (``server_path``)."""
+        if (file_id is None) == (server_path is None):
+            raise ServiceError("job", "give either an uploaded file's id or a server path", "upload the file first")
         body: dict = {"options": options.as_json()}
         if options.model:
             body["model"] = options.model
-        if upload_id is not None:
-            body["upload_id"] = upload_id
+        if file_id is not None:
+            body["file_id"] = file_id
         else:
             body["server_path"] = server_path
         return Job.from_json(self.request("POST", "/v1/jobs", json=body).json())
@@ -422,13 +444,11 @@ class SegmentationClient:
         return Job.from_json(self.get_json(f"/v1/jobs/{job_id}"))
 
     def jobs(self) -> list[Job]:
-        data = self.get_json("/v1/jobs")
-        items = data.get("jobs", data.get("items", [])) if isinstance(data, dict) else data
-        return [Job.from_json(item) for item in items]
+        return [Job.from_json(item) for item in self.get_json("/v1/jobs")["jobs"]]
 
     def cancel(self, job_id: str) -> Job:
-        response = self.request("DELETE", f"/v1/jobs/{job_id}")
-        return Job.from_json(response.json()) if response.content else self.job(job_id)
+        """Ask the server to cancel; the job ends ``canceled`` within seconds (409 ``job_finished`` if it ended)."""
+        return Job.from_json(self.request("DELETE", f"/v1/jobs/{job_id}").json())
 
     def wait(self, job_id: str, *, poll: float = 1.0, progress: Callable[[Job], None] | None = None) -> Job:
         """Poll until the job finishes (the preview stream is the low-latency way; this is the simple one)."""
@@ -537,13 +557,13 @@ class _Counter:
 class PreviewStream(threading.Thread):
     """Follows a job's WebSocket: calls ``on_message(dict)`` per message, reconnecting with backoff.
 
-    Preview messages get a decoded ``frame`` (``PreviewFrame``) added. The stream ends by itself after a
-    ``completed``, ``error`` or ``canceled`` message, or when ``stop()`` is called; a connection that
-    drops is opened again after ``backoff`` (reset once a connection has worked). ``on_message`` runs on this
-    thread: a GUI hands the message over to its own thread.
+    Preview messages get their decoded ``frame`` (``PreviewFrame``) added; one that does not decode is skipped
+    (the next replaces it). The stream ends after a ``completed`` message, an ``error`` message that is not
+    retryable (a failed or canceled job, a refused token), or ``stop()``. A dropped connection, or a retryable
+    refusal (rate limited), is opened again after ``backoff`` (reset once a connection has worked); the server
+    sends the current progress and newest preview on every connect. ``on_message`` runs on this thread: a GUI
+    hands the message over to its own thread.
     """
-
-    END_TYPES = {"completed", "error", "failed", "canceled", "cancelled"}
 
     def __init__(
         self,
@@ -556,10 +576,10 @@ class PreviewStream(threading.Thread):
     ) -> None:
         super().__init__(name=f"seg-preview-{job_id}", daemon=True)
         self.client, self.job_id, self.on_message = client, job_id, on_message
-        self.backoff = backoff or Backoff(attempts=1_000_000, base=0.25, cap=10.0)
-        self.on_state = on_state or (lambda state, attempt: None)
+        self.backoff = backoff or Backoff(attempts=1 << 30, base=0.25, cap=10.0)
+        self.on_state = on_state or (lambda state, count: None)
         self.connections = 0
-        self.finished_with: str | None = None
+        self.finished_with: str | None = None  # "completed" or the final error's code
         self._stop_event = threading.Event()
         self._socket = None
 
@@ -575,52 +595,49 @@ class PreviewStream(threading.Thread):
         attempt = 0
         while not self._stop_event.is_set() and self.finished_with is None:
             try:
-                self._follow()
-                attempt = 0
-            except Exception as exc:  # every drop is a reason to reconnect, unless we were told to stop
+                if self._follow():
+                    attempt = 0
+            except Exception:  # a dropped or refused connection: reconnect, unless told to stop
                 if self._stop_event.is_set():
                     return
-                if isinstance(exc, ServiceError) and not exc.retryable:
-                    self.finished_with = "error"
-                    self.on_message({"type": "error", "message": exc.problem, "hint": exc.hint, "code": exc.code})
-                    return
             if self.finished_with is None and not self._stop_event.is_set():
-                self.on_state("reconnecting", attempt)
+                self.on_state("reconnecting", attempt + 1)
                 self._stop_event.wait(self.backoff.delay(attempt))
                 attempt += 1
 
-    def _follow(self) -> None:
+    def _follow(self) -> bool:
+        """One connection, until it ends; True when it delivered a message (the backoff starts again)."""
         connect = optional.require("websockets.sync.client", "napari", "the live preview stream").connect
-        exceptions = optional.require("websockets.exceptions", "napari", "the live preview stream")
         headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
         ssl = None
         if self.client.base_url.startswith("https") and isinstance(self.client.verify, str):
             import ssl as ssl_module
 
             ssl = ssl_module.create_default_context(cafile=self.client.verify)
-        try:
-            socket = connect(
-                self.client.ws_url(self.job_id), additional_headers=headers, ssl=ssl, open_timeout=10, max_size=None
-            )
-        except exceptions.InvalidStatus as exc:
-            status = exc.response.status_code
-            raise ServiceError(
-                f"preview stream of job {self.job_id}",
-                f"refused with HTTP {status}",
-                "check the token and that the job is yours",
-                code=f"http_{status}",
-                retryable=status in RETRY_STATUS,
-            ) from None
+        socket = connect(
+            self.client.ws_url(self.job_id), additional_headers=headers, ssl=ssl, open_timeout=10, max_size=None
+        )
         self._socket = socket
         self.connections += 1
         self.on_state("connected", self.connections)
+        delivered = False
         with socket:
             for text in socket:
                 message = json.loads(text)
-                kind = str(message.get("type", ""))
+                kind = message.get("type")
                 if kind == "preview":
-                    message["frame"] = decode_preview(message)
+                    try:
+                        message["frame"] = decode_preview(message)
+                    except ServiceError:
+                        continue
+                if kind == "error" and message.get("retryable"):
+                    return delivered  # e.g. rate limited: reconnect after the backoff
+                delivered = True
                 self.on_message(message)
-                if kind in self.END_TYPES:
-                    self.finished_with = kind
-                    return
+                if kind == "completed":
+                    self.finished_with = "completed"
+                elif kind == "error":
+                    self.finished_with = str(message.get("code") or "error")
+                if self.finished_with:
+                    return delivered
+        return delivered
