@@ -297,5 +297,94 @@ def run(
     typer.echo(json.dumps({k: v for k, v in result.as_json().items() if k not in ("memory",)}, indent=1))
 
 
+# ---------------------------------------------------------------------------------------------- the service
+
+KEY_FILE_ENV = "LABPIPE_SEG_KEY_FILE"
+
+
+def _key_file(given: Path | None) -> Path:
+    import os
+
+    from labpipe.config import get_settings
+
+    return Path(given or os.environ.get(KEY_FILE_ENV) or get_settings().home / "seg" / "service.key")
+
+
+@app.command()
+def token(
+    user: str = typer.Option(..., "--user", help="Whose token (letters, digits, '.', '_', '@', '-')."),
+    scopes: str = typer.Option("read,submit", help="Comma-separated: read, submit, admin."),
+    ttl: str = typer.Option("8h", help="Lifetime: 90s, 30m, 8h, 7d."),
+    path: list[Path] = typer.Option(None, "--path", help="A server folder whose tomograms the token may segment."),
+    key_file: Path = typer.Option(
+        None, help=f"Signing key, mode 0600 (default: ${KEY_FILE_ENV}, else HOME/seg/service.key)."
+    ),
+) -> None:
+    """Print a bearer token for the segmentation service (signed with the service's key; made 0600 if missing)."""
+    from labpipe.errors import LabpipeError
+    from labpipe.seg.service.auth import Keys, mint_token, parse_ttl
+
+    try:
+        keys = Keys.from_file(_key_file(key_file))
+        text = mint_token(
+            keys,
+            user,
+            [s.strip() for s in scopes.split(",") if s.strip()],
+            parse_ttl(ttl),
+            paths=[str(p) for p in path or []],
+        )
+    except LabpipeError as exc:
+        fail(exc)
+    typer.echo(text)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (another than loopback needs --certfile/--keyfile)."),
+    port: int = typer.Option(8791, help="Port."),
+    data: Path = typer.Option(
+        None, help="Uploads, files and jobs (default HOME/seg/service); gpu workers must see it."
+    ),
+    key_file: Path = typer.Option(
+        None, help=f"Signing key, mode 0600 (default: ${KEY_FILE_ENV}, else HOME/seg/service.key)."
+    ),
+    certfile: Path = typer.Option(None, help="TLS certificate (PEM, with its chain): serve HTTPS."),
+    keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
+    deployment: str = typer.Option("segment/tomogram", help="The deployment a job runs (on the gpu pool)."),
+    upload_max_age: str = typer.Option("24h", help="Remove uploads untouched this long (90s, 30m, 8h, 7d)."),
+    max_upload_gb: float = typer.Option(16.0, help="Largest file accepted, in GiB."),
+) -> None:
+    """Serve segmentation as a service: resumable uploads, jobs (flow runs), live previews, signed downloads."""
+    from labpipe.blocks import layout
+    from labpipe.blocks.seg import segmentation_defaults
+    from labpipe.config import get_settings
+    from labpipe.errors import LabpipeError
+    from labpipe.flows.segment import PrefectJobRunner
+    from labpipe.seg.service.auth import parse_ttl
+    from labpipe.seg.service.server import build_service, host_environment, uvicorn_config
+    from labpipe.seg.service.settings import ServiceSettings
+
+    try:
+        settings = ServiceSettings(
+            data=data or get_settings().home / "seg" / "service",
+            key_file=_key_file(key_file),
+            default_model=segmentation_defaults().model,
+            upload_max_age_s=parse_ttl(upload_max_age),
+            max_upload_bytes=int(max_upload_gb * (1 << 30)),
+        )
+        service = build_service(settings, PrefectJobRunner(deployment), host_environment(layout().ensure()))
+        config = uvicorn_config(service, host, port, certfile, keyfile)
+    except LabpipeError as exc:
+        fail(exc)
+    import uvicorn
+
+    typer.echo(
+        f"segmentation service on {'https' if certfile else 'http'}://{host}:{port}/v1 (data {settings.data}; "
+        f"tokens: labpipe seg token --user NAME)",
+        err=True,
+    )
+    uvicorn.Server(config).run()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
