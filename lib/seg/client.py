@@ -132,6 +132,7 @@ class JobOptions:
     mirroring: bool | None = None
     fp16: bool | None = None
     preview_factor: int | None = None
+    preview_every: float | None = None  # seconds between previews (0: none)
 
     def as_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "model"}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from labpipe.errors import LabpipeError
 from labpipe.seg.artifacts import voxel0_position, write_mask_nifti, write_mask_nrrd
-from labpipe.seg.client import DEFAULT_PART_BYTES, JobOptions, SegmentationClient, artifact_urls, read_token
+from labpipe.seg.client import DEFAULT_PART_BYTES, Backoff, JobOptions, SegmentationClient, artifact_urls, read_token
 from labpipe.seg.mrc import TomogramInfo, open_volume, read_header
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
@@ -95,6 +95,8 @@ class SegmentationWidget(QWidget):
         self.stream = None
         self.mask_path: Path | None = None
         self.download_folder: Path | None = None  # default: <tomogram folder>/<stem>-<job id>/
+        self.part_bytes = DEFAULT_PART_BYTES
+        self.backoff = Backoff()  # retries of a dropped request before the panel reports it
         self.preview_latencies: list[float] = []  # runner publish -> layer updated, seconds
         self.previews_shown = 0
         self._latest_preview = None
@@ -138,11 +140,14 @@ class SegmentationWidget(QWidget):
         self.fp16_check = QCheckBox("half precision (fp16)", checked=True)
         self.factor_spin = QSpinBox(minimum=0, maximum=16, value=0)
         self.factor_spin.setSpecialValueText("auto")
+        self.factor_spin.setSuffix(". voxel")
+        self.every_spin = QDoubleSpinBox(minimum=0.0, maximum=600.0, singleStep=1.0, value=5.0, suffix=" s")
         form.addRow("Model", self.model_combo)
         form.addRow("Step size", self.step_spin)
         form.addRow("", self.mirroring_check)
         form.addRow("", self.fp16_check)
-        form.addRow("Preview every", self.factor_spin)
+        form.addRow("Preview: every", self.factor_spin)
+        form.addRow("Preview: each", self.every_spin)
         layout.addWidget(options)
 
         buttons = QHBoxLayout()
@@ -222,7 +227,7 @@ class SegmentationWidget(QWidget):
         if self.client is None or self.client.base_url != url.rstrip("/") or self.client.token != token:
             if self.client is not None:
                 self.client.close()
-            self.client = SegmentationClient(url, token)
+            self.client = SegmentationClient(url, token, backoff=self.backoff)
         return self.client
 
     def _run(self, what: str, work) -> None:
@@ -260,16 +265,20 @@ class SegmentationWidget(QWidget):
 
             self.signals.status.emit(f"uploading {path.name}…")
             return client.upload(
-                path, part_bytes=DEFAULT_PART_BYTES, progress=sent, hash_progress=hashed, cancel=self._cancel_upload
+                path, part_bytes=self.part_bytes, progress=sent, hash_progress=hashed, cancel=self._cancel_upload
             )
 
         self._run("upload", work)
 
     def job_options(self) -> JobOptions:
         model = self.model_combo.currentText().strip() or None
-        factor = self.factor_spin.value() or None
         return JobOptions(
-            model, self.step_spin.value(), self.mirroring_check.isChecked(), self.fp16_check.isChecked(), factor
+            model,
+            self.step_spin.value(),
+            self.mirroring_check.isChecked(),
+            self.fp16_check.isChecked(),
+            self.factor_spin.value() or None,
+            self.every_spin.value(),
         )
 
     def start_job(self) -> None:
