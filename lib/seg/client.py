@@ -369,7 +369,7 @@ class SegmentationClient:
             counter.sent_parts,
             str(info["file_id"]),
             info.get("metadata") or {},
-            dict(zip(("fingerprint", "parts", "complete"), np.diff([*clock, time.perf_counter()]).round(3).tolist())),
+            _phases(("fingerprint", "parts", "complete"), [*clock, time.perf_counter()]),
         )
 
     def _send_parts(self, path, upload_id, parts, size, part_bytes, counter, concurrency, cancel) -> None:
@@ -528,6 +528,11 @@ class SegmentationClient:
                 "artifacts exist once the job is completed",
             )
         return {name: self.download(job.artifacts[name], Path(folder) / name) for name in names}
+
+
+def _phases(names: tuple[str, ...], clock: list[float]) -> dict[str, float]:
+    """Seconds between successive clock readings, by phase name."""
+    return {name: round(b - a, 3) for name, a, b in zip(names, clock, clock[1:], strict=True)}
 
 
 def _without_query(url: str) -> str:
