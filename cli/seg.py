@@ -165,8 +165,7 @@ def submit(
     Exit 1 when the job fails or is canceled. The token comes from --token-file or $LABPIPE_SEG_TOKEN.
     """
     from labpipe.cli.common import EXIT_FAILED, echo_json
-    from labpipe.files import sha256_file
-    from labpipe.seg.client import JobOptions, SegmentationClient, read_token
+    from labpipe.seg.client import JobOptions, SegmentationClient, fingerprint, read_token
 
     if (file is None) == (server_path is None):
         typer.echo("error: give FILE or --server-path (one of them)", err=True)
@@ -177,7 +176,7 @@ def submit(
         if file is not None:
             progress, update = progress_bar(f"fingerprint {file.name}", unit="bytes")
             with progress:
-                digest = sha256_file(file, progress=update)
+                digest = fingerprint(file, update)
             progress, update = progress_bar(f"upload {file.name}", unit="bytes")
             with progress:
                 upload = client.upload(file, part_bytes=part_mb << 20, progress=update, sha256=digest)

@@ -231,6 +231,26 @@ def decode_preview(message: dict) -> PreviewFrame:
     )
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+_FINGERPRINTS_LOCK = threading.Lock()
+
+
+def fingerprint(path: Path, progress: Progress | None = None) -> str:
+    """The file's SHA-256, remembered for this process while its size and mtime stay (a resume of a 10 GB
+    upload does not read the whole file again)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    with _FINGERPRINTS_LOCK:
+        known = _FINGERPRINTS.get(key)
+    if known is None:
+        known = sha256_file(path, progress=progress)
+        with _FINGERPRINTS_LOCK:
+            _FINGERPRINTS[key] = known
+    elif progress:
+        progress(stat.st_size, stat.st_size)
+    return known
+
+
 def read_token(token_file: Path | None) -> str | None:
     """The bearer token from ``token_file`` (first line), or ``$LABPIPE_SEG_TOKEN``; None when neither is set."""
     if token_file is None:
@@ -341,7 +361,7 @@ class SegmentationClient:
             raise ServiceError(path, "no such file", "give the path of a tomogram (.mrc)")
         size = path.stat().st_size
         clock = [time.perf_counter()]
-        sha256 = sha256 or sha256_file(path, progress=hash_progress)
+        sha256 = sha256 or fingerprint(path, hash_progress)
         clock.append(time.perf_counter())
         body = {"filename": path.name, "size": size, "sha256": sha256, "part_size": part_bytes}
         session = self.request("POST", "/v1/uploads/init", json=body).json()

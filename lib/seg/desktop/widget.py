@@ -183,9 +183,10 @@ class SegmentationWidget(QWidget):
         s.preview_ready.connect(self._draw_latest_preview)
 
     def _update_buttons(self) -> None:
-        running = self.job_state in ("queued", "running", "previewing", "submitting")
-        self.upload_button.setEnabled(self.info is not None and not running)
-        self.submit_button.setEnabled(self.upload_result is not None and not running)
+        running = self.job_state in ("queued", "running", "previewing")
+        busy = running or self.job_state in ("uploading", "submitting")
+        self.upload_button.setEnabled(self.info is not None and not busy)
+        self.submit_button.setEnabled(self.upload_result is not None and not busy)
         self.cancel_button.setEnabled(bool(self.job_id) and running)
         self.export_button.setEnabled(self.mask_path is not None)
 
@@ -253,7 +254,7 @@ class SegmentationWidget(QWidget):
         self._cancel_upload.clear()
         path = Path(self.info.path)
         self.job_state = "uploading"
-        self.upload_button.setEnabled(False)
+        self._update_buttons()
         self.signals.status.emit(f"fingerprinting {path.name}…")
 
         def work():

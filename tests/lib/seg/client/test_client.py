@@ -17,9 +17,9 @@ import pytest
 from labpipe.seg.client import Backoff, JobOptions, SegmentationClient, ServiceError, decode_preview
 from labpipe.seg.mrc import read_header
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
-from tests.lib.seg.service.conftest import PART
 
 from tests.lib.seg.cutting_proxy import CuttingProxy
+from tests.lib.seg.service.conftest import PART
 
 HEADERS = 1024  # bytes of one request's line and headers (the bearer token is ~300 of them), generously
 
