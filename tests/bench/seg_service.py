@@ -318,7 +318,8 @@ def end_to_end_figures(work: Path, shape: tuple[int, int, int]) -> dict:
         with get_client(sync_client=True) as prefect:
             ensure_gpu_limit(prefect, 0)
         runner = Runner(name="seg-bench", query_seconds=0.5, pause_on_shutdown=False)
-        runner.add_flow(segment, name="bench")
+        # loaded from the source tree as a worker does (python -m prefect.engine with the entrypoint)
+        runner.add_flow(segment.from_source(source=str(ROOT), entrypoint="flows/segment.py:segment"), name="bench")
         loop = asyncio.new_event_loop()
         threading.Thread(target=lambda: loop.run_until_complete(runner.start()), daemon=True).start()
         settings = settings_for(work / "e2e-service", work / "e2e.key")
@@ -352,7 +353,7 @@ def end_to_end_figures(work: Path, shape: tuple[int, int, int]) -> dict:
             client.download_artifacts(job, work / "e2e-artifacts", names=("mask.mrc",))
         api_s = time.perf_counter() - started
         server.should_exit = True
-        loop.call_soon_threadsafe(runner.stop)
+        asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(30)
     return {
         "e2e_shape_zyx": list(shape),
         "model_training_s": round(training_s, 1),
