@@ -1,8 +1,8 @@
 """Benchmark: the segmentation service's client path, each figure against its baseline in the same run.
 
 Run alone: ``flock /tmp/labpipe-bench.lock xvfb-run -a .venv/bin/python tests/bench/seg_service.py [--size-gb 2]``
-(with a display the preview latency is measured to the napari layer's update; without one, to the decoded
-array, and the JSON says which).
+(``--figures upload,previews,e2e`` picks some; with a display the preview latency is measured to the napari
+layer's update; without one, to the decoded array, and the JSON says which).
 
 1. **Upload throughput**: a ``--size-gb`` tomogram (float32 MRC) uploaded by ``SegmentationClient.upload``
    (fingerprint, init, parts with their checksums, complete: the server checks the whole SHA-256 and validates
@@ -371,7 +371,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="parts in flight")
     parser.add_argument("--previews", type=int, default=60, help="previews for the latency figure")
     parser.add_argument("--e2e-shape", type=int, nargs=3, default=(64, 96, 96), help="Z Y X of the end-to-end job")
-    parser.add_argument("--skip-e2e", action="store_true", help="leave out figure 4 (it trains a model first)")
+    parser.add_argument("--figures", default="upload,previews,e2e", help="which figures (e2e trains a model first)")
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--serve", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,16 +382,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LABPIPE_HOME", str(work / "home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    wanted = set(args.figures.split(","))
     figures: dict = {"load_average_start": os.getloadavg()}
-    big = write_big_tomogram(work / "big.mrc", int(args.size_gb * (1 << 30)))
-    try:
-        figures.update(upload_figures(big, work, args.part_mb * MB, args.concurrency))
-    finally:
-        big.unlink(missing_ok=True)
-    print(json.dumps(figures), flush=True)
-    figures.update(preview_figures(work, args.previews))
-    print(json.dumps(figures), flush=True)
-    if not args.skip_e2e:
+    if "upload" in wanted:
+        big = write_big_tomogram(work / "big.mrc", int(args.size_gb * (1 << 30)))
+        try:
+            figures.update(upload_figures(big, work, args.part_mb * MB, args.concurrency))
+        finally:
+            big.unlink(missing_ok=True)
+        print(json.dumps(figures), flush=True)
+    if "previews" in wanted:
+        figures.update(preview_figures(work, args.previews))
+        print(json.dumps(figures), flush=True)
+    if "e2e" in wanted:
         figures.update(end_to_end_figures(work, tuple(args.e2e_shape)))
     figures["load_average_end"] = os.getloadavg()
     print(json.dumps(figures))

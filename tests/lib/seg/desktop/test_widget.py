@@ -55,6 +55,12 @@ def _click(qtbot, button) -> None:
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def _wait_for(qtbot, widget, ready, timeout=JOB_TIMEOUT_MS) -> None:
+    """Wait until ``ready()``; a job that fails meanwhile fails the test at once, with the panel's message."""
+    qtbot.waitUntil(lambda: ready() or widget.job_state == "failed", timeout=timeout)
+    assert widget.job_state != "failed", widget.status_label.text()
+
+
 def _world(layer, index) -> np.ndarray:
     return np.asarray(layer.data_to_world(index))
 
@@ -84,18 +90,18 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
     widget.model_combo.setCurrentText("tiny-test")
     widget.every_spin.setValue(1.0)
     _click(qtbot, widget.submit_button)
-    qtbot.waitUntil(lambda: "preview" in viewer.layers, timeout=JOB_TIMEOUT_MS)
+    _wait_for(qtbot, widget, lambda: "preview" in viewer.layers)
     preview = viewer.layers["preview"]
     factor = round(preview.scale[0] / info.voxel_size_zyx[0])
     assert factor == 4 and preview.data.shape == (16, 24, 24)
     for index in [(0, 0, 0), (3, 5, 7), (15, 23, 23)]:  # preview voxel i sits on tomogram voxel 4*i
         assert np.allclose(_world(preview, index), _world(image, tuple(4 * i for i in index)))
     proxy.cut_now()  # the network drops: the stream reconnects with backoff, the server sends the newest again
-    qtbot.waitUntil(lambda: widget.previews_shown >= 3 or "mask" in viewer.layers, timeout=JOB_TIMEOUT_MS)
+    _wait_for(qtbot, widget, lambda: widget.previews_shown >= 3 or "mask" in viewer.layers)
     if os.environ.get("LABPIPE_SCREENSHOT") and "mask" not in viewer.layers:
         _screenshot(viewer, Path(os.environ["LABPIPE_SCREENSHOT"]))
 
-    qtbot.waitUntil(lambda: "mask" in viewer.layers, timeout=JOB_TIMEOUT_MS)
+    _wait_for(qtbot, widget, lambda: "mask" in viewer.layers)
     assert widget.job_state == "completed" and widget.stream.connections >= 2
     assert len([layer for layer in viewer.layers if layer.name == "preview"]) == 1  # replaced, not stacked
     mask = viewer.layers["mask"]
@@ -163,7 +169,7 @@ def test_cancel_from_the_widget_ends_the_job_canceled_without_a_mask(widget, qtb
     _click(qtbot, widget.submit_button)
     qtbot.waitUntil(lambda: widget.cancel_button.isEnabled(), timeout=60_000)
     _click(qtbot, widget.cancel_button)
-    qtbot.waitUntil(lambda: widget.job_state == "canceled", timeout=JOB_TIMEOUT_MS)
+    _wait_for(qtbot, widget, lambda: widget.job_state == "canceled")
     assert "canceled" in widget.status_label.text()
     assert "mask" not in widget.viewer.layers and widget.mask_path is None
     assert widget.client.job(widget.job_id).state == "canceled"
