@@ -394,11 +394,14 @@ class SegmentationClient:
 
     def _send_parts(self, path, upload_id, parts, size, part_bytes, counter, concurrency, cancel) -> None:
         queue = iter(parts)
-        lock = threading.Lock()
+        lock, failed = threading.Lock(), threading.Event()
+
+        def stopped() -> bool:
+            return failed.is_set() or (cancel is not None and cancel.is_set())
 
         def worker() -> None:
             with open(path, "rb") as handle:
-                while not (cancel and cancel.is_set()):
+                while not stopped():
                     with lock:
                         index = next(queue, None)
                     if index is None:
@@ -408,13 +411,11 @@ class SegmentationClient:
         with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="seg-upload") as pool:
             futures = [pool.submit(worker) for _ in range(max(1, min(concurrency, len(parts))))]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    if cancel is None:
-                        cancel = threading.Event()
-                    cancel.set()  # the other workers stop after their part
-                    raise future.exception()
-        if cancel is not None and cancel.is_set():
+            errors = [f.exception() for f in done if f.exception() is not None]
+            if errors:
+                failed.set()  # the other workers stop after their part
+                raise errors[0]
+        if stopped():
             raise ServiceError(
                 path, "upload stopped", "upload it again: the parts already sent are kept", code="cancelled"
             )
