@@ -30,15 +30,19 @@ JOB_TIMEOUT_MS = 600_000  # a flow run of the tiny model on a shared 2-core mach
 
 
 @pytest.fixture
-def widget(make_napari_viewer, qtbot):
+def widget(qtbot):
+    """The dock widget in a shown napari window (closed after). napari's own pytest plugin is off for the
+    suite (``-p no:napari``: its autouse fixtures would import napari and Qt in every test)."""
+    import napari
     from labpipe.seg.desktop.widget import SegmentationWidget
 
-    viewer = make_napari_viewer(show=True)
+    viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
     panel = SegmentationWidget(viewer)
     viewer.window.add_dock_widget(panel, name="Segmentation service", area="right")
     yield panel
     panel.shutdown()
+    viewer.close()
 
 
 def _connect(panel, url: str, token: str, tmp_path: Path) -> None:
