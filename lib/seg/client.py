@@ -477,8 +477,8 @@ class SegmentationClient:
         """Ask the server to cancel; the job ends ``canceled`` within seconds (409 ``job_finished`` if it ended)."""
         return Job.from_json(self.request("DELETE", f"/v1/jobs/{job_id}").json())
 
-    def wait(self, job_id: str, *, poll: float = 1.0, progress: Callable[[Job], None] | None = None) -> Job:
-        """Poll until the job finishes (the preview stream is the low-latency way; this is the simple one)."""
+    def wait(self, job_id: str, *, poll: float = 2.0, progress: Callable[[Job], None] | None = None) -> Job:
+        """Poll until the job finishes, every ``poll`` s (30 of the 60 requests a minute a token may make)."""
         while True:
             job = self.job(job_id)
             if progress:
