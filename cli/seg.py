@@ -141,6 +141,74 @@ def models() -> None:
         )
 
 
+@app.command()
+def submit(
+    file: Path = typer.Argument(None, help="The MRC tomogram to upload and segment (or --server-path)."),
+    server: str = typer.Option(
+        ..., "--server", envvar="LABPIPE_SEG_SERVER", help="The service, e.g. https://seg.lab:8443."
+    ),
+    token_file: Path = typer.Option(None, help="A file holding your token (default: $LABPIPE_SEG_TOKEN)."),
+    server_path: str = typer.Option(None, help="Segment a tomogram already on the server instead of uploading FILE."),
+    model: str = typer.Option(None, help="Model name (default: the server's; /v1/server/info lists them)."),
+    step_size: float = typer.Option(None, help="Window step as a fraction of the patch (server default 0.5)."),
+    mirroring: bool = typer.Option(None, "--mirroring/--no-mirroring", help="Test-time mirroring (default on)."),
+    fp16: bool = typer.Option(None, "--fp16/--no-fp16", help="Half precision on CUDA (default on)."),
+    preview_factor: int = typer.Option(None, help="Preview every N-th voxel (default 4, or 8 for big volumes)."),
+    part_mb: int = typer.Option(16, help="Upload part size in MB (8-32)."),
+    out: Path = typer.Option(None, help="Folder for the artifacts (default: ./<job id>); with --no-wait: none."),
+    wait: bool = typer.Option(True, help="Wait for the job and download its artifacts."),
+    cacert: Path = typer.Option(None, help="CA certificate of the server (a lab's own CA)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the upload, job and artifacts as JSON."),
+) -> None:
+    """Upload FILE to a segmentation service (resuming an earlier upload), run a job, fetch its mask.
+
+    Exit 1 when the job fails or is canceled. The token comes from --token-file or $LABPIPE_SEG_TOKEN.
+    """
+    from labpipe.cli.common import EXIT_FAILED, echo_json
+    from labpipe.seg.client import JobOptions, SegmentationClient, fingerprint, read_token
+
+    if (file is None) == (server_path is None):
+        typer.echo("error: give FILE or --server-path (one of them)", err=True)
+        raise typer.Exit(2)
+    options = JobOptions(model, step_size, mirroring, fp16, preview_factor)
+    report: dict = {}
+    with SegmentationClient(server, read_token(token_file), verify=str(cacert) if cacert else True) as client:
+        if file is not None:
+            progress, update = progress_bar(f"fingerprint {file.name}", unit="bytes")
+            with progress:
+                digest = fingerprint(file, update)
+            progress, update = progress_bar(f"upload {file.name}", unit="bytes")
+            with progress:
+                upload = client.upload(file, part_bytes=part_mb << 20, progress=update, sha256=digest)
+            report["upload"] = {k: v for k, v in vars(upload).items() if k != "metadata"}
+            if not as_json:
+                typer.echo(
+                    f"uploaded {file.name}: {upload.parts} parts, {upload.held_at_start} already on the server, "
+                    f"{upload.sent_bytes} bytes sent; file {upload.file_id}",
+                    err=True,
+                )
+        job = client.submit(options, file_id=report["upload"]["file_id"] if file else None, server_path=server_path)
+        if not as_json:
+            typer.echo(f"job {job.id}: {job.state}", err=True)
+        if wait:
+            progress, update = progress_bar(f"job {job.id[:8]} windows")
+            with progress:
+                job = client.wait(job.id, progress=lambda j: update(j.done, j.total))
+            if job.state == "completed":
+                paths = client.download_artifacts(job, out or Path(job.id), names=tuple(job.artifacts))
+                report["artifacts"] = {name: str(path) for name, path in paths.items()}
+        report["job"] = job.raw
+    if as_json:
+        echo_json(report)
+    else:
+        error = job.error or {}
+        typer.echo(f"job {job.id}: {job.state} {error.get('message', '')}".rstrip())
+        for name, path in report.get("artifacts", {}).items():
+            typer.echo(f"  {name}: {path}")
+    if wait and job.state != "completed":
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _server_up() -> bool:
     from labpipe.config import get_settings
     from labpipe.deployments.platform import api_healthy
