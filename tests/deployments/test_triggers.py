@@ -32,7 +32,6 @@ async def _deploy(entrypoint: str, name: str, flow_name: str):
     """The deployment and its triggers, as `prefect deploy` creates them (a unique name: the server is shared)."""
     from prefect.cli.deploy._triggers import _create_deployment_triggers, _initialize_deployment_triggers
     from prefect.client.orchestration import get_client
-
     from prefect.utilities.templating import apply_values
 
     spec = apply_values(_spec(entrypoint, name), os.environ, remove_notset=False)  # prefect deploy's first templating
