@@ -86,15 +86,32 @@ def describe(run) -> dict:
     }
 
 
+def _has_artifact(client, run_id: str, key: str) -> bool:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+    found = client.read_artifacts(artifact_filter=wanted, limit=1)
+    if not found:
+        return False
+    data = found[0].data  # a progress artifact: done only once some work is (created at 0 %)
+    return not isinstance(data, int | float) or data > 0
+
+
 def wait(spec: dict) -> dict:
-    """Wait for run ``spec["id"]`` to reach ``spec["until"]`` (default: any final state) within ``timeout`` s."""
-    until = set(spec.get("until", []))
+    """Wait for run ``spec["id"]`` to reach a state type of ``spec["until"]`` (default: any final state), or a
+    state named one of ``spec["named"]``, or an artifact keyed ``spec["artifact"]``, within ``timeout`` s."""
+    until, named = set(spec.get("until", [])), set(spec.get("named", []))
     deadline = time.monotonic() + float(spec.get("timeout", 600))
     with _client() as client:
         while True:
             run = client.read_flow_run(spec["id"])
             state = run.state
-            reached = state and (state.type.value in until if until else state.is_final())
+            if named:
+                reached = state and state.name in named
+            elif "artifact" in spec:  # e.g. a progress artifact above 0 %: the run is working
+                reached = _has_artifact(client, spec["id"], spec["artifact"])
+            else:
+                reached = state and (state.type.value in until if until else state.is_final())
             if reached or time.monotonic() > deadline:
                 out = describe(run)
                 out["worker"] = _worker_of(client, spec["id"])
@@ -118,6 +135,16 @@ def runs(spec: dict) -> dict:
         return {"runs": [describe(r) | {"worker": _worker_of(client, str(r.id))} for r in found if r.deployment_id]}
 
 
+def events(spec: dict) -> dict:
+    """Events named ``spec["name"]`` (newest first): when they occurred, their resource and payload."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with _client() as client:
+        found = client.read_events(filter=EventFilter(event=EventNameFilter(name=[spec["name"]])), limit=50).events
+    return {"events": [{"occurred": e.occurred.isoformat(), "resource": dict(e.resource), "payload": e.payload}
+                       for e in found]}  # fmt: skip
+
+
 def set_state(spec: dict) -> dict:
     """Force run ``spec["id"]`` into a new Scheduled state (a rerun of a crashed run, as the UI's Retry does)."""
     from prefect.states import Scheduled
@@ -139,7 +166,9 @@ def task_stream(spec: dict) -> dict:
         return {"tasks": [{"key": str(r["key"]), "worker": r["worker"]} for r in rows]}
 
 
-COMMANDS = {f.__name__.replace("_", "-"): f for f in (save_blocks, start, wait, run, runs, set_state, task_stream)}
+COMMANDS = {
+    f.__name__.replace("_", "-"): f for f in (save_blocks, start, wait, run, runs, events, set_state, task_stream)
+}
 
 if __name__ == "__main__":
     command, argument = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
