@@ -135,10 +135,10 @@ def down(keep_database: bool = typer.Option(False, help="Leave the embedded Post
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with an `error` field when the server is down)."),
-    wait: float = typer.Option(15.0, help="Seconds a busy server has to answer."),
+    wait: float = typer.Option(60.0, help="Seconds a busy server has to answer (nothing listening: at once)."),
 ) -> None:
     """Pools, workers, deployments and recent runs; exits 3 when no Prefect server answers."""
-    from labpipe.deployments.platform import ServerDown
+    from labpipe.deployments.platform import ServerBusy, ServerDown
     from labpipe.deployments.platform import status as platform_status
 
     settings = _settings()
@@ -146,7 +146,8 @@ def status(
         data = platform_status(settings, wait=wait)
     except ServerDown as down:
         if as_json:
-            echo_json({"server": f"not running at {settings.api_url}", "error": down.problem, "hint": down.hint})
+            state = "not answering" if isinstance(down, ServerBusy) else "not running"
+            echo_json({"server": f"{state} at {settings.api_url}", "error": down.problem, "hint": down.hint})
         fail(down, EXIT_SERVER_DOWN)
     if as_json:
         echo_json(data)
@@ -229,6 +230,23 @@ def config_apply(
         return
     saved = save_changes(changes)
     typer.echo(f"{summary}; saved {len(saved)}")
+    if saved:
+        _refresh_pickers()
+
+
+def _refresh_pickers() -> int:
+    """Offer the saved block documents in the run forms' block pickers; returns how many deployments have one."""
+    from labpipe.deployments.pickers import refresh_pickers
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return sum(bool(choices) for choices in refresh_pickers(client).values())
+
+
+@config_app.command("pickers")
+def config_pickers() -> None:
+    """Refresh the block pickers of the run forms (after saving a block document in the UI or a notebook)."""
+    typer.echo(f"block pickers refreshed in {_refresh_pickers()} deployments")
 
 
 def _register_subcommands() -> None:

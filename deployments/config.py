@@ -121,10 +121,23 @@ def document_of(slug: str, name: str, block: Any) -> Document:
     return Document(slug, name, values, secrets, block)
 
 
+def documents_of_type(client, slug: str, *, offset: int = 0, limit: int = _PAGE, include_secrets: bool = False):
+    """One page of the block documents of type ``slug`` (none when the type was never registered on the server)."""
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        return client.read_block_documents_by_type(slug, offset=offset, limit=limit, include_secrets=include_secrets)
+    except ObjectNotFound:  # the asynchronous client
+        return []
+    except PrefectHTTPStatusError as exc:  # the synchronous client
+        if exc.response.status_code == 404:
+            return []
+        raise
+
+
 def read_server(types: dict[str, type] | None = None) -> dict[str, Document]:
     """Every named document of every labpipe block type on the server, by ``slug/name``."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
     from pydantic import ValidationError
 
     types = types if types is not None else block_types()
@@ -133,10 +146,7 @@ def read_server(types: dict[str, type] | None = None) -> dict[str, Document]:
         for slug, cls in sorted(types.items()):
             offset = 0
             while True:
-                try:
-                    page = client.read_block_documents_by_type(slug, offset=offset, limit=_PAGE, include_secrets=True)
-                except ObjectNotFound:  # the type was never registered on this server
-                    page = []
+                page = documents_of_type(client, slug, offset=offset, include_secrets=True)
                 for stored in page:
                     if stored.is_anonymous or not stored.name:
                         continue

@@ -28,6 +28,7 @@ import httpx
 from labpipe.config import Settings
 from labpipe.db.embedded import EmbeddedPostgres
 from labpipe.deployments import PREFECT_FILE, PROJECT_ROOT
+from labpipe.deployments.pickers import refresh_pickers
 from labpipe.deployments.processes import ManagedProcess
 from labpipe.errors import ConfigError, ToolError
 from labpipe.files import atomic_path
@@ -90,6 +91,16 @@ class ServerDown(ToolError):
     """No Prefect server answers at the platform's API address."""
 
 
+class ServerBusy(ServerDown):
+    """A server listens at the API address but did not answer in the time given (busy, or still starting)."""
+
+
+# How long a request can take on a busy server: the SQLAlchemy pool's checkout timeout (Prefect's default, 30 s:
+# every connection may be waiting on SQLite's write lock) plus time for a loaded CPU. A probe that gives up
+# sooner takes a busy server for a dead one.
+BUSY_SERVER_S = 60.0
+
+
 def api_tls_verify() -> str | bool:
     """What probes of the API verify its certificate against: the lab's CA when set (docs/lab.md), as Prefect does."""
     return os.environ.get("PREFECT_API_SSL_CERT_FILE") or True
@@ -102,18 +113,27 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def listening(api_url: str) -> bool:
+    """Whether something accepts connections at the API's host and port (a server, answering or not)."""
+    url = httpx.URL(api_url)
+    with socket.socket() as probe:
+        probe.settimeout(2.0)
+        return probe.connect_ex((url.host, url.port or (443 if url.scheme == "https" else 80))) == 0
+
+
 def wait_for_api(api_url: str, within: float, *, starting: Callable[[], bool] = lambda: False) -> bool:
     """Whether the API answers ready (server up, its database reachable) within ``within`` seconds.
 
-    A busy server (a cold first start, SQLite under several workers) gets the whole time. A refused
-    connection ends the wait at once, unless ``starting()`` says a server process is on its way up.
+    A busy server (a cold first start, SQLite under several workers) gets the whole time, each request
+    too (a request abandoned early would only queue another behind it). A refused connection ends the
+    wait at once, unless ``starting()`` says a server process is on its way up.
     """
     deadline = time.monotonic() + within
     while True:
         refused = False
         try:
             remaining = max(0.5, deadline - time.monotonic())
-            ready = httpx.get(f"{api_url}/ready", timeout=min(10.0, remaining), verify=api_tls_verify())
+            ready = httpx.get(f"{api_url}/ready", timeout=remaining, verify=api_tls_verify())
             if ready.status_code == 200:
                 return True
         except httpx.ConnectError:
@@ -138,7 +158,7 @@ def start_server(settings: Settings, timeout: float = 120.0) -> str:
     given time to answer before anything concludes that the port is taken by something else.
     """
     server = _processes(settings)["prefect-server"]
-    if wait_for_api(settings.api_url, timeout if server.running() else 15.0, starting=server.running):
+    if wait_for_api(settings.api_url, timeout if server.running() else BUSY_SERVER_S, starting=server.running):
         return settings.api_url
     if server.running():
         raise ServerDown(
@@ -446,6 +466,7 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
     deploy_all(settings)
     with get_client(sync_client=True) as client:
         set_schedules_active(client, not pause_schedules, keep_paused=paused)
+        refresh_pickers(client)  # the run forms offer the saved block documents (deploy wrote plain schemas)
     pids = start_workers(settings, gpus) if workers else {}
     if pids:
         offline = [pool for pool, ok in wait_for_workers(pids).items() if not ok]
@@ -453,7 +474,7 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
             logs = ", ".join(str(_processes(settings)[f"worker-{p}"].log_file) for p in offline)
             raise ToolError("prefect worker", f"pools {offline} have no online worker after 120 s", f"see {logs}")
     server = _processes(settings)["prefect-server"]
-    if not wait_for_api(api_url, 60.0, starting=server.running):  # `up` returns only while the server answers
+    if not wait_for_api(api_url, BUSY_SERVER_S, starting=server.running):  # `up` returns only while it answers
         raise ServerDown(api_url, "the Prefect server stopped answering during `labpipe up`", f"see {server.log_file}")
     return UpReport(
         api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids, alerts.channels,
@@ -481,10 +502,11 @@ def _schedule_text(schedule) -> str:
     return str(schedule)
 
 
-def status(settings: Settings, recent: int = 10, wait: float = 15.0) -> dict:
+def status(settings: Settings, recent: int = 10, wait: float = BUSY_SERVER_S) -> dict:
     """Pools, workers, deployments and recent runs, as plain data.
 
-    Raises ``ServerDown`` when no server answers within ``wait`` seconds (at once when nothing listens).
+    Raises ``ServerDown`` at once when nothing listens (and labpipe's server process is not starting),
+    ``ServerBusy`` when a server listens but has not answered within ``wait`` seconds.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -492,7 +514,14 @@ def status(settings: Settings, recent: int = 10, wait: float = 15.0) -> dict:
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound
 
-    if not wait_for_api(settings.api_url, wait, starting=_processes(settings)["prefect-server"].running):
+    server = _processes(settings)["prefect-server"]
+    if not wait_for_api(settings.api_url, wait, starting=server.running):
+        if listening(settings.api_url):
+            raise ServerBusy(
+                settings.api_url,
+                f"a server listens there but has not answered within {wait:.0f} s (busy, or still starting)",
+                f"wait longer (--wait); {server.log_file if server.running() else 'its log'} says why",
+            )
         raise ServerDown(
             settings.api_url,
             "no Prefect server answers",

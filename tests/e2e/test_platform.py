@@ -7,11 +7,13 @@ stopped is gone. What can still move on its own (a worker's heartbeat) is polled
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from labpipe.db.connect import LabDatabase
@@ -23,9 +25,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range.
+
+    `up` binds it only after starting the embedded PostgreSQL (a minute on a loaded host); a port from the
+    ephemeral range (what binding port 0 gives) can meanwhile become the local end of any outgoing
+    connection on the host, and the server would find it taken.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port below the ephemeral range ({low})")
 
 
 def _labpipe(env, *args, timeout=300):
@@ -82,6 +96,14 @@ def _trigger_latency(api_url: str, event: str, flows: list[str], timeout: float 
     return {name: round((datetime.fromisoformat(at) - occurred).total_seconds(), 2) for name, at in created.items()}
 
 
+def _layout_choices(api_url: str) -> list[str]:
+    """What the run form of ingest/share offers for its storage layout block."""
+    import httpx
+
+    schema = httpx.get(f"{api_url}/deployments/name/ingest/share", timeout=60).json()["parameter_openapi_schema"]
+    return next(m for m in schema["properties"]["layout_block"]["anyOf"] if m.get("type") == "string")["enum"]
+
+
 def test_up_run_a_deployment_status_and_down(tmp_path):
     port = _free_port()
     home = tmp_path / "home"
@@ -125,6 +147,18 @@ def test_up_run_a_deployment_status_and_down(tmp_path):
         latency = _trigger_latency(run_env["PREFECT_API_URL"], "labpipe.ingest.sessions.inserted", populations)
         print(f"\ntrigger latency ingest.sessions.inserted -> population runs created (labpipe up): {latency}")
         assert set(latency) == set(populations) and max(latency.values()) < 30.0
+
+        # the run forms' block pickers offer the saved documents; one saved later joins at the next `up`
+        assert _layout_choices(run_env["PREFECT_API_URL"]) == ["default"]
+        save = (
+            "from pathlib import Path; from labpipe.blocks import StorageLayout; from labpipe.layout import Layout; "
+            f"StorageLayout(**Layout.default(Path({str(home)!r})).model_dump()).save('nas', overwrite=True)"
+        )
+        saved = subprocess.run([sys.executable, "-c", save], env=run_env, capture_output=True, text=True, timeout=300)
+        assert saved.returncode == 0, saved.stderr
+        again = _labpipe(env, "up", "--pause-schedules", timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert _layout_choices(run_env["PREFECT_API_URL"]) == ["default", "nas"]
     finally:
         down = _labpipe(env, "down")
     assert "worker-cpu" in down.stdout and "prefect-server" in down.stdout and "embedded-postgres" in down.stdout
