@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import time
 import zlib
 
+import httpx
 import numpy as np
 from labpipe.seg.preview import Preview
 from labpipe.seg.service.jobs import RunRef, RunStatus
@@ -120,3 +122,35 @@ def test_websocket_refusals_and_cancel(start_service, tomogram_bytes):
             assert client.delete(f"/v1/jobs/{job['job_id']}").status_code == 202
         end = _next(ws, "error")
     assert end["state"] == "canceled" and end["code"] == "job_canceled" and runner.cancelled
+
+
+def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(start_service, tomogram_bytes):
+    runner = StandInRunner()
+    svc = start_service(runner=runner)
+    token = svc.token()
+    with svc.client(token) as client:
+        job = client.post("/v1/jobs", json={"file_id": upload(client, tomogram_bytes)["file_id"]}).json()
+    record = svc.service.jobs.load(job["job_id"])
+    record.update(flow_run_id=None, flow_run_name=None, state="queued")  # as if the service died before submitting
+    svc.service.jobs.save(record)
+    runner.parameters = None
+    svc.restart()
+    deadline = time.monotonic() + 30
+    while runner.parameters is None:  # recovery runs in the background at start
+        assert time.monotonic() < deadline, "the unsubmitted job was not submitted after the restart"
+        time.sleep(0.05)
+    with svc.client(token) as client:
+        again = client.get(f"/v1/jobs/{job['job_id']}").json()
+    assert again["flow_run_id"] == f"run-{job['job_id']}" and again["state"] == "running"
+
+
+def test_tls_when_given_a_certificate(start_service, tmp_path):
+    from tests.lib.vms.test_access import make_certificates
+
+    (tmp_path / "tls").mkdir()
+    ca, cert, key = make_certificates(tmp_path / "tls")
+    svc = start_service(tls=(cert, key))
+    assert svc.url.startswith("https://")
+    with httpx.Client(base_url=svc.url, verify=ssl.create_default_context(cafile=str(ca))) as client:
+        answer = client.get("/v1/server/info", headers={"Authorization": f"Bearer {svc.token()}"})
+    assert answer.status_code == 200 and answer.json()["user"] == "alice"
