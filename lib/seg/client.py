@@ -553,7 +553,7 @@ class SegmentationClient:
 
 def _phases(names: tuple[str, ...], clock: list[float]) -> dict[str, float]:
     """Seconds between successive clock readings, by phase name."""
-    return {name: round(b - a, 3) for name, a, b in zip(names, clock, clock[1:], strict=True)}
+    return {name: round(b - a, 3) for name, a, b in zip(names, clock[:-1], clock[1:], strict=True)}
 
 
 def _without_query(url: str) -> str:

@@ -73,7 +73,7 @@ def _world(layer, index) -> np.ndarray:
 def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_service, tmp_path):
     """The seed's happy path from the widget, with the preview stream cut once mid-job (it reconnects)."""
     path, _ = write_simulated(
-        tmp_path / "TS_01.mrc", simulate_tomogram((64, 96, 96), seed=11), origin_xyz=(40, 80, 120)
+        tmp_path / "TS_01.mrc", simulate_tomogram((48, 64, 64), seed=11), origin_xyz=(40, 80, 120)
     )
     proxy = CuttingProxy("127.0.0.1", int(job_service.url.rsplit(":", 1)[1]))
     _connect(widget, proxy.url, job_service.token("alice"), tmp_path)
@@ -81,7 +81,7 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
 
     info = widget.open_tomogram(path)  # what Open .mrc... does after the file dialog
     assert (
-        "96 x 96 x 64 voxels" in widget.metadata_label.text()
+        "64 x 64 x 48 voxels" in widget.metadata_label.text()
         and "origin (40, 80, 120) A" in widget.metadata_label.text()
     )
     image = viewer.layers["TS_01"]
@@ -97,8 +97,8 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
     _wait_for(qtbot, widget, lambda: "preview" in viewer.layers)
     preview = viewer.layers["preview"]
     factor = round(preview.scale[0] / info.voxel_size_zyx[0])
-    assert factor == 4 and preview.data.shape == (16, 24, 24)
-    for index in [(0, 0, 0), (3, 5, 7), (15, 23, 23)]:  # preview voxel i sits on tomogram voxel 4*i
+    assert factor == 4 and preview.data.shape == (12, 16, 16)
+    for index in [(0, 0, 0), (3, 5, 7), (11, 15, 15)]:  # preview voxel i sits on tomogram voxel 4*i
         assert np.allclose(_world(preview, index), _world(image, tuple(4 * i for i in index)))
     proxy.cut_now()  # the network drops: the stream reconnects with backoff, the server sends the newest again
     _wait_for(qtbot, widget, lambda: widget.previews_shown >= 3 or "mask" in viewer.layers)
@@ -118,7 +118,7 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
     exported = widget.export(tmp_path / "export")
     nib = pytest.importorskip("nibabel")
     nifti = nib.load(exported["mask.nii.gz"])
-    assert nifti.shape == (96, 96, 64) and np.allclose(nifti.affine[:3, 3], (40, 80, 120))
+    assert nifti.shape == (64, 64, 48) and np.allclose(nifti.affine[:3, 3], (40, 80, 120))
     assert np.array_equal(np.asarray(nifti.dataobj).transpose(2, 1, 0), mask.data)
     assert read_header(widget.mask_path).origin_xyz == (40.0, 80.0, 120.0)
     proxy.close()
@@ -164,7 +164,7 @@ def test_upload_cut_mid_way_resumes_from_the_widget_without_resending_parts(widg
 
 @pytest.mark.slow
 def test_cancel_from_the_widget_ends_the_job_canceled_without_a_mask(widget, qtbot, job_service, tmp_path):
-    path, _ = write_simulated(tmp_path / "TS_04.mrc", simulate_tomogram((64, 96, 96), seed=4))
+    path, _ = write_simulated(tmp_path / "TS_04.mrc", simulate_tomogram((48, 64, 64), seed=4))
     _connect(widget, job_service.url, job_service.token("alice"), tmp_path)
     widget.open_tomogram(path)
     _click(qtbot, widget.upload_button)
