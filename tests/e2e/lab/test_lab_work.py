@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from labpipe.layout import Layout
 
-from tests.e2e.lab.support import LABPIPE, WHY_NOT, in_lab
+from tests.e2e.lab.support import LABPIPE, WHY_NOT, in_lab, session_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 
@@ -113,9 +113,7 @@ def seg_model(roots, labpipe_home) -> str:
     root: the gpu host finds it where a lab keeps its models."""
     from labpipe.seg.nnunet import model_folder
 
-    from tests.lib.seg.seg_model import trained_tiny_model
-
-    model = trained_tiny_model(labpipe_home)
+    model = session_tiny_model(labpipe_home)
     shutil.copytree(model.folder, model_folder(roots["lab"], model.name), dirs_exist_ok=True)
     return model.name
 
