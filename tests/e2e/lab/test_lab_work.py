@@ -102,6 +102,9 @@ def test_a_radio_groups_subbands_fan_out_over_main_and_gpu_and_a_trigger_starts_
     assert latency < 30
     done = in_lab(lab, "main", "wait", {"id": image["id"], "timeout": 600})
     assert done["worker"] == "cpu@main" and done["state"] in ("COMPLETED", "FAILED"), done
+    lags = {x["group_id"]: x for x in in_lab(lab, "main", "stage-lag")["lags"]}
+    print(f"stage lag of {group} in the lab: {lags[group]} (radio-image {done['state']}: {done['message'][:200]})")
+    assert lags[group]["arrival_to_ms"] is not None and lags[group]["arrival_to_ms"] >= 0
     # no calibration exists yet: the group is held, and the lab's on-call hears it (sent by the server on main)
     subject = f"labpipe: radio calibration missing for labpipe.radio.group.{group}"
     _until(lambda: any(p["subject"] == subject for p in inboxes.posts), "calibration-missing webhook", 120)
