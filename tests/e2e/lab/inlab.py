@@ -145,6 +145,16 @@ def events(spec: dict) -> dict:
                        for e in found]}  # fmt: skip
 
 
+def stage_lag(spec: dict) -> dict:
+    """The radio stream's stage lags (arrival -> MS -> image) from the lab database, as radio-image exports them."""
+    from dataclasses import asdict
+
+    from labpipe.blocks import lab_database
+    from labpipe.radio import lag
+
+    return {"lags": [asdict(x) for x in lag.stage_lags(lab_database())]}
+
+
 def set_state(spec: dict) -> dict:
     """Force run ``spec["id"]`` into a new Scheduled state (a rerun of a crashed run, as the UI's Retry does)."""
     from prefect.states import Scheduled
@@ -167,7 +177,8 @@ def task_stream(spec: dict) -> dict:
 
 
 COMMANDS = {
-    f.__name__.replace("_", "-"): f for f in (save_blocks, start, wait, run, runs, events, set_state, task_stream)
+    f.__name__.replace("_", "-"): f
+    for f in (save_blocks, start, wait, run, runs, events, stage_lag, set_state, task_stream)
 }
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and the notification receivers inside the lab's main namespace (where the Prefec
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +36,21 @@ def why_not() -> str | None:
 
 
 WHY_NOT = why_not()
+
+
+def session_tiny_model(home: Path):
+    """The session's tiny nnU-Net model (``tests/lib/seg/seg_model.py``: trained once per session, cached per
+    process), so the lab's segmentations cost no training when tests/lib/seg runs in the same session. Loaded by
+    its path under its module name: this folder is a package, and ``tests.lib`` is not importable from it until
+    pytest has collected tests/lib."""
+    name = "tests.lib.seg.seg_model"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "lib" / "seg" / "seg_model.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module.trained_tiny_model(home)
 
 
 def simulate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

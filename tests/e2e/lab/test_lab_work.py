@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 import pytest
 from labpipe.layout import Layout
 
-from tests.e2e.lab.support import LABPIPE, WHY_NOT, in_lab
+from tests.e2e.lab.support import LABPIPE, WHY_NOT, in_lab, session_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 
 RADIO_START = dt.datetime(2025, 10, 13, 13, 28, 3)
+EVENT = "labpipe.radio.group.converted"
 NOTIFIED_WITHIN_S = 120.0
 
 
@@ -71,40 +72,73 @@ def _seconds(later: str, earlier: str) -> float:
     return round((dt.datetime.fromisoformat(later) - dt.datetime.fromisoformat(earlier)).total_seconds(), 2)
 
 
-def test_a_radio_groups_subbands_fan_out_over_main_and_gpu_and_a_trigger_starts_its_imaging(lab, roots, inboxes):
+def _triggered(lab, flow: str, ms_path: str, what: str) -> dict:
+    """The run of ``flow`` a trigger made for the MS ``ms_path`` (its parameters name it)."""
+
+    def found():
+        runs = in_lab(lab, "main", "runs", {"flows": [flow]})["runs"]
+        return next((r for r in runs if ms_path in json.dumps(r["parameters"])), None)
+
+    return _until(found, what, 180)
+
+
+def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibration_and_imaging(lab, roots, inboxes):
+    """A science group and a calibrator transit arrive; radio-stream and radio-convert run on main, the subbands on
+    the Dask workers of main and gpu; each converted event starts imaging (and, for the calibrator, the 1 h
+    calibration) within seconds; the science group, with no calibration yet, is held and the on-call is told."""
     from labpipe.radio.naming import group_id
-    from labpipe.radio.simulate import Source, simulate_group
+    from labpipe.radio.simulate import Source, find_calibrator, simulate_group, transit_start
     from labpipe.radio.tree import RadioTree
 
     tree = RadioTree(roots["lab"].radio).ensure()
-    group = group_id(RADIO_START)
+    science = group_id(RADIO_START)
     simulate_group(tree.incoming, RADIO_START, n_antennas=4, n_times=4, catalog=[Source("s", 230.0, 55.0, 2.0)])
+    calibrator = find_calibrator("0834+555")
+    cal_start = transit_start(calibrator.ra_deg)
+    simulate_group(tree.incoming, cal_start, n_antennas=4, n_times=4, calibrator=calibrator.name)
     index = in_lab(lab, "main", "task-stream")["index"]
 
     stream = in_lab(lab, "main", "run", {"deployment": "radio-stream/incoming"})
     assert (stream["state"], stream["worker"]) == ("COMPLETED", "cpu@main"), stream
     convert = in_lab(lab, "main", "run", {"deployment": "radio-convert/pending"})
     assert (convert["state"], convert["worker"]) == ("COMPLETED", "cpu@main"), convert
-    assert tree.ms_path("science", group).is_dir()
+    assert tree.ms_path("science", science).is_dir()
 
     tasks = in_lab(lab, "main", "task-stream", {"index": index})["tasks"]
     per_host = Counter(_host_of(lab, t["worker"]) for t in tasks if t["key"].startswith("phase_part"))
     print(f"subband slabs converted per host: {dict(per_host)}")
-    assert set(per_host) == {"main", "gpu"}, per_host  # the group's subbands ran on both hosts' Dask workers
+    assert set(per_host) == {"main", "gpu"}, per_host  # the groups' subbands ran on both hosts' Dask workers
 
-    # the converted event starts radio-image for this group (not every pending one), within seconds
-    converted = in_lab(lab, "main", "events", {"name": "labpipe.radio.group.converted"})["events"]
-    event = next(e for e in converted if e["payload"]["group_id"] == group)
-    image = _until(lambda: in_lab(lab, "main", "runs", {"flows": ["radio-image"]})["runs"], "radio-image run", 120)[0]
-    assert image["parameters"]["ms"] == [event["payload"]["ms_path"]]
-    latency = _seconds(image["created"], event["occurred"])
-    print(f"trigger latency in the lab: converted event -> radio-image run created {latency} s")
-    assert latency < 30
+    converted = {e["payload"]["group_id"]: e for e in in_lab(lab, "main", "events", {"name": EVENT})["events"]}
+    cal_event = next(e for g, e in converted.items() if e["payload"]["kind"] == "calibrators")
+    event = converted[science]
+    image = _triggered(lab, "radio-image", event["payload"]["ms_path"], "radio-image run of the science group")
+    assert image["parameters"]["ms"] == [event["payload"]["ms_path"]]  # this group, not every pending one
+    calibrate = _triggered(lab, "radio-calibrate", cal_event["payload"]["ms_path"], "radio-calibrate run")
+    assert calibrate["parameters"] == {"cadence": "1h", "ms": cal_event["payload"]["ms_path"]}
+    latency = {
+        "converted -> radio-image created": _seconds(image["created"], event["occurred"]),
+        "converted calibrator -> radio-calibrate created": _seconds(calibrate["created"], cal_event["occurred"]),
+    }
+    assert max(latency.values()) < 30
+    started = in_lab(lab, "main", "wait", {"id": calibrate["id"], "until": ["RUNNING", "COMPLETED", "FAILED"]})
+    if started["start_time"]:  # created -> running: the cpu worker's poll (10 s) and the flow process's start
+        latency["converted calibrator -> radio-calibrate running"] = _seconds(
+            started["start_time"], cal_event["occurred"]
+        )
+    print(f"trigger latency in the lab (s): {latency}")
+
     done = in_lab(lab, "main", "wait", {"id": image["id"], "timeout": 600})
     assert done["worker"] == "cpu@main" and done["state"] in ("COMPLETED", "FAILED"), done
-    # no calibration exists yet: the group is held, and the lab's on-call hears it (sent by the server on main)
-    subject = f"labpipe: radio calibration missing for labpipe.radio.group.{group}"
+    lags = {x["group_id"]: x for x in in_lab(lab, "main", "stage-lag")["lags"]}
+    print(f"stage lag of {science} in the lab: {lags[science]} (radio-image {done['state']}: {done['message'][:200]})")
+    assert lags[science]["arrival_to_ms"] is not None and lags[science]["arrival_to_ms"] >= 0
+    # no calibration covers the science group yet: it is held, and the on-call hears it (sent by the server on main)
+    subject = f"labpipe: radio calibration missing for labpipe.radio.group.{science}"
     _until(lambda: any(p["subject"] == subject for p in inboxes.posts), "calibration-missing webhook", 120)
+    calibrated = in_lab(lab, "main", "wait", {"id": calibrate["id"], "timeout": 600})
+    print(f"radio-calibrate of the calibrator transit: {calibrated['state']} {calibrated['message'][:300]}")
+    assert calibrated["worker"] == "cpu@main"
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +147,7 @@ def seg_model(roots, labpipe_home) -> str:
     root: the gpu host finds it where a lab keeps its models."""
     from labpipe.seg.nnunet import model_folder
 
-    from tests.lib.seg.seg_model import trained_tiny_model
-
-    model = trained_tiny_model(labpipe_home)
+    model = session_tiny_model(labpipe_home)
     shutil.copytree(model.folder, model_folder(roots["lab"], model.name), dirs_exist_ok=True)
     return model.name
 
