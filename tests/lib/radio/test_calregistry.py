@@ -1,5 +1,5 @@
 """Calibration registry answers: validity windows backward and forward, G interpolation pair, pending
-registrations hidden from appliers, QA rejection, held groups; products catalogue listing."""
+registrations hidden from appliers, QA rejection, held groups."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 
 import numpy as np
-from labpipe.radio import calibrate, calregistry, products
+from labpipe.radio import calibrate, calregistry
 
 DAY = 61000.0
 HOUR = 1 / 24
@@ -81,17 +81,3 @@ def test_g_interpolation_between_tables_is_linear_in_amplitude_and_phase():
     g, flags = calibrate.interpolate_gains([table(0.0, 1.0), table(1.0, 3 * np.exp(1j * np.pi / 2))], np.array([0.5]))
     np.testing.assert_allclose(g[0, 0, 0], 2 * np.exp(1j * np.pi / 4))
     assert not flags.any()
-
-
-def test_products_catalogue_lists_by_date_and_kind(lab_db, tmp_path):
-    image = tmp_path / "2025-10-13T13:28:03.image.pbcor.fits"
-    image.write_bytes(b"x" * 10)
-    mjd = 60961.56  # 2025-10-13
-    products.record_product(lab_db, "image", image, start_mjd=mjd, end_mjd=mjd + 0.003, group_id="g", subtype="pbcor")
-    products.record_product(lab_db, "image", image, start_mjd=mjd, end_mjd=mjd + 0.003, group_id="g", subtype="pbcor")
-    import datetime as dt
-
-    rows = products.products(lab_db, date=dt.date(2025, 10, 13))
-    assert len(rows) == 1 and rows[0]["size_bytes"] == 10 and rows[0]["path"] == str(image)
-    assert products.products(lab_db, date=dt.date(2025, 10, 14)) == []
-    assert products.products(lab_db, kind="mosaic") == []
