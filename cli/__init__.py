@@ -231,7 +231,7 @@ def config_apply(
     saved = save_changes(changes)
     typer.echo(f"{summary}; saved {len(saved)}")
     if saved:
-        _refresh_pickers()
+        typer.echo(f"block pickers refreshed in {_refresh_pickers()} deployments")
 
 
 def _refresh_pickers() -> int:

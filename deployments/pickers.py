@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import copy
 import importlib
+import importlib.util
 import inspect
 import textwrap
 from collections.abc import Callable
@@ -124,8 +125,10 @@ def _traced(fn: Callable, names: frozenset[str], depth: int = 0) -> dict[str, ty
 def block_parameters(entrypoint: str) -> dict[str, type]:
     """{``*_block`` parameter: block class} of the flow at ``entrypoint`` (``flows/ingest.py:ingest``)."""
     path, _, attr = entrypoint.partition(":")
-    module = importlib.import_module("labpipe." + path.removesuffix(".py").replace("/", "."))
-    fn = _function(getattr(module, attr))
+    name = "labpipe." + path.removesuffix(".py").replace("/", ".")
+    if importlib.util.find_spec(name) is None:  # another project's deployment on the lab's server
+        return {}
+    fn = _function(getattr(importlib.import_module(name), attr, None))
     if fn is None:
         return {}
     names = frozenset(p for p in inspect.signature(fn).parameters if p.endswith(BLOCK_SUFFIX))

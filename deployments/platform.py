@@ -75,10 +75,7 @@ def platform_env(settings: Settings) -> dict[str, str]:
     )
     if settings.prefect_database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = settings.prefect_database_url.get_secret_value()
-    else:
-        # SQLite under several workers needs patience rather than "database is locked"
-        env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")
-        env.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "30")
+    # on SQLite, Prefect sets its own busy timeout (PRAGMA busy_timeout = 60 s) on every connection
     return env
 
 

@@ -72,6 +72,18 @@ def test_status_exits_3_with_a_hint_when_no_server_answers(tmp_path):
     assert data["error"] == "no Prefect server answers" and "not running at" in data["server"] and data["hint"]
 
 
+def test_status_tells_a_server_that_listens_but_does_not_answer_from_none(tmp_path):
+    """A busy server (here: a socket that accepts and never replies) is waited for, then named as not answering."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = str(silent.getsockname()[1])
+        as_json = labpipe(tmp_path, "status", "--json", "--wait", "2", LABPIPE_PREFECT_PORT=port)
+    assert as_json.returncode == 3, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert "not answering at" in data["server"] and "has not answered within 2 s" in data["error"]
+
+
 def test_version(tmp_path):
     result = labpipe(tmp_path, "--version")
     assert result.returncode == 0

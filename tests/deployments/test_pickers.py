@@ -48,6 +48,7 @@ def test_the_block_type_comes_from_the_loader_the_flow_calls():
     assert block_parameters("flows/ingest.py:dump_database") == {"db_block": LabDatabase, "layout_block": StorageLayout}
     # through subflows called with **dict(store_block=..., ...)
     assert block_parameters("flows/training.py:mei_loop")["store_block"].__name__ == "ModelStore"
+    assert block_parameters("flows/another_project.py:its_flow") == {}  # not labpipe's: left as it is
 
 
 def test_choices_go_into_the_string_member_and_keep_none():

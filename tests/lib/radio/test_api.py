@@ -224,32 +224,3 @@ def test_the_page_in_headless_chromium_shows_the_candidates(lab_db, month, tmp_p
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def test_an_image_whose_science_step_did_not_finish_is_pending_until_it_does(lab_db, tmp_path):
-    """What radio-image resumes: a group imaged (products recorded) but killed before its science step ended."""
-    root, group, mjd = tmp_path / "radio", "2023-02-25T06:00:00", 60000.25
-    image = simulate.simulate_image(calrun.image_prefix(root, group), [simulate.Source("s", RA0, DEC0, 0.1)],
-                                    ra0_deg=RA0, dec0_deg=DEC0, mjd=mjd, npix=96)  # fmt: skip
-    products.record_product(lab_db, "image", image.paths["image"], start_mjd=mjd, end_mjd=mjd, group_id=group,
-                            subtype="image")  # fmt: skip
-    assert calrun.science_pending(lab_db) == [group]
-    settings = calrun.RadioCalSettings()
-    settings.science.catalogue.promote_after = 1
-    done = calrun.image_science(lab_db, root, group, settings)
-    assert done["detections"] == 1 and done["measured"] == 1
-    assert calrun.science_pending(lab_db) == []
-    (listed,) = [p for p in products.products(lab_db, kind="catalogue")]
-    assert listed["group_id"] == group and Path(listed["path"]).exists()
-
-
-def test_a_killed_writers_staging_is_swept_by_the_next_writer(tmp_path):
-    """Found by the radio-science fault scenario: SIGKILL inside atomic_path left .source-NNNNNN.png.*.part."""
-    final = tmp_path / "lightcurves" / "source-000004.png"
-    stale = final.parent / ".source-000004.png._ms4ekgm.part"
-    stale.mkdir(parents=True)
-    (stale / "source-000004.png").write_bytes(b"\x89PNG half")
-    other = final.parent / ".source-000005.png.abc.part"
-    other.mkdir()
-    assert calrun.sweep_staging(final) == [stale.name]
-    assert not stale.exists() and other.exists()  # only this product's staging

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from labpipe.errors import InvalidInput
 from labpipe.radio import instrument as inst
-from labpipe.radio.naming import fs_safe, parse_subband_name, subband_file_name
+from labpipe.radio.naming import parse_subband_name
 from labpipe.radio.simulate import (
     Corruptions,
     GroupFaults,
@@ -175,16 +175,6 @@ def test_catalog_csv_round_trip_and_counts(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(InvalidInput, match="bad.csv"):
         read_sources(tmp_path / "bad.csv")
-
-
-def test_names_round_trip():
-    name = subband_file_name(START, 7)
-    assert name == "2025-10-13T13:28:03_sb07.hdf5"
-    assert parse_subband_name(name).subband == 7
-    assert parse_subband_name("2025-10-13_13_28_03_sb15.hdf5").subband == 15
-    assert parse_subband_name("2025-02-30T13:28:03_sb01.hdf5") is None
-    assert parse_subband_name("notes.txt") is None
-    assert fs_safe("2025-10-13T13:28:03") == "2025-10-13_13_28_03"
 
 
 def test_injected_rfi_is_what_the_truth_says(tmp_path):

@@ -383,15 +383,3 @@ def test_the_new_claimant_does_not_delete_the_first_workers_workspace(radio, tem
     assert _ms_rows(ms) > 0, "the second worker's MS is intact after the first gave up"
     assert state(db, gid)["state"] == "completed"
     assert _attempt_folders(settings, tree, gid) == [], "each worker removed its own folders"
-
-
-def test_tables_declared_before_claim_tokens_gain_them(lab_db):
-    from labpipe.db.connect import LabDatabase
-
-    t = tables(lab_db)
-    for table, column in ((t.SubbandGroup, "claim"), (t.ConversionAttempt, "token")):
-        lab_db.connection.query(f"ALTER TABLE {table.full_table_name} DROP COLUMN {column}")
-    later = LabDatabase(lab_db.target, lab_db.blobs, lab_db.prefix)  # a newer labpipe opening the old schema
-    upgraded = tables(later)
-    assert "claim" in upgraded.SubbandGroup.heading.names
-    assert "token" in upgraded.ConversionAttempt.heading.names
