@@ -230,8 +230,12 @@ class JobWatch:
             while not self._gone.is_set():
                 now = time.monotonic()
                 if now >= next_read:
-                    self.record = await run_in_threadpool(self.service.refresh, self.record)
                     next_read = now + 0.5
+                    try:
+                        self.record = await run_in_threadpool(self.service.refresh, self.record)
+                    except ServiceError as exc:  # the orchestrator is away: keep watching, read it again later
+                        log.warning("job %s: state not read: %s", self.job_id, exc.message)
+                        next_read = now + 5.0
                 await self._maybe_progress(now)
                 await self._maybe_preview()
                 if JobState(self.record["state"]) in TERMINAL:

@@ -7,6 +7,7 @@ together; the FastAPI app (``labpipe.seg.service.app``) only translates HTTP.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -159,7 +160,11 @@ class SegService:
             "updated_at": now,
         }
         self.jobs.save(record)  # before the run exists: a crash here is finished by recover()
-        self._start(record)
+        try:
+            self._start(record)
+        except ServiceError:  # the client is told to retry: no second job may start from this record later
+            shutil.rmtree(self.jobs.folder(job_id), ignore_errors=True)
+            raise
         log.info("job %s by %s: model %s, flow run %s", job_id, principal.user, model, record["flow_run_id"])
         return self.view(record)
 
@@ -261,6 +266,12 @@ class SegService:
         record = self.refresh(self._owned(principal, job_id), force=True)
         if JobState(record["state"]) in TERMINAL:
             raise ServiceError(409, "job_finished", f"job {job_id} is already {record['state']}", "nothing to cancel")
+        if record["flow_run_id"] is None:  # recorded, never submitted: nothing runs
+            record.update(state=JobState.CANCELLED.value, updated_at=iso(time.time()),
+                          error={"code": "job_canceled", "message": "the job was canceled", "hint": "",
+                                 "retryable": False})  # fmt: skip
+            self.jobs.save(record)
+            return self.view(record)
         self.runner.cancel(record["flow_run_id"])
         log.info("job %s: cancel requested by %s", job_id, principal.user)
         return self.view(self.refresh(record, force=True))

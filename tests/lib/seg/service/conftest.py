@@ -42,15 +42,15 @@ class NoRunner:
 class LoopbackService:
     """One service process-in-a-thread; ``restart()`` stops it and serves a new one on the same data folder."""
 
-    def __init__(self, settings: ServiceSettings, runner, environment: Environment) -> None:
-        self.settings, self.runner, self.environment = settings, runner, environment
+    def __init__(self, settings: ServiceSettings, runner, environment: Environment, tls=(None, None)) -> None:
+        self.settings, self.runner, self.environment, self.tls = settings, runner, environment, tls
         self.start()
 
     def start(self) -> None:
         import uvicorn
 
         self.service = build_service(self.settings, self.runner, self.environment)
-        self.server = uvicorn.Server(uvicorn_config(self.service, "127.0.0.1", 0, None, None))
+        self.server = uvicorn.Server(uvicorn_config(self.service, "127.0.0.1", 0, *self.tls))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -58,7 +58,7 @@ class LoopbackService:
             assert self.thread.is_alive() and time.monotonic() < deadline, "the service did not start"
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls[0] else 'http'}://127.0.0.1:{port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -89,12 +89,12 @@ def make_settings(root: Path, **overrides) -> ServiceSettings:
 
 @pytest.fixture
 def start_service(tmp_path):
-    """``start_service(runner=..., environment=..., **settings)`` -> a running LoopbackService (stopped after)."""
+    """``start_service(runner=..., environment=..., tls=(cert, key), **settings)`` -> a running LoopbackService."""
     started = []
 
-    def start(runner=None, environment=None, **overrides) -> LoopbackService:
+    def start(runner=None, environment=None, tls=(None, None), **overrides) -> LoopbackService:
         env = environment or Environment(models=lambda: {"tiny-test": {"name": "tiny-test"}})
-        svc = LoopbackService(make_settings(tmp_path, **overrides), runner or NoRunner(), env)
+        svc = LoopbackService(make_settings(tmp_path, **overrides), runner or NoRunner(), env, tls)
         started.append(svc)
         return svc
 
