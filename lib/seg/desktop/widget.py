@@ -423,7 +423,9 @@ class SegmentationWidget(QWidget):
         scale, translate = placement(self.info, frame.scale[0])
         if PREVIEW_LAYER in self.viewer.layers:
             layer = self.viewer.layers[PREVIEW_LAYER]
-            layer.data, layer.scale, layer.translate = frame.labels, scale, translate
+            if tuple(layer.scale) != scale or tuple(layer.translate) != translate:  # each change redraws
+                layer.scale, layer.translate = scale, translate
+            layer.data = frame.labels
         else:
             self.viewer.add_labels(frame.labels, name=PREVIEW_LAYER, scale=scale, translate=translate, opacity=0.6)
         self.previews_shown += 1
