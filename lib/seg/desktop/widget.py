@@ -58,11 +58,15 @@ def placement(info: TomogramInfo, factor: int = 1) -> tuple[tuple[float, ...], t
 def metadata_text(info: TomogramInfo) -> str:
     """What the panel shows of a tomogram: size, voxel size, origin, data type."""
     z, y, x = info.shape_zyx
-    gib = info.file_bytes / (1 << 30)
+    size = (
+        f"{info.file_bytes / (1 << 30):.2f} GiB"
+        if info.file_bytes >= 1 << 30
+        else f"{info.file_bytes / (1 << 20):.1f} MiB"
+    )
     vz, vy, vx = info.voxel_size_zyx
     ox, oy, oz = info.origin_xyz
     return (
-        f"{x} x {y} x {z} voxels (X Y Z), {info.dtype} (mode {info.mode}), {gib:.2f} GiB\n"
+        f"{x} x {y} x {z} voxels (X Y Z), {info.dtype} (mode {info.mode}), {size}\n"
         f"voxel {vx:g} x {vy:g} x {vz:g} A, origin ({ox:g}, {oy:g}, {oz:g}) A"
     )
 
@@ -134,7 +138,7 @@ class SegmentationWidget(QWidget):
         form = QFormLayout(options)
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
-        self.model_combo.setPlaceholderText("server default")
+        self.model_combo.lineEdit().setPlaceholderText("server default")
         self.step_spin = QDoubleSpinBox(minimum=0.05, maximum=1.0, singleStep=0.05, value=0.5)
         self.mirroring_check = QCheckBox("test-time mirroring", checked=True)
         self.fp16_check = QCheckBox("half precision (fp16)", checked=True)
@@ -169,6 +173,8 @@ class SegmentationWidget(QWidget):
 
     def _connect_signals(self) -> None:
         self.open_button.clicked.connect(self._choose_tomogram)
+        self.server_edit.editingFinished.connect(self.refresh_models)
+        self.token_edit.editingFinished.connect(self.refresh_models)
         self.upload_button.clicked.connect(self.start_upload)
         self.submit_button.clicked.connect(self.start_job)
         self.cancel_button.clicked.connect(self.cancel_job)
@@ -241,6 +247,15 @@ class SegmentationWidget(QWidget):
                 self.signals.failed.emit(what, exc)
 
         self.pool.submit(task)
+
+    def refresh_models(self) -> None:
+        """Fill the model list from ``/v1/server/info`` (which also proves the URL and token work)."""
+        try:
+            client = self._client()
+        except LabpipeError as exc:
+            self._report(exc)
+            return
+        self._run("info", client.server_info)
 
     def start_upload(self) -> None:
         """Upload the open tomogram; the parts the server already holds are not sent again."""
@@ -360,6 +375,13 @@ class SegmentationWidget(QWidget):
             self.mask_path = result["mask.mrc"]
             self._show_mask(self.mask_path)
             self.status_label.setText(f"completed: mask in {self.mask_path.parent}")
+        elif what == "info":
+            current = self.model_combo.currentText()
+            self.model_combo.clear()
+            self.model_combo.addItems(sorted(m["name"] for m in result.get("models", [])))
+            self.model_combo.setCurrentText(current)
+            gpus = ", ".join(g["name"] for g in result.get("gpus", [])) or result.get("device", "")
+            self.status_label.setText(f"connected as {result.get('user')}: labpipe {result.get('version')} on {gpus}")
         elif what == "export":
             self.status_label.setText("exported " + ", ".join(str(p) for p in result.values()))
         self._update_buttons()
@@ -401,7 +423,9 @@ class SegmentationWidget(QWidget):
         scale, translate = placement(self.info, frame.scale[0])
         if PREVIEW_LAYER in self.viewer.layers:
             layer = self.viewer.layers[PREVIEW_LAYER]
-            layer.data, layer.scale, layer.translate = frame.labels, scale, translate
+            if tuple(layer.scale) != scale or tuple(layer.translate) != translate:  # each change redraws
+                layer.scale, layer.translate = scale, translate
+            layer.data = frame.labels
         else:
             self.viewer.add_labels(frame.labels, name=PREVIEW_LAYER, scale=scale, translate=translate, opacity=0.6)
         self.previews_shown += 1

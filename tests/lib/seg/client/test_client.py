@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -126,20 +128,32 @@ def test_token_file_empty_or_missing_is_named(tmp_path):
     assert read_token(tmp_path / "token") == "abc.def.ghi"
 
 
+def labpipe_seg_submit(*args: str) -> subprocess.CompletedProcess:
+    """The user's command, as a process (the entry point's error reporting included)."""
+    command = [str(Path(sys.executable).with_name("labpipe")), "seg", "submit", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def test_seg_submit_reports_the_servers_error_and_hint(proxied, tomogram, tmp_path):
+    service, _, _ = proxied
+    (tmp_path / "token").write_text(service.token("carol", scopes=("read",)))
+    result = labpipe_seg_submit(str(tomogram), "--server", service.url, "--token-file", str(tmp_path / "token"))
+    assert result.returncode == 2
+    assert "error: POST" in result.stderr and "submit" in result.stderr and "hint:" in result.stderr
+
+
 @pytest.mark.slow
 def test_seg_submit_runs_a_job_and_downloads_a_mask_aligned_with_the_tomogram(job_service, tmp_path):
     """``labpipe seg submit`` end to end: upload, job (the real flow), wait, signed downloads; then a tampered link."""
-    from labpipe.cli import app
-    from typer.testing import CliRunner
 
     path, _ = write_simulated(tmp_path / "TS_02.mrc", simulate_tomogram((40, 48, 48), seed=6), origin_xyz=(10, 20, 30))
     token_file = tmp_path / "token"
     token_file.write_text(job_service.token("alice") + "\n")
     out = tmp_path / "out"
-    args = ["seg", "submit", str(path), "--server", job_service.url, "--token-file", str(token_file),
-            "--model", "tiny-test", "--step-size", "0.5", "--part-mb", "8", "--out", str(out), "--json"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    args = [str(path), "--server", job_service.url, "--token-file", str(token_file), "--model", "tiny-test",
+            "--step-size", "0.5", "--part-mb", "8", "--out", str(out), "--json"]  # fmt: skip
+    result = labpipe_seg_submit(*args)
+    assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["job"]["state"] == "completed"
     assert sorted(report["artifacts"]) == ["mask.mrc", "mask.nii.gz", "mask.nrrd", "stats.json"]

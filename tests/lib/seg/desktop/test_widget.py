@@ -125,10 +125,16 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
 
 
 def _screenshot(viewer, path: Path) -> None:
+    import time
+
     from PIL import Image
+    from qtpy.QtWidgets import QApplication
 
     viewer.dims.set_point(0, viewer.dims.range[0].start + (viewer.dims.range[0].stop - viewer.dims.range[0].start) / 2)
     viewer.reset_view()
+    for _ in range(20):  # let the dock widget and the canvas lay themselves out
+        QApplication.processEvents()
+        time.sleep(0.02)
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)

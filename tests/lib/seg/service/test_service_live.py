@@ -66,7 +66,7 @@ def _next(ws, kind: str) -> dict:
             return message
 
 
-def test_previews_reach_the_client_within_a_second_and_only_the_newest(start_service, tomogram_bytes):
+def test_previews_reach_the_client_within_a_second_and_only_the_newest(start_service, tomogram_bytes, tmp_path):
     runner = StandInRunner()
     svc = start_service(runner=runner, keepalive_s=0.5)
     token = svc.token()
@@ -95,9 +95,17 @@ def test_previews_reach_the_client_within_a_second_and_only_the_newest(start_ser
         live.publish_progress(30, 100)
         assert _next(ws, "progress")["done"] == 30
         runner.state = RunStatus("COMPLETED", "Completed")
-        live.publish_result({"files": {}})
+        stats = tmp_path / "stats.json"
+        stats.write_text(json.dumps({"labels": {"membrane": {"voxels": 12}}}) + " " * 2000)
+        live.publish_result({"files": {"stats.json": str(stats)}})
         end = _next(ws, "completed")
         assert set(end["artifacts"]) == {"mask.mrc", "mask.nii.gz", "mask.nrrd", "stats.json"}
+    with svc.client() as anonymous:
+        link = end["artifacts"]["stats.json"]
+        assert anonymous.get(link["url"]).content == stats.read_bytes() and link["bytes"] == stats.stat().st_size
+        part = anonymous.get(link["url"], headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and part.content == stats.read_bytes()[:100]
+        assert anonymous.get(end["artifacts"]["mask.mrc"]["url"]).status_code == 404  # not in this stand-in's result
     p95 = float(np.percentile(latencies, 95))
     print(json.dumps({"preview_latency_p95_s": round(p95, 4), "previews": len(latencies)}))
     assert p95 < 1.0, latencies

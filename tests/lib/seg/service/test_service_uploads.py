@@ -277,3 +277,23 @@ def test_tokens_are_minted_only_with_known_scopes(start_service, scopes):
     svc = start_service()
     with pytest.raises(InvalidInput):
         svc.token(scopes=scopes)
+
+
+def test_logs_carry_neither_tokens_nor_signatures_nor_data(start_service, tomogram_bytes, caplog):
+    import logging
+
+    svc = start_service()
+    token = svc.token()
+    caplog.set_level(logging.DEBUG)
+    keys = Keys.from_file(svc.settings.key_file)
+    link, _ = signed_path(keys, "c" * 32, "mask.mrc", 60)
+    with svc.client(token) as client:
+        record = upload(client, tomogram_bytes)
+        client.get("/v1/server/info", headers={"Authorization": f"Bearer {token}x"})  # refused
+        client.get(link)
+        client.get(link + "0")
+    server_side = ("labpipe", "uvicorn", "fastapi", "starlette")  # not the test's own httpx client
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.split(".")[0] in server_side)
+    assert record["upload_id"] in logged  # the service does log what happens
+    for secret in (token, token.split(".")[2], link.split("sig=")[1], tomogram_bytes[2000:2032].hex()):
+        assert secret not in logged
