@@ -79,7 +79,9 @@ def resolve(block_cls: type, name: str | None, builtin: S) -> S:
         raise ConfigError(f"block {kind!r} named {name!r}", f"cannot be loaded with {OFFLINE_ENV} set",
                           f"unset {OFFLINE_ENV} to load it from the Prefect server, or use {DEFAULT!r}")  # fmt: skip
     try:
-        loaded = block_cls.load(name)
+        # _sync: Prefect's load returns a coroutine wherever an event loop runs (a Jupyter kernel: the analysis
+        # notebook failed with "'coroutine' object has no attribute 'url'"); resolving is always synchronous
+        loaded = block_cls.load(name, _sync=True)
     except Exception as exc:
         if name == DEFAULT and (_missing_document(exc) or _unreachable(exc)):
             why = "no Prefect server answers" if _unreachable(exc) else "no such block document was saved"

@@ -29,8 +29,10 @@ def _save_small_blocks() -> dict:
     from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSettings
 
     Suite2pProcessing(**Suite2pSettings.small().model_dump()).save(BLOCKS, overwrite=True)
-    StackDenoising(**DenoiseSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
-    SpikeInference(**SpikeSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
+    # one torch thread, as the tests: networks this small gain nothing from a second thread, and two threads
+    # spinning on a CPU shared with suite2p and the server made the demo's denoising crawl (20 min, not 30 s)
+    StackDenoising(**DenoiseSettings.small().model_dump()).save(BLOCKS, overwrite=True)
+    SpikeInference(**SpikeSettings.small().model_dump()).save(BLOCKS, overwrite=True)
     return {"suite2p_block": BLOCKS, "denoise_block": BLOCKS, "spikes_block": BLOCKS}
 
 

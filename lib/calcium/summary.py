@@ -13,7 +13,7 @@ import numpy as np
 from labpipe.calcium.analysis import as_array, best_cells, cell_activity, trial_rows
 
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
-SPIKE_FRACTION = 0.05  # a frame holds a spike where the inferred activity exceeds this fraction of its maximum
+SPIKE_FRACTION = 0.2  # a tick where activity exceeds this fraction of the cell's largest (small OASIS values: noise)
 STACK = ("session_id", "scan_id", "file_name")
 
 
@@ -71,7 +71,7 @@ def _draw_traces(axes, db, key: dict, shown: list[int]) -> None:
     for trial in trial_rows(db, key):
         if trial["start_frame"] >= 0:
             axes.axvline(trial["start_frame"] / cells[0].frame_rate, color="#999999", linewidth=0.5, alpha=0.6)
-    axes.set_xlabel("time (s); grey lines: trial starts")
+    axes.set_xlabel(f"time (s); grey lines: trial starts; ticks: spikes over {SPIKE_FRACTION:.0%} of the largest")
     axes.set_yticks([])
     axes.set_title("dF/F and inferred spikes of the surest cells", fontsize=9)
 

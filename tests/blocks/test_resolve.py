@@ -33,10 +33,23 @@ def test_a_saved_document_is_returned_as_plain_settings(tmp_path):
     assert type(defaults) is SegmentationSettings and (defaults.model, defaults.step_size) == ("big", 0.7)
 
 
+def test_a_document_loads_where_an_event_loop_runs(tmp_path):
+    """As in a Jupyter kernel (the analysis notebook against a running lab): Prefect's load there is async."""
+    import asyncio
+
+    roots = Layout.default(tmp_path / "kernel")
+    StorageLayout(**roots.model_dump()).save("resolve-in-a-loop", overwrite=True)
+
+    async def notebook_cell():
+        return layout("resolve-in-a-loop")
+
+    assert asyncio.run(notebook_cell()).share == roots.share
+
+
 def test_default_falls_back_with_a_warning_naming_the_home(caplog, monkeypatch):
     from labpipe.blocks.registry import ModelStore
 
-    def missing(cls, name):  # what Prefect raises for a document not saved (another test may have saved one)
+    def missing(cls, name, **_):  # what Prefect raises for a document not saved (another test may have saved one)
         raise ValueError(f"Unable to find block document named {name} for block type labpipe-model-store")
 
     monkeypatch.setattr(ModelStore, "load", classmethod(missing))
@@ -56,14 +69,14 @@ def test_a_document_that_no_longer_validates_fails_even_for_default(monkeypatch)
     def broken(name):
         raise ValueError("1 validation error for StorageLayout\nshare: field required")
 
-    monkeypatch.setattr(StorageLayout, "load", classmethod(lambda cls, name: broken(name)))
+    monkeypatch.setattr(StorageLayout, "load", classmethod(lambda cls, name, **_: broken(name)))
     with pytest.raises(ConfigError, match="does not load"):
         resolve(StorageLayout, "default", Layout.default(get_settings().home))
 
 
 def test_offline_uses_the_builtin_default_and_refuses_other_names(monkeypatch):
     monkeypatch.setenv(OFFLINE_ENV, "1")
-    monkeypatch.setattr(StorageLayout, "load", classmethod(lambda cls, name: pytest.fail("contacted the server")))
+    monkeypatch.setattr(StorageLayout, "load", classmethod(lambda cls, name, **_: pytest.fail("contacted the server")))
     assert layout("default") == Layout.default(get_settings().home)
     assert layout(None) == Layout.default(get_settings().home)
     with pytest.raises(ConfigError, match=OFFLINE_ENV):
