@@ -23,10 +23,12 @@ def run(ctx: DemoContext) -> DemoResult:
     radio_root = ctx.layout.ensure().radio
     db = lab_database()
     epochs, sky = simulate.science_epochs(radio_root, 30, start_mjd=59000.25)
-    for group, image in epochs:  # what the imaging step records
+    for group, image in epochs:  # what the imaging step records (the centre on the pbcor image, as it does)
+        centre = {"ra_deg": image.ra0_deg, "dec_deg": image.dec0_deg}
         for kind, path in image.paths.items():
             products.record_product(db, "image", path, start_mjd=image.mjd, end_mjd=image.mjd + 0.0035,
-                                    group_id=group, subtype=kind)  # fmt: skip
+                                    group_id=group, subtype=kind,
+                                    detail=centre if kind == "image.pbcor" else None)  # fmt: skip
     ctx.say(f"{len(epochs)} simulated epochs of a field with {len(sky)} sources (one variable, one ESE-like dip)")
     run = ctx.run("radio-image/groups", timeout=1200)
     flagged = variability.flagged(db)
