@@ -86,15 +86,19 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
     """A science group and a calibrator transit arrive; radio-stream and radio-convert run on main, the subbands on
     the Dask workers of main and gpu; each converted event starts imaging (and, for the calibrator, the 1 h
     calibration) within seconds; the science group, with no calibration yet, is held and the on-call is told."""
+    from labpipe.radio.instrument import GROUP_SECONDS, INTEGRATION_S
     from labpipe.radio.naming import group_id
-    from labpipe.radio.simulate import Source, simulate_group
+    from labpipe.radio.simulate import Source, find_calibrator, simulate_group, transit_start
     from labpipe.radio.tree import RadioTree
 
     tree = RadioTree(roots["lab"].radio).ensure()
     science = group_id(RADIO_START)
     simulate_group(tree.incoming, RADIO_START, n_antennas=4, n_times=4, catalog=[Source("s", 230.0, 55.0, 2.0)])
-    # no start given: the simulator centres the group's integrations on the calibrator's transit
-    calibrator = simulate_group(tree.incoming, None, n_antennas=4, n_times=4, calibrator="3C286", catalog=[], seed=2)
+    # a calibrator transit: its four integrations centred on 3C286's meridian crossing (the full group's start
+    # would put them 2 minutes before it, and the stream would rightly route the group as science)
+    transit = transit_start(find_calibrator("3C286").ra_deg) + dt.timedelta(seconds=GROUP_SECONDS / 2)
+    cal_start = (transit - dt.timedelta(seconds=2 * INTEGRATION_S)).replace(microsecond=0)
+    calibrator = simulate_group(tree.incoming, cal_start, n_antennas=4, n_times=4, calibrator="3C286", catalog=[])
     index = in_lab(lab, "main", "task-stream")["index"]
 
     stream = in_lab(lab, "main", "run", {"deployment": "radio-stream/incoming"})
