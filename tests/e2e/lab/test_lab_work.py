@@ -86,6 +86,7 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
     """A science group and a calibrator transit arrive; radio-stream and radio-convert run on main, the subbands on
     the Dask workers of main and gpu; each converted event starts imaging (and, for the calibrator, the 1 h
     calibration) within seconds; the science group, with no calibration yet, is held and the on-call is told."""
+    from labpipe.radio.instrument import GROUP_SECONDS, INTEGRATION_S
     from labpipe.radio.naming import group_id
     from labpipe.radio.simulate import Source, find_calibrator, simulate_group, transit_start
     from labpipe.radio.tree import RadioTree
@@ -93,9 +94,11 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
     tree = RadioTree(roots["lab"].radio).ensure()
     science = group_id(RADIO_START)
     simulate_group(tree.incoming, RADIO_START, n_antennas=4, n_times=4, catalog=[Source("s", 230.0, 55.0, 2.0)])
-    calibrator = find_calibrator("0834+555")
-    cal_start = transit_start(calibrator.ra_deg)
-    simulate_group(tree.incoming, cal_start, n_antennas=4, n_times=4, calibrator=calibrator.name)
+    # a calibrator transit: its four integrations centred on 3C286's meridian crossing (the full group's start
+    # would put them 2 minutes before it, and the stream would rightly route the group as science)
+    transit = transit_start(find_calibrator("3C286").ra_deg) + dt.timedelta(seconds=GROUP_SECONDS / 2)
+    cal_start = (transit - dt.timedelta(seconds=2 * INTEGRATION_S)).replace(microsecond=0)
+    calibrator = simulate_group(tree.incoming, cal_start, n_antennas=4, n_times=4, calibrator="3C286", catalog=[])
     index = in_lab(lab, "main", "task-stream")["index"]
 
     stream = in_lab(lab, "main", "run", {"deployment": "radio-stream/incoming"})
@@ -110,7 +113,8 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
     assert set(per_host) == {"main", "gpu"}, per_host  # the groups' subbands ran on both hosts' Dask workers
 
     converted = {e["payload"]["group_id"]: e for e in in_lab(lab, "main", "events", {"name": EVENT})["events"]}
-    cal_event = next(e for g, e in converted.items() if e["payload"]["kind"] == "calibrators")
+    cal_event = converted[calibrator.group_id]
+    assert cal_event["payload"]["kind"] == "calibrators" and cal_event["payload"]["calibrator"] == "3C286"
     event = converted[science]
     image = _triggered(lab, "radio-image", event["payload"]["ms_path"], "radio-image run of the science group")
     assert image["parameters"]["ms"] == [event["payload"]["ms_path"]]  # this group, not every pending one
