@@ -132,7 +132,7 @@ def down(keep_database: bool = typer.Option(False, help="Leave the embedded Post
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with an `error` field when the server is down)."),
-    wait: float = typer.Option(60.0, help="Seconds a busy server has to answer (nothing listening: at once)."),
+    wait: float = typer.Option(90.0, help="Seconds a busy server has to answer (nothing listening: at once)."),
 ) -> None:
     """Pools, workers, deployments and recent runs; exits 3 when no Prefect server answers."""
     from labpipe.deployments.platform import ServerBusy, ServerDown
