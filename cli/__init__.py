@@ -107,6 +107,7 @@ def up(
     pause_schedules: bool = typer.Option(False, help="Deploy with schedules paused (tests, quiet laptops)."),
 ) -> None:
     """Start (or reuse) the database and Prefect server, create pools, limits, blocks, deployments and workers."""
+    from labpipe.deployments.alerts import MISSED_BEATS
     from labpipe.deployments.platform import up as platform_up
 
     report = platform_up(_settings(), workers=workers, pause_schedules=pause_schedules)
@@ -117,6 +118,8 @@ def up(
         typer.echo(f"alerts: {len(report.alerts)} automations notify by {', '.join(report.alert_channels)}")
     else:
         typer.echo("alerts: none - no e-mail or webhook in the LabAlerts block, nobody hears of failures (docs/lab.md)")
+    if report.silent_runs:
+        typer.echo(f"silent runs: crashed after {MISSED_BEATS} missed heartbeats ({report.silent_runs!r})")
     typer.echo(f"Prefect UI: {report.ui_url}")
 
 

@@ -329,6 +329,8 @@ def calibrate(
 
     if solve not in ("KBPG", "G"):
         raise typer.BadParameter(f"{solve!r}: expected KBPG or G", param_hint="--solve")
+    if (solve == "G") != bool(apply_from):
+        raise typer.BadParameter("K/BP tables go with --solve G, and --solve G needs them", param_hint="--apply-from")
     settings = _cal_settings(cal_block, catalog, channels_per_unit)
     prefix = Path(out) if out else ms.with_suffix("")
     progress, update_bar = _bar(f"solving {ms.name}")
@@ -339,9 +341,13 @@ def calibrate(
         layout = read_layout(ms, settings.calibration.channels_per_unit)
         chain = None
         if solve == "G":
-            known = [caltable.read_table(p) for p in apply_from]
-            chain = cal.CalChain(k=next((s for s in known if s.kind == "K"), None),
-                                 bp=next((s for s in known if s.kind == "BP"), None))  # fmt: skip
+            chain = cal.CalChain()
+            for path in apply_from:
+                table = caltable.read_table(path)
+                if table.kind not in ("K", "BP") or getattr(chain, table.kind.lower()) is not None:
+                    raise InvalidInput(path, f"a {table.kind} table here", "pass one K and/or one BP table")
+                cal.check_fits(table, layout, path)
+                setattr(chain, table.kind.lower(), table)
         with progress:
             solution = cal.solve_group(
                 layout, catalog_rows, settings.calibration, solve=solve, chain=chain, progress=update_bar

@@ -141,6 +141,74 @@ def models() -> None:
         )
 
 
+@app.command()
+def submit(
+    file: Path = typer.Argument(None, help="The MRC tomogram to upload and segment (or --server-path)."),
+    server: str = typer.Option(
+        ..., "--server", envvar="LABPIPE_SEG_SERVER", help="The service, e.g. https://seg.lab:8443."
+    ),
+    token_file: Path = typer.Option(None, help="A file holding your token (default: $LABPIPE_SEG_TOKEN)."),
+    server_path: str = typer.Option(None, help="Segment a tomogram already on the server instead of uploading FILE."),
+    model: str = typer.Option(None, help="Model name (default: the server's; /v1/server/info lists them)."),
+    step_size: float = typer.Option(None, help="Window step as a fraction of the patch (server default 0.5)."),
+    mirroring: bool = typer.Option(None, "--mirroring/--no-mirroring", help="Test-time mirroring (default on)."),
+    fp16: bool = typer.Option(None, "--fp16/--no-fp16", help="Half precision on CUDA (default on)."),
+    preview_factor: int = typer.Option(None, help="Preview every N-th voxel (default 4, or 8 for big volumes)."),
+    part_mb: int = typer.Option(16, help="Upload part size in MB (8-32)."),
+    out: Path = typer.Option(None, help="Folder for the artifacts (default: ./<job id>); with --no-wait: none."),
+    wait: bool = typer.Option(True, help="Wait for the job and download its artifacts."),
+    cacert: Path = typer.Option(None, help="CA certificate of the server (a lab's own CA)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the upload, job and artifacts as JSON."),
+) -> None:
+    """Upload FILE to a segmentation service (resuming an earlier upload), run a job, fetch its mask.
+
+    Exit 1 when the job fails or is canceled. The token comes from --token-file or $LABPIPE_SEG_TOKEN.
+    """
+    from labpipe.cli.common import EXIT_FAILED, echo_json
+    from labpipe.seg.client import JobOptions, SegmentationClient, fingerprint, read_token
+
+    if (file is None) == (server_path is None):
+        typer.echo("error: give FILE or --server-path (one of them)", err=True)
+        raise typer.Exit(2)
+    options = JobOptions(model, step_size, mirroring, fp16, preview_factor)
+    report: dict = {}
+    with SegmentationClient(server, read_token(token_file), verify=str(cacert) if cacert else True) as client:
+        if file is not None:
+            progress, update = progress_bar(f"fingerprint {file.name}", unit="bytes")
+            with progress:
+                digest = fingerprint(file, update)
+            progress, update = progress_bar(f"upload {file.name}", unit="bytes")
+            with progress:
+                upload = client.upload(file, part_bytes=part_mb << 20, progress=update, sha256=digest)
+            report["upload"] = {k: v for k, v in vars(upload).items() if k != "metadata"}
+            if not as_json:
+                typer.echo(
+                    f"uploaded {file.name}: {upload.parts} parts, {upload.held_at_start} already on the server, "
+                    f"{upload.sent_bytes} bytes sent; file {upload.file_id}",
+                    err=True,
+                )
+        job = client.submit(options, file_id=report["upload"]["file_id"] if file else None, server_path=server_path)
+        if not as_json:
+            typer.echo(f"job {job.id}: {job.state}", err=True)
+        if wait:
+            progress, update = progress_bar(f"job {job.id[:8]} windows")
+            with progress:
+                job = client.wait(job.id, progress=lambda j: update(j.done, j.total))
+            if job.state == "completed":
+                paths = client.download_artifacts(job, out or Path(job.id), names=tuple(job.artifacts))
+                report["artifacts"] = {name: str(path) for name, path in paths.items()}
+        report["job"] = job.raw
+    if as_json:
+        echo_json(report)
+    else:
+        error = job.error or {}
+        typer.echo(f"job {job.id}: {job.state} {error.get('message', '')}".rstrip())
+        for name, path in report.get("artifacts", {}).items():
+            typer.echo(f"  {name}: {path}")
+    if wait and job.state != "completed":
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _server_up() -> bool:
     from labpipe.config import get_settings
     from labpipe.deployments.platform import api_healthy
@@ -226,6 +294,95 @@ def run(
         typer.echo("interrupted: nothing was written to the artifact folder", err=True)
         raise typer.Exit(130) from None
     typer.echo(json.dumps({k: v for k, v in result.as_json().items() if k not in ("memory",)}, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- the service
+
+KEY_FILE_ENV = "LABPIPE_SEG_KEY_FILE"
+
+
+def _key_file(given: Path | None) -> Path:
+    import os
+
+    from labpipe.config import get_settings
+
+    return Path(given or os.environ.get(KEY_FILE_ENV) or get_settings().home / "seg" / "service.key")
+
+
+@app.command()
+def token(
+    user: str = typer.Option(..., "--user", help="Whose token (letters, digits, '.', '_', '@', '-')."),
+    scopes: str = typer.Option("read,submit", help="Comma-separated: read, submit, admin."),
+    ttl: str = typer.Option("8h", help="Lifetime: 90s, 30m, 8h, 7d."),
+    path: list[Path] = typer.Option(None, "--path", help="A server folder whose tomograms the token may segment."),
+    key_file: Path = typer.Option(
+        None, help=f"Signing key, mode 0600 (default: ${KEY_FILE_ENV}, else HOME/seg/service.key)."
+    ),
+) -> None:
+    """Print a bearer token for the segmentation service (signed with the service's key; made 0600 if missing)."""
+    from labpipe.errors import LabpipeError
+    from labpipe.seg.service.auth import Keys, mint_token, parse_ttl
+
+    try:
+        keys = Keys.from_file(_key_file(key_file))
+        text = mint_token(
+            keys,
+            user,
+            [s.strip() for s in scopes.split(",") if s.strip()],
+            parse_ttl(ttl),
+            paths=[str(p) for p in path or []],
+        )
+    except LabpipeError as exc:
+        fail(exc)
+    typer.echo(text)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (another than loopback needs --certfile/--keyfile)."),
+    port: int = typer.Option(8791, help="Port."),
+    data: Path = typer.Option(
+        None, help="Uploads, files and jobs (default HOME/seg/service); gpu workers must see it."
+    ),
+    key_file: Path = typer.Option(
+        None, help=f"Signing key, mode 0600 (default: ${KEY_FILE_ENV}, else HOME/seg/service.key)."
+    ),
+    certfile: Path = typer.Option(None, help="TLS certificate (PEM, with its chain): serve HTTPS."),
+    keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
+    deployment: str = typer.Option("segment/tomogram", help="The deployment a job runs (on the gpu pool)."),
+    upload_max_age: str = typer.Option("24h", help="Remove uploads untouched this long (90s, 30m, 8h, 7d)."),
+    max_upload_gb: float = typer.Option(16.0, help="Largest file accepted, in GiB."),
+) -> None:
+    """Serve segmentation as a service: resumable uploads, jobs (flow runs), live previews, signed downloads."""
+    from labpipe.blocks import layout
+    from labpipe.blocks.seg import segmentation_defaults
+    from labpipe.config import get_settings
+    from labpipe.errors import LabpipeError
+    from labpipe.flows.segment import PrefectJobRunner
+    from labpipe.seg.service.auth import parse_ttl
+    from labpipe.seg.service.server import build_service, host_environment, uvicorn_config
+    from labpipe.seg.service.settings import ServiceSettings
+
+    try:
+        settings = ServiceSettings(
+            data=data or get_settings().home / "seg" / "service",
+            key_file=_key_file(key_file),
+            default_model=segmentation_defaults().model,
+            upload_max_age_s=parse_ttl(upload_max_age),
+            max_upload_bytes=int(max_upload_gb * (1 << 30)),
+        )
+        service = build_service(settings, PrefectJobRunner(deployment), host_environment(layout().ensure()))
+        config = uvicorn_config(service, host, port, certfile, keyfile)
+    except LabpipeError as exc:
+        fail(exc)
+    import uvicorn
+
+    typer.echo(
+        f"segmentation service on {'https' if certfile else 'http'}://{host}:{port}/v1 (data {settings.data}; "
+        f"tokens: labpipe seg token --user NAME)",
+        err=True,
+    )
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

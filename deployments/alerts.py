@@ -6,6 +6,10 @@ e-mail (labpipe.blocks.alerts.SmtpEmail, block ``labpipe-alerts-email``) and a w
 Webhook block ``labpipe-alerts-webhook``, a JSON POST ``{subject, body}``). Running it again updates the same
 automations and blocks in place (by name); a rule disabled or a lab without channels has its automations
 removed, and the report says nobody is told.
+
+A flow run whose host dies never reports its own end: it would stay Running. ``ensure_silent_runs_crash`` adds
+the automation that marks a run Crashed once it missed three heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``),
+Prefect's recipe for such runs; the Crashed state then reaches the ``flow-run-failed`` rule like any other.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 from labpipe.alerts import RULES, AlertSettings, body_template
 
 PREFIX = "labpipe: "
+SILENT_RUNS = PREFIX + "silent run crashed"  # not an alert rule: a state change, made whoever is told
+MISSED_BEATS = 3
 EMAIL_BLOCK = "labpipe-alerts-email"
 WEBHOOK_BLOCK = "labpipe-alerts-webhook"
 
@@ -83,3 +89,47 @@ def ensure_alerts(client, settings: AlertSettings) -> AlertsReport:
             client.create_automation(automation)
         report.automations.append(automation.name)
     return report
+
+
+def silent_runs_automation(heartbeat_s: float):
+    """Mark a flow run Crashed when ``MISSED_BEATS`` heartbeats pass without one (nor a final state)."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    final = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")]
+    trigger = EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", *final},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=MISSED_BEATS * heartbeat_s),
+    )
+    message = f"no heartbeat for {MISSED_BEATS * heartbeat_s:.0f} s: its host or process died"
+    return AutomationCore(
+        name=SILENT_RUNS,
+        description="A flow run that stopped sending heartbeats (its host died, its process was killed) is crashed.",
+        trigger=trigger,
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)],
+    )
+
+
+def ensure_silent_runs_crash(client, heartbeat_s: float | None) -> str | None:
+    """Create or update the silent-run automation (none when heartbeats are off); its name."""
+    existing = client.read_automations_by_name(SILENT_RUNS)
+    if not heartbeat_s:
+        for automation in existing:
+            client.delete_automation(automation.id)
+        return None
+    automation = silent_runs_automation(heartbeat_s)
+    if existing:
+        client.update_automation(existing[0].id, automation)
+        for extra in existing[1:]:
+            client.delete_automation(extra.id)
+    else:
+        client.create_automation(automation)
+    return SILENT_RUNS

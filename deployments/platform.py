@@ -266,9 +266,10 @@ def register_blocks(settings: Settings) -> list[str]:
 
 
 def ensure_alert_automations():
-    """The alert automations of the ``default`` LabAlerts block (deployments/alerts.py); idempotent by name."""
+    """The alert automations of the ``default`` LabAlerts block, and the one crashing runs whose heartbeats
+    stopped (deployments/alerts.py); idempotent by name. Returns the alerts' report and that automation's name."""
     from labpipe.blocks.alerts import alert_settings
-    from labpipe.deployments.alerts import ensure_alerts
+    from labpipe.deployments.alerts import ensure_alerts, ensure_silent_runs_crash
     from prefect.client.orchestration import get_client
 
     settings = alert_settings("default")
@@ -279,8 +280,13 @@ def ensure_alert_automations():
             "the Prefect server cannot send it: labpipe's prefect.collections entry point is not installed",
             "reinstall labpipe (pip install -e . or make install) and run `labpipe up` again",
         )
+    from prefect.settings import get_current_settings
+
+    heartbeat = get_current_settings().flows.heartbeat_frequency  # the workers' runs beat at this host's setting
     with get_client(sync_client=True) as client:
-        return ensure_alerts(client, settings)
+        report = ensure_alerts(client, settings)
+        silent = ensure_silent_runs_crash(client, heartbeat)
+    return report, silent
 
 
 LIFECYCLE_OF_MODULE = {"radio_calibrate": "radio", "segment": "segmentation", "imaging": "ingest"}
@@ -434,6 +440,7 @@ class UpReport:
     workers: dict[str, int] = field(default_factory=dict)
     alert_channels: list[str] = field(default_factory=list)  # email, webhook; empty: nobody hears of failures
     alerts: list[str] = field(default_factory=list)  # the automations created or updated
+    silent_runs: str | None = None  # the automation crashing runs whose heartbeats stopped (None: heartbeats off)
 
 
 def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = False) -> UpReport:
@@ -451,7 +458,7 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
         ensure_pools(client, lab_gpus)
         slots = ensure_gpu_limit(client, lab_gpus)
     blocks = register_blocks(settings)
-    alerts = ensure_alert_automations()
+    alerts, silent = ensure_alert_automations()
     with get_client(sync_client=True) as client:
         paused = paused_state(client)
     deploy_all(settings)
@@ -468,8 +475,9 @@ def up(settings: Settings, *, workers: bool = True, pause_schedules: bool = Fals
     if not wait_for_api(api_url, BUSY_SERVER_S, starting=server.running):  # `up` returns only while it answers
         raise ServerDown(api_url, "the Prefect server stopped answering during `labpipe up`", f"see {server.log_file}")
     return UpReport(
-        api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids, alerts.channels, alerts.automations
-    )
+        api_url, api_url.removesuffix("/api"), database, gpus, slots, blocks, pids, alerts.channels,
+        alerts.automations, silent,
+    )  # fmt: skip
 
 
 def down(settings: Settings, *, keep_database: bool = False) -> list[str]:

@@ -99,8 +99,15 @@ def publish_markdown(markdown: str, *, key: str, description: str) -> None:
         create_markdown_artifact(markdown, key=key, description=description)
 
 
+GPU_LEASE_S = 60
+
+
 @contextlib.contextmanager
 def gpu_slot(occupy: int = 1) -> Iterator[None]:
-    """Hold ``occupy`` slots of the global ``gpu`` concurrency limit (one job per GPU)."""
-    with concurrency("gpu", occupy=occupy):
+    """Hold ``occupy`` slots of the global ``gpu`` concurrency limit (one job per GPU).
+
+    The slots are a lease the holder renews; a holder whose host died stops renewing, and its slots come back
+    after ``GPU_LEASE_S`` (Prefect's 300 s default kept the GPU idle for five minutes after a host's death).
+    """
+    with concurrency("gpu", occupy=occupy, lease_duration=GPU_LEASE_S):
         yield

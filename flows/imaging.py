@@ -17,6 +17,7 @@ from labpipe.blocks import lab_database, layout
 from labpipe.blocks.imaging import calcium_context, pyrat_settings
 from labpipe.calcium.populate import POOLS, run_population
 from labpipe.calcium.schema import CalciumContext
+from labpipe.calcium.summary import stack_pictures
 from labpipe.flows.common import Progress, gpu_slot, logger, markdown_table, publish_markdown
 from labpipe.ingest.populate import PopulateResult
 from prefect import flow, task
@@ -34,22 +35,29 @@ def populate_task(
     return run_population(db, population, context, session=session, max_calls=max_calls, progress=progress)
 
 
-def _population_summary(result: PopulateResult) -> str:
+@task(name="stack-pictures", task_run_name="stack-pictures")
+def stack_pictures_task(session: str | None, db_block, layout_block) -> list[str]:
+    """Mean image with ROI outlines, and a few cells' dF/F with their spikes and the trials, per recent stack."""
+    return stack_pictures(lab_database(db_block, layout_block), session)
+
+
+def _population_summary(result: PopulateResult, pictures: list[str] = ()) -> str:
     counts = [
         {"table": name, "computed": done, "still to do": result.remaining.get(name, "")}
         for name, done in result.computed.items()
     ]
+    shown = "## Latest stacks\n\n" + "\n\n".join(pictures) + "\n\n" if pictures else ""
     return (
-        f"# {result.population} population\n\n{markdown_table(counts)}\n"
+        f"# {result.population} population\n\n{markdown_table(counts)}\n{shown}"
         f"## Errors ({len(result.errors)})\n\nEach failed key stays in the jobs table until cleared "
         "(`labpipe db jobs`); the other keys went on.\n\n" + markdown_table(result.errors, ["table", "key", "error"])
     )
 
 
-def _publish(result: PopulateResult) -> dict:
+def _publish(result: PopulateResult, pictures: list[str] = ()) -> dict:
     for error in result.errors:
         logger().warning("%s %s failed: %s", error["table"], error["key"], error["error"])
-    publish_markdown(_population_summary(result), key=f"calcium-{result.population}",
+    publish_markdown(_population_summary(result, pictures), key=f"calcium-{result.population}",
                      description=f"{result.population} population summary")  # fmt: skip
     return {"computed": result.computed, "errors": result.errors, "remaining": result.remaining}
 
@@ -79,7 +87,10 @@ def populate_calcium(
         db_block: Name of the labpipe lab database block (the DataJoint server).
     """
     context = calcium_context(layout(layout_block), suite2p_block, denoise_block, spikes_block)
-    return _publish(populate_task(population, context, session, max_calls, db_block, layout_block))
+    result = populate_task(population, context, session, max_calls, db_block, layout_block)
+    activity = {name: n for name, n in result.computed.items() if name.startswith("Activity")}
+    pictures = stack_pictures_task(session, db_block, layout_block) if any(activity.values()) else []
+    return _publish(result, pictures)
 
 
 @flow(name="behavior-trials", flow_run_name="behavior-trials")

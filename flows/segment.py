@@ -22,7 +22,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Literal
+from uuid import UUID
 
+import httpx
 from labpipe.blocks import dask_settings, layout
 from labpipe.blocks.registry import model_registry
 from labpipe.blocks.seg import segmentation_defaults
@@ -49,13 +51,16 @@ from labpipe.seg.segment import (
     finished_run,
     segment_tomogram,
 )
+from labpipe.seg.service.errors import ServiceError
+from labpipe.seg.service.jobs import RunRef, RunStatus
+from labpipe.seg.service.live import LiveFolder
 from labpipe.seg.simulate import LABELS, simulate_training_set
 from labpipe.seg.tiles import resolve_device
 from prefect import flow, get_client, task
 from prefect.artifacts import create_image_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Running
+from prefect.states import Cancelled, Cancelling, Running
 
 
 def _artifact_key(text: str) -> str:
@@ -108,10 +113,12 @@ def validate_task(path: Path, voxel_size: float | None) -> TomogramInfo:
     return validate_tomogram(path, voxel_size=voxel_size, progress=Progress(f"sections of {path.name} read"))
 
 
-def _publish_preview(run: str):
+def _publish_preview(run: str, info: TomogramInfo, live: LiveFolder | None):
     key = f"segment-preview-{_artifact_key(run)}"
 
     def publish(preview: Preview, image) -> None:
+        if live is not None:  # first: a service client waits on it; the PNG artifact is for the Prefect UI
+            live.publish_preview(preview, info)
         png = base64.b64encode(preview_png(preview, image)).decode()
         with contextlib.suppress(MissingContextError):
             create_image_artifact(
@@ -125,11 +132,25 @@ def _publish_preview(run: str):
 
 
 @task(name="segment-windows", task_run_name="segment-{job.run}")
-def segment_task(job: SegmentationJob, info: TomogramInfo, workers: int | None, roots: Layout, dask: DaskSettings):
+def segment_task(
+    job: SegmentationJob,
+    info: TomogramInfo,
+    workers: int | None,
+    roots: Layout,
+    dask: DaskSettings,
+    publish_dir: str | None = None,
+):
     device = resolve_device(job.device)
     cluster, threads = window_cluster(dask, device, workers)
     state = RunState()
-    progress = Progress(f"windows of {job.run} predicted", key=f"segment-progress-{_artifact_key(job.run)}")
+    live = LiveFolder(publish_dir) if publish_dir else None
+    artifact = Progress(f"windows of {job.run} predicted", key=f"segment-progress-{_artifact_key(job.run)}")
+
+    def progress(done: int, total: int) -> None:
+        if live is not None:
+            live.publish_progress(done, total)
+        artifact(done, total)
+
     occupy = cluster.n_workers if device.startswith("cuda") and cluster.n_workers else 1
     state.name("Queued")
     with gpu_slot(occupy):
@@ -141,7 +162,7 @@ def segment_task(job: SegmentationJob, info: TomogramInfo, workers: int | None, 
                 client=client,
                 threads_per_task=threads,
                 progress=progress,
-                on_preview=_publish_preview(job.run),
+                on_preview=_publish_preview(job.run, info, live),
                 on_phase=lambda phase: state.name("Previewing") if phase == "previewing" else None,
                 should_stop=state.cancelling,
                 say=logger().info,
@@ -198,6 +219,7 @@ def segment(
     layout_block: str | None = "default",
     dask_block: str | None = "default",
     seg_block: str | None = "default",
+    publish_dir: str | None = None,
 ):
     """Segment one tomogram with an nnU-Net model: sliding windows on Dask, previews while it runs, artifacts at once.
 
@@ -218,7 +240,39 @@ def segment(
         layout_block: Name of the labpipe storage layout block (where data lives): "default" unless a lab has several.
         dask_block: Name of the labpipe dask cluster block (a scheduler address, or a local cluster).
         seg_block: Name of the labpipe segmentation block holding these defaults.
+        publish_dir: Folder where the run also publishes its progress, newest preview and result for the
+            segmentation service (labpipe seg serve sets it); empty: none.
     """
+    parameters = dict(locals())
+    live = LiveFolder(publish_dir) if publish_dir else None
+    try:
+        result = _segment(**parameters)
+    except Exception as exc:
+        if live is not None:
+            live.publish_error(exc)
+        raise
+    if live is not None and isinstance(result, dict):
+        live.publish_result(result)
+    return result
+
+
+# the flow's body (the flow above reports its result or error to the service's live folder)
+def _segment(
+    tomogram,
+    model,
+    run,
+    step_size,
+    mirroring,
+    workers,
+    device,
+    preview_every,
+    preview_factor,
+    voxel_size,
+    layout_block,
+    dask_block,
+    seg_block,
+    publish_dir,
+):
     defaults = segmentation_defaults(seg_block)
     roots = layout(layout_block)
     path = Path(tomogram) if Path(tomogram).is_absolute() else Path(roots.tomograms) / tomogram
@@ -240,7 +294,9 @@ def segment(
         publish_markdown(_summary(done, model_info), key="segment-summary", description="segmentation run summary")
         return {k: v for k, v in done.as_json().items() if k != "memory"}
     try:
-        result = segment_task(job, info, workers or defaults.workers, roots, dask_settings(dask_block))
+        result = segment_task(
+            job, info, workers or defaults.workers, roots, dask_settings(dask_block), publish_dir=publish_dir
+        )
     except SegmentationCancelled as exc:
         publish_markdown(
             f"# Segmentation `{job.run}`: cancelled\n{exc}",
@@ -250,6 +306,67 @@ def segment(
         return Cancelled(message=str(exc))
     publish_markdown(_summary(result, model_info), key="segment-summary", description="segmentation run summary")
     return {k: v for k, v in result.as_json().items() if k != "memory"}
+
+
+# ---------------------------------------------------------------------------------------------- the service
+
+
+class PrefectJobRunner:
+    """The segmentation service's jobs as flow runs of the ``segment`` deployment (``labpipe.seg.service.jobs``).
+
+    A job is submitted with its id as idempotency key: submitting it again (after the service crashed between
+    recording the job and learning its run) returns the run already made. Runs are tagged ``seg-service``.
+    """
+
+    name = "prefect"
+
+    def __init__(self, deployment: str = "segment/tomogram") -> None:
+        self.deployment = deployment
+
+    @staticmethod
+    def _unavailable(exc: Exception) -> ServiceError:
+        return ServiceError(503, "orchestrator_unavailable", f"the Prefect API did not answer: {type(exc).__name__}",
+                            "try again in a minute; tell the admins if it persists", retryable=True)  # fmt: skip
+
+    def submit(self, job_id: str, parameters: dict) -> RunRef:
+        from prefect.deployments import run_deployment
+
+        try:
+            run = run_deployment(self.deployment, parameters=parameters, timeout=0, tags=["seg-service"],
+                                 idempotency_key=f"seg-service-{job_id}")  # fmt: skip
+        except (OSError, httpx.HTTPError) as exc:
+            raise self._unavailable(exc) from exc
+        return RunRef(str(run.id), run.name)
+
+    def status(self, run_id: str) -> RunStatus | None:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(UUID(run_id)).state
+        except ObjectNotFound:
+            return None
+        except (OSError, httpx.HTTPError) as exc:
+            raise self._unavailable(exc) from exc
+        if state is None:
+            return RunStatus("PENDING")
+        return RunStatus(state.type.value, state.name, state.message)
+
+    def cancel(self, run_id: str) -> None:
+        """Cancelling a run that has not started ends it at once; a running one stops within seconds."""
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(UUID(run_id)).state
+                started = state is not None and state.is_running()
+                client.set_flow_run_state(
+                    UUID(run_id),
+                    Cancelling(message="cancelled through the segmentation service")
+                    if started
+                    else Cancelled(message="cancelled through the segmentation service before it started"),
+                    force=True,
+                )
+        except (OSError, httpx.HTTPError) as exc:
+            raise self._unavailable(exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------- models

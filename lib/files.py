@@ -17,12 +17,15 @@ from labpipe.errors import ConflictError, InvalidInput
 CHUNK = 4 << 20
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's content, read in chunks."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path, *, progress=None) -> str:
+    """Hex SHA-256 of a file's content, read in chunks; ``progress(done, total)`` after each chunk."""
+    digest, done, total = hashlib.sha256(), 0, os.path.getsize(path) if progress else 0
     with open(path, "rb") as handle:
         while block := handle.read(CHUNK):
             digest.update(block)
+            if progress:
+                done += len(block)
+                progress(done, total)
     return digest.hexdigest()
 
 

@@ -101,7 +101,7 @@ def test_flows_common_holds_prefect_helpers_only():
 
 
 # Prefect adapters the CLI uses to start or signal flow runs (not configuration, not lifecycle rules)
-LAUNCH_HELPERS = {"PrefectLauncher", "emit_vm_event", "gpu_slot"}
+LAUNCH_HELPERS = {"PrefectLauncher", "PrefectJobRunner", "emit_vm_event", "gpu_slot"}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "cli").glob("*.py")), ids=lambda p: p.name)

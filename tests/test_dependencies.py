@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CORE = [Requirement(r) for r in PYPROJECT["dependencies"]]
 EXTRAS = {name: [Requirement(r) for r in reqs] for name, reqs in PYPROJECT["optional-dependencies"].items()}
-ROLES = {"radio", "seg", "pose", "mei", "backup", "vms", "bench", "dev"}
+ROLES = {"radio", "seg", "pose", "mei", "backup", "vms", "bench", "napari", "dev"}
 
 
 def _names(requirements: list[Requirement]) -> set[str]:

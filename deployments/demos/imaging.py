@@ -5,13 +5,19 @@ Bpod and Harp files and a behaviour video) is written into the share and ingeste
 that session, the ``calcium-imaging`` workers denoise it (gpu pool), run suite2p and OASIS (cpu pool)
 and the CASCADE-style network (gpu pool), and ``behavior-trials`` aligns its trials. The runs use block
 documents named ``demo-small`` (the settings' ``small()`` variants): the defaults are sized for a GPU and
-would train for about an hour each on a laptop CPU. ``notebooks/analysis.ipynb`` then shows its cells.
+would train for about an hour each on a laptop CPU. ``notebooks/analysis.ipynb`` is then executed on the
+session (nbclient, a real kernel, the lab's blocks) and saved with its figures, a cell's dF/F and spikes
+aligned to the trials, under the artifacts root.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+from pathlib import Path
 
+from labpipe.deployments import PROJECT_ROOT
 from labpipe.deployments.demo import DemoContext, DemoResult
 
 ORDER = 15  # after ingest (10); the pose demo (60) then also analyses this session's video
@@ -26,6 +32,25 @@ def _save_small_blocks() -> dict:
     StackDenoising(**DenoiseSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
     SpikeInference(**SpikeSettings.small(cpu_threads=None).model_dump()).save(BLOCKS, overwrite=True)
     return {"suite2p_block": BLOCKS, "denoise_block": BLOCKS, "spikes_block": BLOCKS}
+
+
+def _analysis_notebook(session: str, artifacts: Path) -> tuple[Path, int, int]:
+    """Execute notebooks/analysis.ipynb on ``session`` as a user would; the saved copy, its figures and trials."""
+    import nbformat
+    from labpipe.files import atomic_write_text
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    saved = artifacts / "notebooks" / f"analysis-{session}.ipynb"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LABPIPE_NOTEBOOK_SESSION=session, MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # the kernel reads the demo's home and Prefect server from this environment, as a user's would
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute(cwd=str(saved.parent), env=env)
+    atomic_write_text(saved, nbformat.writes(notebook))
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    printed = re.search(r"; (\d+) trials", "".join(o.get("text", "") for o in outputs))  # the cell's summary line
+    return saved, figures, int(printed.group(1)) if printed else 0
 
 
 def run(ctx: DemoContext) -> DemoResult:
@@ -61,8 +86,11 @@ def run(ctx: DemoContext) -> DemoResult:
         f"suite2p: {cells} cells (truth: {len(scan.recording.active)} active of {spec.cells}); "
         f"activity by {', '.join(methods) or 'nothing'}; {trials} trials aligned "
         f"(truth {len(scan.behavior.trial_starts_harp)})",
-        f"analysis: LABPIPE_NOTEBOOK_SESSION={session} jupyter lab notebooks/analysis.ipynb",
     ]
+    notebook, figures, notebook_trials = _analysis_notebook(session, roots.artifacts)
+    lines.append(f"analysis notebook: {figures} figures, a cell aligned to {notebook_trials} trials: {notebook}")
+    lines.append(f"  (interactive: LABPIPE_NOTEBOOK_SESSION={session} jupyter lab notebooks/analysis.ipynb)")
     states = [r.state.is_completed() for r in runs if r.state]
     ok = all(states) and cells > 0 and methods == ["cascade", "oasis"] and trials > 0 and bool(denoised)
+    ok = ok and figures >= 3 and notebook_trials == trials
     return DemoResult("imaging", ok, lines)

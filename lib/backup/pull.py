@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ class PullResult:
     warnings: list[str]
 
 
+def ssh_command() -> str:
+    """rsync's remote shell: batch mode (no prompt can hang a run), and the backup host's own ssh configuration
+    (``LABPIPE_SSH_CONFIG``: the pull key, the known host key) when its host.env names one."""
+    config = os.environ.get("LABPIPE_SSH_CONFIG")
+    ssh = f"ssh -F {shlex.quote(config)}" if config else "ssh"
+    return f"{ssh} -o BatchMode=yes -o ConnectTimeout=20 -o ServerAliveInterval=30"
+
+
 def rsync_command(source: BackupSource, dest: Path, extra_args: list[str] | None = None) -> list[str]:
     origin = source.path.rstrip("/") + "/"
     cmd = [
@@ -57,7 +66,7 @@ def rsync_command(source: BackupSource, dest: Path, extra_args: list[str] | None
         "--no-inc-recursive",
     ]
     if is_remote_path(source.path):
-        cmd += ["-e", "ssh -o BatchMode=yes -o ConnectTimeout=20 -o ServerAliveInterval=30"]
+        cmd += ["-e", ssh_command()]
     cmd += [f"--exclude={pattern}" for pattern in source.excludes]
     return [*cmd, *(extra_args or []), origin, str(dest) + "/"]
 

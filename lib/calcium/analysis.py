@@ -33,14 +33,20 @@ class CellActivity:
         return np.arange(len(self.dff)) / self.frame_rate
 
 
-def best_cell(db, key: dict) -> int:
-    """The ROI suite2p's classifier is surest is a cell (ties: the larger skew) in the stack ``key``."""
+def best_cells(db, key: dict, count: int) -> list[int]:
+    """The ``count`` ROIs suite2p's classifier is surest are cells (ties: the larger skew) in the stack ``key``."""
     from labpipe.calcium.schema import tables
 
-    masks = (tables(db).Segmentation.Mask & key & "is_cell").to_dicts()
+    masks = (tables(db).Segmentation.Mask & key & "is_cell").proj("cell_probability", "skew").to_dicts()
     if not masks:
         raise InvalidInput(str(key), "no ROI classified as a cell", "check the imaging population's summary")
-    return int(max(masks, key=lambda m: (m["cell_probability"], m["skew"]))["roi_id"])
+    ranked = sorted(masks, key=lambda m: (m["cell_probability"], m["skew"]), reverse=True)
+    return [int(m["roi_id"]) for m in ranked[:count]]
+
+
+def best_cell(db, key: dict) -> int:
+    """The ROI suite2p's classifier is surest is a cell (ties: the larger skew) in the stack ``key``."""
+    return best_cells(db, key, 1)[0]
 
 
 def cell_activity(db, key: dict, roi_id: int | None = None) -> CellActivity:

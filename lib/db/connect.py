@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from labpipe.config import Settings, get_settings
+from labpipe.db.declare import complete_declarations
 from labpipe.db.embedded import EmbeddedPostgres
 from labpipe.db.settings import DatabaseSettings
 from labpipe.db.target import DatabaseTarget
@@ -86,6 +87,8 @@ class LabDatabase:
         Declaring (tables and their jobs tables) happens under a server-side lock:
         PostgreSQL's CREATE TABLE races between two workers starting at once
         (duplicate key in pg_type), so declarations are serialised across processes.
+        Under the same lock, what a killed declarer left undone is finished
+        (``labpipe.db.declare``: a table without its column comments has lost its types).
         """
         if lifecycle not in self._tables:
             with self.server_lock(f"declare {self.schema_name(lifecycle)}"):
@@ -93,6 +96,8 @@ class LabDatabase:
                 for table in vars(namespace).values():
                     if isinstance(table, type) and hasattr(table, "populate"):
                         table.jobs  # noqa: B018 - accessing it declares the jobs table
+                for name in complete_declarations(self, self.schema_name(lifecycle), namespace):
+                    logging.getLogger(__name__).warning("finished the declaration of %s (a declarer died)", name)
             self._tables[lifecycle] = namespace
         return self._tables[lifecycle]
 

@@ -95,6 +95,10 @@ class LabNetwork:
             self.destroy()
             raise
 
+    def set_link(self, host: str, *, up: bool) -> None:
+        """Take ``host``'s link to the switch down (unplugged) or up again."""
+        _ip("-n", self.namespace(host), "link", "set", "lab0", "up" if up else "down")
+
     def pids(self) -> dict[str, list[int]]:
         """Processes in each existing namespace of this lab (whatever started them)."""
         found = {}

@@ -44,6 +44,7 @@ POSTGRES_USER = "postgres"  # Debian's account for the server programs (initdb r
 AUTH_USER = "labpipe"
 DISKWATCH_HOSTS = ("main", "backup")  # the hosts with data roots (labpipe-diskwatch.service)
 DISKWATCH_PORT = 9108
+HEARTBEAT_S = 30  # flow runs' heartbeat: a run silent for 3 beats is marked crashed (labpipe up's automation)
 SECRET_FILES = {
     "prefect-auth": "PREFECT_API_AUTH_STRING",
     "prefect-database-url": "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -192,6 +193,7 @@ class SimulatedLab:
             "DASK_SCHEDULER_ADDRESS": self.dask_address,
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(self.certs / "ca.pem"),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
             "MPLBACKEND": "Agg",
         }
 
@@ -382,6 +384,17 @@ class SimulatedLab:
             return []
         return [w["name"] for w in reply.json() if w.get("status") == "ONLINE"]
 
+    def pool_worker_beat(self, pool: str, name: str, since) -> bool:
+        """True once worker ``name`` of ``pool`` sent a heartbeat after ``since`` (a restarted worker keeps its
+        name: its old record stays ONLINE for a while after the old process died)."""
+        import datetime as dt
+
+        reply = self.api("POST", f"/work_pools/{pool}/workers/filter", json={})
+        if reply.status_code != 200:
+            return False
+        beats = [w.get("last_heartbeat_time") for w in reply.json() if w.get("name") == name]
+        return any(b and dt.datetime.fromisoformat(b) > since for b in beats)
+
     # --- bring-up ----------------------------------------------------------------------------------------
 
     def up(self, timeout: float = 300.0) -> dict[str, float]:
@@ -566,6 +579,38 @@ class SimulatedLab:
         with conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # the Prefect server's migrations need it
         conn.close()
+
+    # --- a host's death and return ----------------------------------------------------------------------
+
+    def services_of(self, host: str) -> list[str]:
+        return [s.name for s in self.services() if s.host == host]
+
+    def power_off(self, host: str) -> list[int]:
+        """``host`` dies at once: its link goes down and every process in its namespace is SIGKILLed (no
+        process gets to say goodbye: flow runs stay Running on the server until their heartbeats are missed)."""
+        self.net.set_link(host, up=False)
+        pids = self.net.pids().get(self.net.namespace(host), [])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not self.net.pids().get(self.net.namespace(host)), 30)
+        self._reap()
+        return pids
+
+    def power_on(self, host: str, timeout: float = 300.0) -> None:
+        """``host`` is back: its link up and its services started again, as systemd does at boot."""
+        import datetime as dt
+
+        self.net.set_link(host, up=True)
+        booted = dt.datetime.now(dt.UTC)
+        for name in self.services_of(host):
+            if self.pid(name) is None:
+                self.start(self._service(name))
+        for name in self.services_of(host):
+            if name.startswith("worker-"):
+                pool = name.removeprefix("worker-")
+                beating = lambda p=pool: self.pool_worker_beat(p, f"{p}@{host}", booted)  # noqa: E731
+                self._wait(f"the {pool} pool worker on {host}", beating, timeout, name)
 
     # --- status and teardown -----------------------------------------------------------------------------
 

@@ -166,6 +166,27 @@ class CalChain:
         return j, bad
 
 
+def check_fits(table: Solutions, layout: MsLayout, path: Path) -> None:
+    """Refuse a table solved on another array or band: applied, it would corrupt the data (or fail in numpy).
+
+    Antennas must match by name, row for row; a bandpass must reach every channel of the MS within one of its
+    channel spacings (``bandpass_for`` takes the nearest solved channel).
+    """
+    if list(table.ant_names) != list(layout.ant_names):
+        raise InvalidInput(
+            path, f"solved on another array ({len(table.ant_names)} antennas, not the {layout.n_ant} of {layout.path})",
+            "apply tables solved on this instrument",
+        )  # fmt: skip
+    if table.kind == "BP":
+        spacing = float(np.median(np.diff(table.freqs))) if len(table.freqs) > 1 else 0.0
+        gap = np.min(np.abs(table.freqs[None] - layout.all_freqs[:, None]), axis=1).max()
+        if gap > max(spacing, 1.0):
+            raise InvalidInput(
+                path, f"bandpass does not cover the band of {layout.path} (a channel {gap / 1e6:.2f} MHz away)",
+                "apply a bandpass solved on this band",
+            )  # fmt: skip
+
+
 def bandpass_for(bp: Solutions, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """BP values and flags at ``freqs`` (the nearest solved channel; they match on the same instrument)."""
     idx = np.clip(np.searchsorted(bp.freqs, freqs), 0, len(bp.freqs) - 1)

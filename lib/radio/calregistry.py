@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from labpipe.db import evolve
 from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.errors import ConflictError
 from pydantic import BaseModel, Field
@@ -98,6 +99,7 @@ def _build(schema) -> SimpleNamespace:
         detail = null : json
         """
 
+    evolve.widen_enum(Product, "kind", PRODUCT_KINDS)  # declared before 'catalogue' and 'lightcurve' existed
     return SimpleNamespace(schema=schema, CalTable=CalTable, HeldGroup=HeldGroup, Product=Product)
 
 

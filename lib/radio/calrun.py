@@ -44,7 +44,11 @@ class RadioCalSettings(BaseModel):
     imaging: ImagingSettings = Field(
         default_factory=ImagingSettings, description="Image size, cell, weighting and CLEAN settings."
     )
-    qa: QaSettings = Field(default_factory=QaSettings, description="The QA gate a table must pass to be registered.")
+    qa: QaSettings = Field(
+        default_factory=QaSettings,
+        description="Image QA: the catalog sources each image is measured against, and the flux and position errors "
+        "that pass (a table's gate is in calibration: flagged fraction, SNR, phase scatter).",
+    )
     validity: ValiditySettings = Field(
         default_factory=ValiditySettings, description="Validity windows of the 24 h and 1 h tables."
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from labpipe.db import evolve
 from labpipe.db.connect import LabDatabase, datajoint_module
 
 STATES = ("collecting", "pending", "in_progress", "completed", "failed")
@@ -99,7 +100,7 @@ def _build(schema) -> SimpleNamespace:
         """
 
     for table in (SubbandGroup, ConversionAttempt):
-        _add_new_attributes(table)
+        evolve.add_attributes(table, ADDED_ATTRIBUTES[table.__name__])
     return SimpleNamespace(
         schema=schema, SubbandGroup=SubbandGroup, SubbandFile=SubbandFile, ConversionAttempt=ConversionAttempt
     )
@@ -110,24 +111,6 @@ ADDED_ATTRIBUTES = {
     "SubbandGroup": {"claim": "varchar(32) NULL"},
     "ConversionAttempt": {"token": "varchar(32) NOT NULL DEFAULT ''"},
 }
-
-
-def _add_new_attributes(table) -> None:
-    """``ALTER TABLE ... ADD COLUMN`` for the attributes of ``ADDED_ATTRIBUTES`` the table lacks.
-
-    (DataJoint 2.3.5's ``Table.alter`` writes MySQL's ``MODIFY`` on PostgreSQL too, so not through it.)
-    """
-    from datajoint.heading import Heading
-
-    added = ADDED_ATTRIBUTES.get(table.__name__, {})
-    missing = {name: ddl for name, ddl in added.items() if name not in table.heading.names}
-    if not missing:
-        return
-    connection = table.connection
-    for name, ddl in missing.items():
-        column = connection.adapter.quote_identifier(name)
-        connection.query(f"ALTER TABLE {table.full_table_name} ADD COLUMN {column} {ddl}")
-    table._heading = Heading(table_info=table.heading.table_info)
 
 
 def tables(db: LabDatabase) -> SimpleNamespace:

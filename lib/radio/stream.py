@@ -83,7 +83,7 @@ class StreamSettings(BaseModel):
 
 
 class RadioSettings(StreamSettings, ConvertSettings):
-    """Everything the radio streaming and conversion flows are configured by (block ``RadioSettings``)."""
+    """Everything the radio streaming and conversion flows are configured by (block ``RadioStreaming``)."""
 
 
 def now_utc() -> dt.datetime:

@@ -1,6 +1,6 @@
 """The job states users see, from Prefect's run states.
 
-queued -> running -> previewing -> completed | failed | cancelled, as the
+queued -> running -> previewing -> completed | failed | canceled, as the
 CryoMamba job lifecycle names them. The flow names its Running state
 ``Queued`` while it waits for a GPU slot and ``Previewing`` once previews
 appear; everything else follows from Prefect's state type.
@@ -17,7 +17,7 @@ class JobState(StrEnum):
     PREVIEWING = "previewing"
     COMPLETED = "completed"
     FAILED = "failed"
-    CANCELLED = "cancelled"
+    CANCELLED = "canceled"  # the seed's spelling, as the service API reports it
 
 
 RUNNING_NAMES = {"Queued": JobState.QUEUED, "Previewing": JobState.PREVIEWING}

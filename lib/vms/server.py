@@ -45,7 +45,13 @@ def admin_token_path(home: Path | None = None) -> Path:
 
 
 def check_listen(
-    host: str, certfile: Path | None = None, keyfile: Path | None = None, *, allow_plain_http: bool = False
+    host: str,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    *,
+    allow_plain_http: bool = False,
+    service: str = "the allocator",
+    doc: str = "docs/vms.md",
 ) -> None:
     """Refuse to take bearer tokens in clear from other hosts, and a TLS key others can read."""
     if (certfile is None) != (keyfile is None):
@@ -63,9 +69,9 @@ def check_listen(
         return
     raise ConfigError(
         host,
-        "the allocator would take bearer tokens over plain HTTP on an address other hosts reach",
+        f"{service} would take bearer tokens over plain HTTP on an address other hosts reach",
         "give --certfile and --keyfile to serve TLS, or bind 127.0.0.1 behind a reverse proxy that terminates "
-        "TLS (docs/vms.md)",
+        f"TLS ({doc})",
     )
 
 

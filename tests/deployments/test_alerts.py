@@ -142,3 +142,35 @@ def test_up_refuses_email_alerts_the_server_could_not_send(monkeypatch):
     monkeypatch.setattr(platform, "entry_points", lambda group: [])
     with pytest.raises(ConfigError, match="prefect.collections entry point is not installed"):
         platform.ensure_alert_automations()
+
+
+def test_a_run_whose_heartbeats_stop_is_crashed_and_the_automation_is_made_once():
+    """The silent-run automation on the test server: a running flow run that beat once and then fell silent (its
+    host died) is marked Crashed by the server after three missed beats (4 s beats here: Prefect wants at least
+    10 s of silence; 30 s beats in the lab)."""
+    from labpipe.deployments.alerts import SILENT_RUNS, ensure_silent_runs_crash
+    from prefect import flow
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.states import Running
+
+    with _sync_client() as client:
+        assert ensure_silent_runs_crash(client, 4.0) == ensure_silent_runs_crash(client, 4.0) == SILENT_RUNS
+        assert len(client.read_automations_by_name(SILENT_RUNS)) == 1
+        time.sleep(2.0)  # the trigger service loads the new automation
+
+        @flow(name=f"silent-{uuid.uuid4().hex[:6]}")
+        def silent():
+            pass
+
+        run = client.create_flow_run(silent)
+        client.set_flow_run_state(run.id, Running())
+        emit_event(
+            event="prefect.flow-run.heartbeat",
+            resource={"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
+        )
+        EventsWorker.instance().wait_until_empty()
+        _until(lambda: client.read_flow_run(run.id).state.is_crashed(), "the silent run crashed")
+        assert "no heartbeat for 12 s" in client.read_flow_run(run.id).state.message
+        assert ensure_silent_runs_crash(client, None) is None  # heartbeats off: no automation
+        assert client.read_automations_by_name(SILENT_RUNS) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import time
 import uuid
 
@@ -31,8 +32,9 @@ async def _deploy(entrypoint: str, name: str, flow_name: str):
     """The deployment and its triggers, as `prefect deploy` creates them (a unique name: the server is shared)."""
     from prefect.cli.deploy._triggers import _create_deployment_triggers, _initialize_deployment_triggers
     from prefect.client.orchestration import get_client
+    from prefect.utilities.templating import apply_values
 
-    spec = _spec(entrypoint, name)
+    spec = apply_values(_spec(entrypoint, name), os.environ, remove_notset=False)  # prefect deploy's first templating
     assert spec.get("triggers"), f"{flow_name}/{name} has no triggers in {PREFECT_FILE.name}"
     unique = f"{name}-{uuid.uuid4().hex[:8]}"
     async with get_client() as client:

@@ -87,10 +87,13 @@ def test_the_populations_run_as_flows_and_bad_files_are_named_not_blocking(block
     assert (t.Processing & good_key).fetch1("input") == "denoised"
     assert (t.Processing & good_key).fetch1("settings")["nonrigid"] is False  # the block's settings ran
     assert len(t.Segmentation.Mask & good_key & "is_cell") >= 5
+    summary = _artifact("calcium-imaging")  # the stack's picture: mean image with ROIs, cells' dF/F and spikes
+    assert f"![{good_id} imaging_00001.tif: ROIs and activity](data:image/png;base64," in summary
 
     spikes = populate_calcium(population="spikes", **blocks_of)
     assert spikes["computed"] == {"Activity[cascade]": 1} and spikes["errors"] == []
     assert len(t.Activity.Trace & good_key & {"method": "cascade"}) == len(t.Fluorescence.Trace & good_key)
+    assert "data:image/png;base64," in _artifact("calcium-spikes")
 
     behavior = populate_behavior(layout_block=name, db_block=name)
     assert behavior["computed"] == {"BehaviorSession": 1} and len(behavior["errors"]) == 1

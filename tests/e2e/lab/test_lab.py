@@ -1,15 +1,14 @@
 """The simulated lab as an engineer brings it up: three namespaces, real services, auth and TLS, clean teardown.
 
-One bring-up (``labpipe lab simulate up``) serves the module; every check waits on a condition, never a
-sleep, and the lab is torn down (by the command, then by the library as a safety net) even when a test
-or the bring-up fails.
+One bring-up (``labpipe lab simulate up``, conftest.py) serves the folder; every check waits on a condition,
+never a sleep, and the lab is torn down (by the command, then by the library as a safety net) and checked clean
+after the folder's last test, even when a test or the bring-up fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,51 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from labpipe.lab.netns import namespaces_permitted
 
+from tests.e2e.lab.support import LABPIPE, WHY_NOT
 
-def _why_not() -> str | None:
-    reason = namespaces_permitted()
-    if reason:
-        return reason
-    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        return "Debian's PostgreSQL server programs are not installed (apt-get install postgresql)"
-    for tool, package in (("sshd", "openssh-server"), ("rrsync", "rsync"), ("setpriv", "util-linux")):
-        if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
-            return f"{tool} is not installed (apt-get install {package})"
-    return None
-
-
-WHY_NOT = _why_not()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
-
-PREFIX = f"lpe{os.getpid() % 10000}"
-SUBNET = "10.233.0"
-LABPIPE = str(Path(sys.executable).parent / "labpipe")
-
-
-def _simulate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [LABPIPE, "lab", "simulate", *args, "--prefix", PREFIX, "--subnet", SUBNET],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def lab():
-    from labpipe.lab.simulate import SimulatedLab
-
-    lab = SimulatedLab(prefix=PREFIX, subnet=SUBNET)
-    try:
-        up = _simulate("up", "--json")
-        assert up.returncode == 0, up.stdout + up.stderr
-        lab.brought_up = json.loads(up.stdout)
-        print(f"simulated lab up: {lab.brought_up['bringup_seconds']} (seconds)")
-        yield lab
-    finally:
-        lab.down()  # after the teardown test this finds nothing; after a failure it removes everything
 
 
 def _in_namespace(lab, host: str) -> set[int]:
@@ -300,33 +258,12 @@ MEASURE_TRIGGER = textwrap.dedent(
 )
 
 
-def test_up_on_main_deploys_triggers_that_start_runs_within_seconds(lab):
+def test_up_on_main_deploys_triggers_that_start_runs_within_seconds(lab, deployed):
     """`labpipe up` on the main host (TLS, auth, the lab's PostgreSQL): a new ingest starts the populations."""
-    up = lab.run("main", [LABPIPE, "up", "--no-workers", "--pause-schedules"], timeout=600)
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert "alerts: none" in up.stdout
+    assert "alerts: 6 automations notify by email, webhook" in deployed
+    assert "silent runs: crashed after 3 missed heartbeats" in deployed
     measured = lab.run("main", [sys.executable, "-c", MEASURE_TRIGGER], timeout=180)
     assert measured.returncode == 0, measured.stdout + measured.stderr
     latency = json.loads(measured.stdout.strip().splitlines()[-1])
     print(f"trigger latency in the simulated lab (event -> run created, seen by a polling client): {latency}")
     assert set(latency) == {"imaging", "behavior", "mocap"} and max(latency.values()) < 30
-
-
-def test_teardown_leaves_no_namespace_process_or_folder(lab):
-    pids = {s["pid"] for s in lab.status()["services"].values()} | {p for ps in lab.net.pids().values() for p in ps}
-    down = _simulate("down", timeout=300)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert lab.net.existing() == []
-    assert not [ns for ns in os.listdir("/run/netns") if ns.startswith(f"{PREFIX}-")]
-    assert not lab.root.exists()
-    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
-    assert not alive, f"still running after down: {alive}"
-    status = _simulate("status")
-    assert status.returncode == 3 and "not up" in status.stdout
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"

@@ -59,11 +59,16 @@ def simulate_group(
     noise_jy: float = 0.05,
     seed: int = 7,
     gains: bool = True,
+    gain_seed: int | None = None,
     dead_antenna: int | None = None,
     start_jd: float = 2460962.0,
     name: str = "group",
 ) -> SimGroup:
-    """Write ``folder/<name>.ms`` and ``folder/catalog.csv`` and return the truth."""
+    """Write ``folder/<name>.ms`` and ``folder/catalog.csv`` and return the truth.
+
+    ``gain_seed``: draw the time-variable gains from their own seed, so two groups of one ``seed`` share the
+    array, the delays and the bandpass (an instrument's) but not the gains (a calibrator and a later target).
+    """
     import astropy.units as u
     from astropy.coordinates import EarthLocation
     from astropy.time import Time
@@ -154,9 +159,10 @@ def simulate_group(
     bp = (1 + 0.1 * rng.normal(size=(1, 2, n_ant)) * chan[:, None, None] ** 2) * np.exp(
         1j * 0.3 * rng.normal(size=(1, 2, n_ant)) * chan[:, None, None]
     )
-    amp0 = rng.uniform(0.8, 1.2, (1, 2, n_ant))
-    ph0 = rng.uniform(-np.pi, np.pi, (1, 2, n_ant))
-    drift = rng.normal(0, 0.05, (1, 2, n_ant)) * np.arange(n_time)[:, None, None]
+    gain_rng = rng if gain_seed is None else np.random.default_rng(gain_seed)
+    amp0 = gain_rng.uniform(0.8, 1.2, (1, 2, n_ant))
+    ph0 = gain_rng.uniform(-np.pi, np.pi, (1, 2, n_ant))
+    drift = gain_rng.normal(0, 0.05, (1, 2, n_ant)) * np.arange(n_time)[:, None, None]
     g = amp0 * np.exp(1j * (ph0 + drift))
     if not gains:
         delays[:] = 0

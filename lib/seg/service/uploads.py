@@ -1,0 +1,384 @@
+"""Resumable uploads: parts written in place, each checked; the whole file checked and validated before it exists.
+
+An upload is a folder ``<data>/uploads/<id>/``: ``upload.json`` (who, what
+file, part size), ``data.partial`` (the file being assembled, every part
+written at its offset) and ``parts/<index>`` (the part's SHA-256, written
+only once its bytes are in place and matched the client's checksum). The
+folder is the state: after a restart ``init`` with the same fingerprint (user,
+size, SHA-256, part size) finds the parts held. ``complete`` checks the
+whole SHA-256 and runs the MRC validator on ``data.partial``, and only then
+renames it to ``<data>/files/<id>.mrc`` with its record ``<id>.json``; a
+refused file leaves nothing behind. The client's file name is kept for
+display and never becomes a path.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from labpipe.errors import LabpipeError
+from labpipe.files import atomic_write_text
+from labpipe.seg.service.auth import Principal
+from labpipe.seg.service.errors import ServiceError, from_labpipe, invalid, not_found
+from labpipe.seg.service.settings import ServiceSettings
+
+log = logging.getLogger("labpipe.seg.service")
+ID = re.compile(r"[0-9a-f]{32}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+READ_BYTES = 8 << 20
+
+
+def check_id(value: str, what: str) -> str:
+    if not ID.fullmatch(value or ""):
+        raise not_found(what)
+    return value
+
+
+def check_sha256(value: object, field: str) -> str:
+    text = str(value or "").lower()
+    if not SHA256.fullmatch(text):
+        raise invalid(field, "expected the SHA-256 as 64 hex digits")
+    return text
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def display_name(filename: object) -> str:
+    """The client's file name reduced to something safe to show (never used as a path)."""
+    text = re.sub(r"[\x00-\x1f\x7f]", "", os.path.basename(str(filename or "").replace("\\", "/"))).strip()
+    if not text:
+        raise invalid("filename", "is empty", "send the tomogram's file name, e.g. TS_01.mrc")
+    return text[:200]
+
+
+class PartWriter:
+    """Receives one part's bytes into its slot of ``data.partial``; ``finish`` checks and records it."""
+
+    def __init__(self, folder: Path, index: int, offset: int, expected: int, declared: str, upload_id: str) -> None:
+        self.folder, self.index, self.offset, self.expected = folder, index, offset, expected
+        self.declared, self.upload_id = declared, upload_id
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self._fd = os.open(folder / "data.partial", os.O_WRONLY)
+
+    def check_length(self, length: int) -> None:
+        """413 when a part of ``length`` bytes (received so far, or announced) overflows its slot."""
+        if length > self.expected:
+            raise ServiceError(
+                413,
+                "part_too_large",
+                f"part {self.index} is larger than its {self.expected} bytes",
+                "cut the file in parts of part_size bytes (the last one the rest)",
+            )
+
+    def write(self, chunk: bytes) -> None:
+        self.check_length(self.received + len(chunk))
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(self._fd, view, self.offset + self.received)
+            self._hash.update(view[:written])
+            self.received += written
+            view = view[written:]
+
+    def finish(self) -> dict:
+        if self.received != self.expected:
+            raise ServiceError(
+                400,
+                "part_size_mismatch",
+                f"part {self.index} has {self.received} bytes, its slot {self.expected}",
+                "every part is part_size bytes, the last one the rest of the file",
+            )
+        if self._hash.hexdigest() != self.declared:
+            raise ServiceError(
+                400,
+                "part_checksum_mismatch",
+                f"part {self.index}: the bytes received do not match X-Part-SHA256",
+                "send the part again",
+                retryable=True,
+            )
+        atomic_write_text(self.folder / "parts" / str(self.index), self.declared)
+        os.utime(self.folder / "upload.json")  # the upload is alive: the cleaner measures age from here
+        return {"index": self.index, "bytes": self.received}
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class UploadStore:
+    """The uploads and the files they became, under ``settings.data``."""
+
+    def __init__(self, settings: ServiceSettings, validate) -> None:
+        self.settings, self.validate = settings, validate
+        self.uploads, self.files = Path(settings.data) / "uploads", Path(settings.data) / "files"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.files.mkdir(parents=True, exist_ok=True)
+        self._init_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+
+    # -------------------------------------------------------------------------------- records
+
+    def _meta(self, upload_id: str) -> dict | None:
+        try:
+            return json.loads((self.uploads / upload_id / "upload.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def file_record(self, principal: Principal, file_id: str) -> dict:
+        check_id(file_id, f"file {file_id}")
+        try:
+            record = json.loads((self.files / f"{file_id}.json").read_text())
+        except (OSError, ValueError):
+            raise not_found(f"file {file_id}") from None
+        if not principal.may_see(record["user"]):
+            raise not_found(f"file {file_id}")
+        return record
+
+    def file_path(self, file_id: str) -> Path:
+        return self.files / f"{check_id(file_id, 'file')}.mrc"
+
+    def _held(self, upload_id: str) -> list[int]:
+        parts = self.uploads / upload_id / "parts"
+        return sorted(int(p.name) for p in parts.iterdir() if p.name.isdigit()) if parts.is_dir() else []
+
+    def _view(self, meta: dict) -> dict:
+        touched = (self.uploads / meta["upload_id"] / "upload.json").stat().st_mtime
+        return {
+            **{k: meta[k] for k in ("upload_id", "filename", "size", "sha256", "part_size", "parts_total")},
+            "parts_received": self._held(meta["upload_id"]),
+            "state": "uploading",
+            "file_id": None,
+            "created_at": meta["created_at"],
+            "expires_at": iso(touched + self.settings.upload_max_age_s),
+        }
+
+    @staticmethod
+    def _complete_view(record: dict) -> dict:
+        return {
+            "upload_id": record["file_id"],
+            **{k: record[k] for k in ("filename", "size", "sha256", "part_size", "parts_total", "created_at")},
+            "parts_received": list(range(record["parts_total"])),
+            "state": "complete",
+            "file_id": record["file_id"],
+            "expires_at": None,
+            "metadata": record["metadata"],
+        }
+
+    def _owned_meta(self, principal: Principal, upload_id: str) -> dict:
+        check_id(upload_id, f"upload {upload_id}")
+        meta = self._meta(upload_id)
+        if meta is None or not principal.may_see(meta["user"]):
+            raise not_found(f"upload {upload_id}")
+        return meta
+
+    # -------------------------------------------------------------------------------- operations
+
+    def init(self, principal: Principal, filename: object, size: object, sha256: object, part_size: object):
+        """The upload of this fingerprint (resumed, or the file already made), else a new one; (view, created)."""
+        name, digest = display_name(filename), check_sha256(sha256, "sha256")
+        s = self.settings
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise invalid("size", "expected the file size in bytes (a positive integer)")
+        if (
+            not isinstance(part_size, int)
+            or isinstance(part_size, bool)
+            or not (s.part_size_min <= part_size <= s.part_size_max)
+        ):
+            raise invalid("part_size", f"expected an integer from {s.part_size_min} to {s.part_size_max} bytes")
+        if size > s.max_upload_bytes:
+            raise ServiceError(
+                413,
+                "upload_too_large",
+                f"{name}: {size} bytes, more than {s.max_upload_bytes}",
+                "segment it in place on the server (server_path) or ask the admins",
+            )
+        with self._init_lock:
+            for record_file in self.files.glob("*.json"):
+                record = json.loads(record_file.read_text())
+                if (record["user"], record["sha256"], record["size"]) == (principal.user, digest, size):
+                    return self._complete_view(record), False
+            for meta_file in self.uploads.glob("*/upload.json"):
+                meta = self._meta(meta_file.parent.name)
+                fingerprint = (principal.user, digest, size, part_size)
+                if meta and (meta["user"], meta["sha256"], meta["size"], meta["part_size"]) == fingerprint:
+                    os.utime(meta_file)
+                    return self._view(meta), False
+            free = shutil.disk_usage(self.uploads).free
+            if free < size + s.free_disk_reserve_bytes:
+                raise ServiceError(
+                    503,
+                    "insufficient_storage",
+                    f"{name}: {size} bytes do not fit ({free} free)",
+                    "try later or ask the admins to free space",
+                    retryable=True,
+                )
+            upload_id = uuid.uuid4().hex
+            folder = self.uploads / upload_id
+            (folder / "parts").mkdir(parents=True)
+            with open(folder / "data.partial", "wb") as f:
+                f.truncate(size)  # sparse: the parts fill it in any order
+            meta = {
+                "upload_id": upload_id,
+                "user": principal.user,
+                "filename": name,
+                "size": size,
+                "sha256": digest,
+                "part_size": part_size,
+                "parts_total": -(-size // part_size),
+                "created_at": iso(time.time()),
+            }
+            atomic_write_text(folder / "upload.json", json.dumps(meta))
+            log.info(
+                "upload %s started by %s: %d bytes in %d parts", upload_id, principal.user, size, meta["parts_total"]
+            )
+            return self._view(meta), True
+
+    def status(self, principal: Principal, upload_id: str) -> dict:
+        check_id(upload_id, f"upload {upload_id}")
+        if (self.files / f"{upload_id}.json").exists():
+            return self._complete_view(self.file_record(principal, upload_id))
+        return self._view(self._owned_meta(principal, upload_id))
+
+    def part_writer(self, principal: Principal, upload_id: str, index: int, declared: str | None) -> PartWriter:
+        """A writer for part ``index`` (its earlier copy, if any, no longer counts as held until this one is)."""
+        check_id(upload_id, f"upload {upload_id}")
+        if (self.files / f"{upload_id}.json").exists():
+            self.file_record(principal, upload_id)  # 404 for another user's
+            raise ServiceError(
+                409,
+                "upload_complete",
+                f"upload {upload_id} is already complete",
+                "nothing more to send: use its file_id",
+            )
+        meta = self._owned_meta(principal, upload_id)
+        if not 0 <= index < meta["parts_total"]:
+            raise ServiceError(
+                400,
+                "part_out_of_range",
+                f"part {index}: this upload has parts 0 to {meta['parts_total'] - 1}",
+                "index parts from 0 in steps of part_size",
+            )
+        digest = check_sha256(declared, "X-Part-SHA256")
+        folder = self.uploads / upload_id
+        (folder / "parts" / str(index)).unlink(missing_ok=True)
+        offset = index * meta["part_size"]
+        return PartWriter(folder, index, offset, min(meta["part_size"], meta["size"] - offset), digest, upload_id)
+
+    def complete(self, principal: Principal, upload_id: str) -> dict:
+        """Check the whole SHA-256, validate the MRC, rename into place; refused files leave nothing behind."""
+        check_id(upload_id, f"upload {upload_id}")
+        with self._locks[upload_id]:
+            if (self.files / f"{upload_id}.json").exists():
+                return self._complete_view(self.file_record(principal, upload_id))
+            meta = self._owned_meta(principal, upload_id)
+            folder = self.uploads / upload_id
+            held = set(self._held(upload_id))
+            missing = [i for i in range(meta["parts_total"]) if i not in held]
+            if missing:
+                raise ServiceError(
+                    409,
+                    "upload_incomplete",
+                    f"{len(missing)} of {meta['parts_total']} parts missing",
+                    "send the missing parts, then complete again",
+                    retryable=True,
+                    missing=missing[:100],
+                )
+            final = self.files / f"{upload_id}.mrc"
+            if not final.exists():  # else a crash came between the rename and the record: validate again
+                self._check_whole(meta, folder)
+                try:
+                    info = self.validate(folder / "data.partial")
+                except LabpipeError as exc:
+                    self._discard(upload_id, f"refused by the MRC validator: {exc.problem}")
+                    raise from_labpipe(exc, 422, "invalid_mrc", meta["filename"]) from None
+                os.replace(folder / "data.partial", final)
+            else:
+                info = self.validate(final)
+            metadata = {k: v for k, v in info.as_json().items() if k != "path"} | {"filename": meta["filename"]}
+            record = {
+                **{
+                    k: meta[k] for k in ("user", "filename", "size", "sha256", "part_size", "parts_total", "created_at")
+                },
+                "file_id": upload_id,
+                "metadata": metadata,
+                "completed_at": iso(time.time()),
+            }
+            atomic_write_text(self.files / f"{upload_id}.json", json.dumps(record))
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("upload %s complete: %d bytes, valid MRC", upload_id, meta["size"])
+            return self._complete_view(record)
+
+    def _check_whole(self, meta: dict, folder: Path) -> None:
+        digest = hashlib.sha256()
+        with open(folder / "data.partial", "rb") as f:
+            while chunk := f.read(READ_BYTES):
+                digest.update(chunk)
+        if digest.hexdigest() == meta["sha256"]:
+            return
+        # parts on disk that no longer match their recorded checksum (a crash under a write) are sent again
+        bad = [
+            i
+            for i in self._held(meta["upload_id"])
+            if self._part_digest(meta, folder, i) != (folder / "parts" / str(i)).read_text().strip()
+        ]
+        if bad:
+            for index in bad:
+                (folder / "parts" / str(index)).unlink(missing_ok=True)
+            raise ServiceError(
+                409,
+                "upload_incomplete",
+                f"{len(bad)} parts were damaged on the server",
+                "send the missing parts again, then complete",
+                retryable=True,
+                missing=bad[:100],
+            )
+        self._discard(meta["upload_id"], "SHA-256 of the assembled file differs from the one given at init")
+        raise ServiceError(
+            422,
+            "checksum_mismatch",
+            f"{meta['filename']}: the assembled file's SHA-256 differs from the one given at init",
+            "check the file on your side (it may have changed while uploading) and upload it again",
+        )
+
+    @staticmethod
+    def _part_digest(meta: dict, folder: Path, index: int) -> str:
+        offset = index * meta["part_size"]
+        with open(folder / "data.partial", "rb") as f:
+            f.seek(offset)
+            return hashlib.sha256(f.read(min(meta["part_size"], meta["size"] - offset))).hexdigest()
+
+    def _discard(self, upload_id: str, why: str) -> None:
+        shutil.rmtree(self.uploads / upload_id, ignore_errors=True)
+        log.info("upload %s discarded: %s", upload_id, why)
+
+    def abort(self, principal: Principal, upload_id: str) -> None:
+        self._owned_meta(principal, upload_id)
+        with self._locks[upload_id]:
+            self._discard(upload_id, "abandoned by its user")
+
+    def clean_stale(self, now: float | None = None) -> list[str]:
+        """Remove uploads untouched for ``upload_max_age_s`` (their parts with them); returns their ids."""
+        now = time.time() if now is None else now
+        removed = []
+        for folder in self.uploads.iterdir():
+            meta_file = folder / "upload.json"
+            try:
+                age = now - (meta_file if meta_file.exists() else folder).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > self.settings.upload_max_age_s and not self._locks[folder.name].locked():
+                self._discard(folder.name, f"untouched for {age:.0f} s")
+                removed.append(folder.name)
+        return removed

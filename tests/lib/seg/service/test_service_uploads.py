@@ -1,0 +1,279 @@
+"""The service's uploads, tokens, limits and signed links, against the real server on loopback (no jobs run)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from labpipe.seg.service.auth import Keys, mint_token, signed_path
+
+from tests.lib.seg.service.conftest import PART, init, put_part, sha, upload
+
+ENVELOPE = {"code", "message", "hint", "retryable"}
+
+
+def _nothing_left(svc) -> None:
+    data = svc.settings.data
+    assert not any((data / "uploads").iterdir()), list((data / "uploads").iterdir())
+    assert not any((data / "files").iterdir()), list((data / "files").iterdir())
+
+
+def test_health_needs_no_token_and_info_lists_limits(start_service):
+    svc = start_service()
+    with svc.client() as anonymous:
+        assert anonymous.get("/v1/healthz").json()["status"] == "ok"
+        refused = anonymous.get("/v1/server/info")
+        assert refused.status_code == 401 and set(refused.json()) >= ENVELOPE
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    with svc.client(svc.token()) as client:
+        info = client.get("/v1/server/info").json()
+    assert info["user"] == "alice" and info["limits"]["part_size_min"] == PART
+    assert [m["name"] for m in info["models"]] == ["tiny-test"] and info["limits"]["rate_limit_per_minute"] == 60
+
+
+def test_upload_in_any_order_is_assembled_checked_and_validated(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        started = init(client, tomogram_bytes)
+        assert started.status_code == 201
+        view = started.json()
+        assert view["parts_total"] == 6 and view["parts_received"] == [] and view["state"] == "uploading"
+        for index in reversed(range(view["parts_total"])):  # out of order is allowed (parallel clients)
+            sent = put_part(client, view["upload_id"], tomogram_bytes, index)
+            assert sent.status_code == 200, sent.text
+        assert sent.json()["parts_received_count"] == 6
+        done = client.post(f"/v1/uploads/{view['upload_id']}/complete")
+        assert done.status_code == 200, done.text
+        record = done.json()
+        again = client.post(f"/v1/uploads/{view['upload_id']}/complete").json()
+    assert record["state"] == "complete" and record["metadata"]["shape_zyx"] == [48, 40, 48]
+    assert "path" not in record["metadata"] and again["file_id"] == record["file_id"]
+    stored = svc.settings.data / "files" / f"{record['file_id']}.mrc"
+    assert stored.read_bytes() == tomogram_bytes
+    assert not any((svc.settings.data / "uploads").iterdir())
+
+
+def test_init_again_resumes_with_the_parts_held_and_a_finished_file_is_not_sent_again(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        first = init(client, tomogram_bytes).json()
+        for index in (0, 2, 3):
+            put_part(client, first["upload_id"], tomogram_bytes, index)
+        resumed = init(client, tomogram_bytes)
+        assert resumed.status_code == 200
+        assert resumed.json()["upload_id"] == first["upload_id"] and resumed.json()["parts_received"] == [0, 2, 3]
+        record = upload(client, tomogram_bytes)  # sends 1, 4 and 5 only
+        assert record["upload_id"] == first["upload_id"]
+        known = init(client, tomogram_bytes).json()
+    assert known["state"] == "complete" and known["file_id"] == record["file_id"]
+
+
+def test_server_restarted_mid_upload_keeps_the_parts(start_service, tomogram_bytes):
+    svc = start_service()
+    token = svc.token()
+    with svc.client(token) as client:
+        view = init(client, tomogram_bytes).json()
+        for index in range(3):
+            put_part(client, view["upload_id"], tomogram_bytes, index)
+    svc.restart()
+    with svc.client(token) as client:
+        status = client.get(f"/v1/uploads/{view['upload_id']}").json()
+        assert status["parts_received"] == [0, 1, 2]
+        record = upload(client, tomogram_bytes)
+    assert record["file_id"] == view["upload_id"]
+    assert (svc.settings.data / "files" / f"{record['file_id']}.mrc").read_bytes() == tomogram_bytes
+
+
+def test_a_corrupt_mrc_is_refused_at_complete_and_nothing_is_left(start_service, tomogram_bytes):
+    svc = start_service()
+    corrupt = bytearray(tomogram_bytes)
+    corrupt[12:16] = (3).to_bytes(4, "little")  # mode 3: complex, a Fourier transform, not a tomogram
+    corrupt = bytes(corrupt)
+    with svc.client(svc.token()) as client:
+        view = init(client, corrupt).json()
+        for index in range(view["parts_total"]):
+            put_part(client, view["upload_id"], corrupt, index)
+        refused = client.post(f"/v1/uploads/{view['upload_id']}/complete")
+        assert refused.status_code == 422, refused.text
+        body = refused.json()
+        assert body["code"] == "invalid_mrc" and body["message"].startswith("TS_01.mrc: ") and "mode" in body["message"]
+        assert str(svc.settings.data) not in refused.text  # server paths stay on the server
+        assert client.get(f"/v1/uploads/{view['upload_id']}").status_code == 404
+    _nothing_left(svc)
+
+
+def test_a_whole_file_checksum_mismatch_is_refused_and_nothing_is_left(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        body = {"filename": "x.mrc", "size": len(tomogram_bytes), "sha256": "0" * 64, "part_size": PART}
+        view = client.post("/v1/uploads/init", json=body).json()
+        for index in range(view["parts_total"]):
+            put_part(client, view["upload_id"], tomogram_bytes, index)
+        refused = client.post(f"/v1/uploads/{view['upload_id']}/complete")
+    assert refused.status_code == 422 and refused.json()["code"] == "checksum_mismatch"
+    _nothing_left(svc)
+
+
+def test_bad_parts_are_refused_each_with_its_code(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        view = init(client, tomogram_bytes).json()
+        url = f"/v1/uploads/{view['upload_id']}/part"
+        part = tomogram_bytes[:PART]
+        wrong = client.put(f"{url}/0", content=part, headers={"X-Part-SHA256": sha(b"other")})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "part_checksum_mismatch"
+        assert wrong.json()["retryable"] is True
+        missing_header = client.put(f"{url}/0", content=part)
+        assert missing_header.status_code == 400 and missing_header.json()["code"] == "invalid_request"
+        beyond = client.put(f"{url}/6", content=part, headers={"X-Part-SHA256": sha(part)})
+        assert beyond.status_code == 400 and beyond.json()["code"] == "part_out_of_range"
+        negative = client.put(f"{url}/-1", content=part, headers={"X-Part-SHA256": sha(part)})
+        assert negative.status_code == 400 and negative.json()["code"] == "part_out_of_range"
+        big = part + b"x"
+        oversized = client.put(f"{url}/0", content=big, headers={"X-Part-SHA256": sha(big)})
+        assert oversized.status_code == 413 and oversized.json()["code"] == "part_too_large"
+        short = part[:-1]
+        shorter = client.put(f"{url}/0", content=short, headers={"X-Part-SHA256": sha(short)})
+        assert shorter.status_code == 400 and shorter.json()["code"] == "part_size_mismatch"
+        assert client.get(f"/v1/uploads/{view['upload_id']}").json()["parts_received"] == []
+        early = client.post(f"/v1/uploads/{view['upload_id']}/complete")
+        assert early.status_code == 409 and early.json()["code"] == "upload_incomplete"
+        assert early.json()["missing"] == [0, 1, 2, 3, 4, 5] and early.json()["retryable"] is True
+        for field, value in [("part_size", 1000), ("sha256", "abc"), ("size", -1)]:
+            body = {"filename": "a.mrc", "size": 10, "sha256": "0" * 64, "part_size": PART, field: value}
+            bad = client.post("/v1/uploads/init", json=body)
+            assert bad.status_code == 400 and bad.json()["code"] == "invalid_request" and field in bad.json()["message"]
+        too_big = {
+            "filename": "a.mrc",
+            "size": svc.settings.max_upload_bytes + 1,
+            "sha256": "0" * 64,
+            "part_size": PART,
+        }
+        assert client.post("/v1/uploads/init", json=too_big).json()["code"] == "upload_too_large"
+        assert client.post("/v1/uploads/init", content=b"[1, 2]").json()["code"] == "invalid_request"
+
+
+def test_a_file_name_never_becomes_a_path(start_service, tomogram_bytes, tmp_path):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        record = upload(client, tomogram_bytes, filename="../../../escape.mrc")
+    assert record["filename"] == "escape.mrc"
+    assert not list(tmp_path.rglob("escape.mrc"))
+    assert sorted(p.name for p in (svc.settings.data / "files").iterdir()) == sorted(
+        [f"{record['file_id']}.mrc", f"{record['file_id']}.json"]
+    )
+
+
+def test_tokens_wrong_expired_or_out_of_scope_are_refused(start_service, tomogram_bytes, tmp_path):
+    svc = start_service()
+    foreign = mint_token(Keys.from_secret(b"x" * 64), "alice", ["read", "submit"], 3600)
+    cases = [
+        ("Bearer " + foreign, 401, "unauthenticated"),
+        ("Bearer not.a.token", 401, "unauthenticated"),
+        ("Basic " + svc.token(), 401, "unauthenticated"),
+        (
+            "Bearer "
+            + mint_token(Keys.from_file(svc.settings.key_file), "alice", ["read"], 3600, now=time.time() - 7200),
+            401,
+            "token_expired",
+        ),
+    ]
+    for header, status, code in cases:
+        with svc.client() as client:
+            answer = client.get("/v1/server/info", headers={"Authorization": header})
+        assert (answer.status_code, answer.json()["code"]) == (status, code), header[:12]
+    reader = svc.token(scopes=["read"])
+    with svc.client(reader) as client:
+        assert client.get("/v1/server/info").status_code == 200
+        refused = init(client, tomogram_bytes)
+        assert (
+            refused.status_code == 403
+            and refused.json()["code"] == "forbidden"
+            and "submit" in refused.json()["message"]
+        )
+        assert client.post("/v1/jobs", json={"file_id": "0" * 32}).status_code == 403
+    assert not any((svc.settings.data / "uploads").iterdir())
+
+
+def test_two_users_see_only_their_own(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token("alice")) as alice, svc.client(svc.token("bob")) as bob:
+        record = upload(alice, tomogram_bytes)
+        pending = init(alice, tomogram_bytes[: 2 * PART]).json()
+        assert bob.get(f"/v1/uploads/{record['upload_id']}").status_code == 404
+        assert bob.get(f"/v1/uploads/{pending['upload_id']}").status_code == 404
+        assert put_part(bob, pending["upload_id"], tomogram_bytes, 0).status_code == 404
+        assert bob.post(f"/v1/uploads/{pending['upload_id']}/complete").status_code == 404
+        assert bob.delete(f"/v1/uploads/{pending['upload_id']}").status_code == 404
+        job = bob.post("/v1/jobs", json={"file_id": record["file_id"], "model": "tiny-test"})
+        assert job.status_code == 404 and job.json()["code"] == "not_found"
+        fresh = init(bob, tomogram_bytes)  # the same bytes are a new upload for bob
+        assert fresh.status_code == 201 and fresh.json()["upload_id"] != record["upload_id"]
+        assert bob.get("/v1/jobs").json() == {"jobs": []}
+        server_path = bob.post("/v1/jobs", json={"server_path": str(svc.settings.data / "files" / "x.mrc")})
+        assert server_path.status_code == 403 and server_path.json()["code"] == "forbidden"
+    with svc.client(svc.token("root", ["admin"])) as admin:
+        assert admin.get(f"/v1/uploads/{record['upload_id']}").status_code == 200
+
+
+def test_rate_limit_per_token_answers_429_with_retry_after(start_service):
+    svc = start_service(rate_limit_per_minute=5)
+    with svc.client(svc.token()) as busy, svc.client(svc.token()) as other:
+        answers = [busy.get("/v1/server/info") for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]
+        limited = answers[-1]
+        assert limited.json()["code"] == "rate_limited" and limited.json()["retryable"] is True
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert other.get("/v1/server/info").status_code == 200  # per token
+
+
+def test_signed_links_tampered_or_expired_are_refused(start_service):
+    svc = start_service()
+    keys, job = Keys.from_file(svc.settings.key_file), "a" * 32
+    good, _ = signed_path(keys, job, "mask.mrc", 60)
+    expired, _ = signed_path(keys, job, "mask.mrc", 60, now=time.time() - 3600)
+    with svc.client() as client:
+        assert client.get(good).status_code == 404  # a valid link to a job that does not exist
+        tampered = [
+            good.replace("mask.mrc", "stats.json", 1),
+            good.replace("a" * 32, "b" * 32, 1),
+            good[:-1] + ("0" if good[-1] != "0" else "1"),
+            good.split("&sig=")[0],
+            good.replace("expires=", "expires=9"),
+        ]
+        for link in tampered:
+            answer = client.get(link)
+            assert (answer.status_code, answer.json()["code"]) == (403, "signature_invalid"), link
+        late = client.get(expired)
+        assert late.status_code == 403 and late.json()["code"] == "link_expired"
+
+
+def test_stale_uploads_are_removed_and_abandoned_ones_at_once(start_service, tomogram_bytes):
+    svc = start_service(upload_max_age_s=60)
+    with svc.client(svc.token()) as client:
+        old = init(client, tomogram_bytes).json()
+        put_part(client, old["upload_id"], tomogram_bytes, 0)
+        dropped = init(client, tomogram_bytes[:PART], filename="b.mrc").json()
+        assert client.delete(f"/v1/uploads/{dropped['upload_id']}").status_code == 204
+        assert client.get(f"/v1/uploads/{dropped['upload_id']}").status_code == 404
+        assert svc.service.uploads.clean_stale() == []  # young: kept
+        assert svc.service.uploads.clean_stale(now=time.time() + 61) == [old["upload_id"]]
+        assert client.get(f"/v1/uploads/{old['upload_id']}").status_code == 404
+    _nothing_left(svc)
+
+
+def test_unknown_routes_and_ids_answer_the_envelope(start_service):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        for path in ("/v1/nothing", "/v1/jobs/not-an-id", "/v1/uploads/../../etc/passwd", f"/v1/jobs/{'f' * 32}"):
+            answer = client.get(path)
+            assert answer.status_code == 404 and set(answer.json()) >= ENVELOPE, path
+
+
+@pytest.mark.parametrize("scopes", [["read", "root"], []])
+def test_tokens_are_minted_only_with_known_scopes(start_service, scopes):
+    from labpipe.errors import InvalidInput
+
+    svc = start_service()
+    with pytest.raises(InvalidInput):
+        svc.token(scopes=scopes)
