@@ -6,23 +6,8 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import pytest
-
-
-def test_a_remote_source_goes_through_the_hosts_ssh_config_in_batch_mode(monkeypatch):
-    """The backup host's host.env names its ssh configuration (the pull key, main's host key): rsync uses it."""
-    from labpipe.backup.pull import rsync_command
-
-    remote = BackupSource(name="share", path="main:share")
-    monkeypatch.delenv("LABPIPE_SSH_CONFIG", raising=False)
-    shell = rsync_command(remote, Path("/staging"))
-    assert shell[shell.index("-e") + 1].startswith("ssh -o BatchMode=yes")
-    monkeypatch.setenv("LABPIPE_SSH_CONFIG", "/etc/labpipe/ssh/config")
-    shell = rsync_command(remote, Path("/staging"))
-    assert shell[shell.index("-e") + 1].startswith("ssh -F /etc/labpipe/ssh/config -o BatchMode=yes")
-    assert "-e" not in rsync_command(BackupSource(name="local", path="/srv/share"), Path("/staging"))
 
 
 def test_sqlite_dump_is_a_consistent_snapshot_of_a_database_being_written(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from labpipe.backup.errors import SourceUnavailable
 from labpipe.backup.settings import BackupSource
@@ -34,3 +36,17 @@ def test_missing_or_unreachable_source_is_a_clear_error(tmp_path):
     # no ssh server listens on this machine's loopback: rsync over ssh cannot connect
     with pytest.raises(SourceUnavailable, match="cannot reach it"):
         pull_source(BackupSource(name="main", path="backup@127.0.0.1:/datajoint-data"), tmp_path / "staging")
+
+
+def test_a_remote_source_goes_through_the_hosts_ssh_config_in_batch_mode(monkeypatch):
+    """The backup host's host.env names its ssh configuration (the pull key, main's host key): rsync uses it."""
+    from labpipe.backup.pull import rsync_command
+
+    remote = BackupSource(name="share", path="main:share")
+    monkeypatch.delenv("LABPIPE_SSH_CONFIG", raising=False)
+    shell = rsync_command(remote, Path("/staging"))
+    assert shell[shell.index("-e") + 1].startswith("ssh -o BatchMode=yes")
+    monkeypatch.setenv("LABPIPE_SSH_CONFIG", "/etc/labpipe/ssh/config")
+    shell = rsync_command(remote, Path("/staging"))
+    assert shell[shell.index("-e") + 1].startswith("ssh -F /etc/labpipe/ssh/config -o BatchMode=yes")
+    assert "-e" not in rsync_command(BackupSource(name="local", path="/srv/share"), Path("/staging"))
