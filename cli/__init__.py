@@ -135,7 +135,7 @@ def down(keep_database: bool = typer.Option(False, help="Leave the embedded Post
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with an `error` field when the server is down)."),
-    wait: float = typer.Option(60.0, help="Seconds a busy server has to answer (nothing listening: at once)."),
+    wait: float = typer.Option(90.0, help="Seconds a busy server has to answer (nothing listening: at once)."),
 ) -> None:
     """Pools, workers, deployments and recent runs; exits 3 when no Prefect server answers."""
     from labpipe.deployments.platform import ServerBusy, ServerDown
@@ -231,22 +231,17 @@ def config_apply(
     saved = save_changes(changes)
     typer.echo(f"{summary}; saved {len(saved)}")
     if saved:
-        typer.echo(f"block pickers refreshed in {_refresh_pickers()} deployments")
+        from labpipe.deployments.pickers import refresh_on_server
 
-
-def _refresh_pickers() -> int:
-    """Offer the saved block documents in the run forms' block pickers; returns how many deployments have one."""
-    from labpipe.deployments.pickers import refresh_pickers
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return sum(bool(choices) for choices in refresh_pickers(client).values())
+        typer.echo(f"block pickers refreshed in {refresh_on_server()} deployments")
 
 
 @config_app.command("pickers")
 def config_pickers() -> None:
     """Refresh the block pickers of the run forms (after saving a block document in the UI or a notebook)."""
-    typer.echo(f"block pickers refreshed in {_refresh_pickers()} deployments")
+    from labpipe.deployments.pickers import refresh_on_server
+
+    typer.echo(f"block pickers refreshed in {refresh_on_server()} deployments")
 
 
 def _register_subcommands() -> None:

@@ -54,25 +54,43 @@ def _lookup(node: ast.expr, namespace: dict[str, Any]) -> Any:
     return None
 
 
-def _keyword_dicts(tree: ast.AST) -> dict[str, list[ast.keyword]]:
-    """Local ``x = dict(a=..., b=...)`` assignments: what a later ``f(**x)`` passes by keyword."""
-    dicts = {}
+_ALL_LOCALS = "locals"
+
+
+def _is_locals(node: ast.expr) -> bool:
+    """``locals()`` or ``dict(locals())``: every parameter, by its own name."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id == "locals":
+            return True
+        return node.func.id == "dict" and len(node.args) == 1 and _is_locals(node.args[0])
+    return False
+
+
+def _keyword_dicts(tree: ast.AST) -> dict[str, list[ast.keyword] | str]:
+    """Local ``x = dict(a=..., b=...)`` (or ``dict(locals())``) assignments: what a later ``f(**x)`` passes."""
+    dicts: dict[str, list[ast.keyword] | str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             value = node.value
-            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict":
+            if _is_locals(value):
+                dicts[node.targets[0].id] = _ALL_LOCALS
+            elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict":
                 dicts[node.targets[0].id] = value.keywords
     return dicts
 
 
-def _passed(call: ast.Call, names: set[str], dicts: dict[str, list[ast.keyword]]) -> dict[int | str, str]:
+def _passed(call: ast.Call, names: set[str], dicts: dict[str, list[ast.keyword] | str]) -> dict[int | str, str]:
     """Which of ``names`` the call passes on, by position or keyword: {position or keyword: name}."""
     passed: dict[int | str, str] = {
         i: arg.id for i, arg in enumerate(call.args) if isinstance(arg, ast.Name) and arg.id in names
     }
     keywords = [kw for kw in call.keywords if kw.arg]
-    for splat in (kw.value for kw in call.keywords if kw.arg is None):  # f(**blocks)
-        keywords += dicts.get(splat.id, []) if isinstance(splat, ast.Name) else []
+    for splat in (kw.value for kw in call.keywords if kw.arg is None):  # f(**blocks), f(**dict(locals()))
+        spread = dicts.get(splat.id) if isinstance(splat, ast.Name) else (_ALL_LOCALS if _is_locals(splat) else None)
+        if spread == _ALL_LOCALS:
+            passed.update({name: name for name in names})
+        elif spread:
+            keywords += spread
     passed.update({kw.arg: kw.value.id for kw in keywords if isinstance(kw.value, ast.Name) and kw.value.id in names})
     return passed
 
@@ -187,3 +205,12 @@ def refresh_pickers(client) -> dict[str, dict[str, list[str]]]:
             client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
         refreshed[str(deployment.id)] = choices
     return refreshed
+
+
+def refresh_on_server() -> int:
+    """``refresh_pickers`` on the configured Prefect server, after saving documents; returns how many deployments
+    have a block picker."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return sum(bool(choices) for choices in refresh_pickers(client).values())

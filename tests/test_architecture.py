@@ -129,8 +129,8 @@ def test_every_deployed_flow_documents_its_parameters(deployment):
 # Test files of lib/ that still test several modules under another name (to be split as their lifecycles are
 # next worked on); every other tests/lib/<package>/test_<x>.py is named after the module x it tests.
 NOT_YET_MIRRORED = {
-    "backup/test_archive_names.py", "backup/test_pull_dumps.py", "calcium/test_population.py",
-    "lab/test_certs_and_secrets.py", "lab/test_units.py", "mei/test_stimuli_and_link.py", "pose/test_inputs.py",
+    "backup/test_archive_names.py", "calcium/test_population.py",
+    "lab/test_certs_and_secrets.py", "lab/test_units.py", "pose/test_inputs.py",
     "registry/test_cli.py", "registry/test_registry_safety.py", "seg/test_run_names.py",
     "seg/test_simulate_and_artifacts.py", "vms/test_access.py",
 }  # fmt: skip

@@ -27,12 +27,14 @@ BLOCKS = "demo-small"
 def _save_small_blocks() -> dict:
     from labpipe.blocks.imaging import SpikeInference, StackDenoising, Suite2pProcessing
     from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSettings
+    from labpipe.deployments.pickers import refresh_on_server
 
     Suite2pProcessing(**Suite2pSettings.small().model_dump()).save(BLOCKS, overwrite=True)
     # one torch thread, as the tests: networks this small gain nothing from a second thread, and two threads
     # spinning on a CPU shared with suite2p and the server made the demo's denoising crawl (20 min, not 30 s)
     StackDenoising(**DenoiseSettings.small().model_dump()).save(BLOCKS, overwrite=True)
     SpikeInference(**SpikeSettings.small().model_dump()).save(BLOCKS, overwrite=True)
+    refresh_on_server()  # the deployments accept only names their block pickers offer
     return {"suite2p_block": BLOCKS, "denoise_block": BLOCKS, "spikes_block": BLOCKS}
 
 

@@ -39,6 +39,7 @@ def test_every_block_parameter_of_a_deployed_flow_is_traced_to_the_block_its_loa
 
 
 def test_the_block_type_comes_from_the_loader_the_flow_calls():
+    # segment hands its parameters on with **dict(locals())
     assert block_parameters("flows/segment.py:segment") == {
         "seg_block": SegmentationDefaults,
         "layout_block": StorageLayout,

@@ -47,6 +47,9 @@ def save_blocks(spec: dict) -> dict:
 
         LabAlerts(**spec["alerts"]).save("default", overwrite=True)
         saved.append("alerts default")
+    from labpipe.deployments.pickers import refresh_on_server
+
+    refresh_on_server()  # as `labpipe config apply` does: deployments accept the names their pickers offer
     return {"saved": saved}
 
 

@@ -1,4 +1,4 @@
-"""Stimulus sets on disk, recordings through ingest, linking scans to stimuli, and the training data."""
+"""Recordings through ingest, linked to their stimuli (``labpipe.mei.link``), and the training data they give."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from labpipe.errors import ConflictError, InvalidInput
+from labpipe.errors import InvalidInput
 from labpipe.ingest.consolidate import consolidate
 from labpipe.ingest.run import ingest_share
 from labpipe.mei.bench import RESPONSES_FILE, STIMULI_FILE, record_session
@@ -16,7 +16,7 @@ from labpipe.mei.dataset import training_data
 from labpipe.mei.link import link_scans
 from labpipe.mei.neurons import pink_noise, simulate_population
 from labpipe.mei.schema import as_array, tables
-from labpipe.mei.stimuli import read_stimulus_set, register_stimulus_set, stimulus_id, write_stimulus_set
+from labpipe.mei.stimuli import register_stimulus_set, write_stimulus_set
 
 DAY = dt.date(2026, 3, 2)
 
@@ -24,34 +24,6 @@ DAY = dt.date(2026, 3, 2)
 @pytest.fixture(scope="module")
 def population():
     return simulate_population("ANM-3001", 6, size=16, seed=1)
-
-
-def test_stimulus_ids_are_stable_and_sets_idempotent(tmp_path):
-    images = pink_noise(5, 16, seed=3)
-    first = write_stimulus_set(tmp_path, images, kind="natural")
-    again = write_stimulus_set(tmp_path, images.copy(), kind="natural")
-    assert again.set_id == first.set_id and again.ids == first.ids == [stimulus_id(im, "natural") for im in images]
-    assert all(i.startswith("NAT-") for i in first.ids) and len(set(first.ids)) == 5
-    manifest = json.loads((first.folder / "manifest.json").read_text())
-    assert [s["stimulus_id"] for s in manifest["stimuli"]] == first.ids
-    assert all((first.folder / s["png"]).is_file() for s in manifest["stimuli"])
-    other = write_stimulus_set(tmp_path, images[:4], kind="natural")
-    assert other.set_id != first.set_id
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.set_id, other.set_id])  # nothing half-written
-
-
-def test_damaged_or_duplicate_sets_are_refused(tmp_path):
-    images = pink_noise(3, 16, seed=3)
-    files = write_stimulus_set(tmp_path, images, kind="natural")
-    np.save(files.folder / "stimuli.npy", images[::-1].copy())
-    with pytest.raises(InvalidInput, match="does not match id"):
-        read_stimulus_set(files.folder)
-    with pytest.raises(ConflictError):
-        write_stimulus_set(tmp_path, images, kind="natural")  # the folder now holds something else
-    with pytest.raises(InvalidInput, match="same image twice"):
-        write_stimulus_set(tmp_path / "x", np.stack([images[0], images[0]]), kind="mei")
-    with pytest.raises(InvalidInput, match="manifest.json missing"):
-        read_stimulus_set(tmp_path)
 
 
 def _ingest(db, layout_root):
