@@ -233,7 +233,8 @@ def config_apply(
     if saved:
         from labpipe.deployments.pickers import refresh_on_server
 
-        typer.echo(f"block pickers refreshed in {refresh_on_server()} deployments")
+        # on stderr: the summary above stays the last line of the result
+        typer.echo(f"block pickers refreshed in {refresh_on_server()} deployments", err=True)
 
 
 @config_app.command("pickers")
