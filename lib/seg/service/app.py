@@ -26,6 +26,7 @@ from labpipe.seg.service.limits import InFlight, RateLimiter
 from labpipe.seg.service.service import SegService
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 log = logging.getLogger("labpipe.seg.service")
@@ -141,6 +142,12 @@ def create_app(service: SegService) -> FastAPI:
                 async for chunk in request.stream():
                     writer.write(chunk)
                 done = await run_in_threadpool(writer.finish)
+            except ClientDisconnect:
+                # an ordinary event for a resumable upload (the part is not recorded; the client resends it), not
+                # a server failure: one line, and no exception for Starlette to re-raise into a traceback
+                log.info("upload %s part %d: the client went away mid-part; not recorded", upload_id, index)
+                return _envelope(ServiceError(400, "client_disconnected", "the connection closed mid-part",
+                                              "send the part again", retryable=True))  # fmt: skip
             finally:
                 writer.close()
         held = await run_in_threadpool(service.uploads.status, principal, upload_id)

@@ -297,3 +297,29 @@ def test_logs_carry_neither_tokens_nor_signatures_nor_data(start_service, tomogr
     assert record["upload_id"] in logged  # the service does log what happens
     for secret in (token, token.split(".")[2], link.split("sig=")[1], tomogram_bytes[2000:2032].hex()):
         assert secret not in logged
+
+
+def test_a_part_cut_mid_body_is_not_recorded_and_logs_one_line_not_a_traceback(start_service, tomogram_bytes, caplog):
+    """A dropped connection is ordinary for a resumable upload: no traceback in the server log, the part not held."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    svc = start_service()
+    token = svc.token()
+    caplog.set_level(logging.INFO)
+    with svc.client(token) as client:
+        upload_id = init(client, tomogram_bytes).json()["upload_id"]
+        part = tomogram_bytes[:PART]
+        address = urlsplit(svc.url)
+        with socket.create_connection((address.hostname, address.port)) as raw:
+            head = (f"PUT /v1/uploads/{upload_id}/part/0 HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                    f"Authorization: Bearer {token}\r\nX-Part-SHA256: {sha(part)}\r\n"
+                    f"Content-Length: {len(part)}\r\n\r\n")  # fmt: skip
+            raw.sendall(head.encode() + part[: len(part) // 2])  # half the part, then the connection goes
+        deadline = time.monotonic() + 30
+        while "went away mid-part" not in caplog.text:
+            assert time.monotonic() < deadline, f"the cut was not logged: {caplog.text[-2000:]}"
+            time.sleep(0.05)
+        assert 0 not in client.get(f"/v1/uploads/{upload_id}").json()["parts_received"]
+    assert "Traceback" not in caplog.text and "Exception in ASGI application" not in caplog.text
