@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,9 +86,13 @@ def test_nnunet_folders_come_from_the_layout_not_the_shell(tmp_path, monkeypatch
     with nnunet_environment(paths) as env:
         assert os.environ[RAW] == str(layout.scratch / "nnunet" / "raw") == env[RAW]
         assert os.environ[EXT].endswith("seg/trainers")
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-        assert recursive_find_trainer_class_by_name("nnUNetTrainerLabpipeShort").__name__ == "nnUNetTrainerLabpipeShort"
+        # nnU-Net's programs find the trainer in their own process, as here: in this one, nnU-Net's finder iterates
+        # sys.modules while threads left by other tests import, and failed once with "dictionary changed size"
+        find = "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
+        find += "print(f('nnUNetTrainerLabpipeShort').__name__)"
+        found = subprocess.run([sys.executable, "-c", find], env=os.environ.copy(), capture_output=True, text=True)
+        assert found.returncode == 0, found.stderr[-2000:]
+        assert found.stdout.strip().splitlines()[-1] == "nnUNetTrainerLabpipeShort"
     assert os.environ[RAW] == "/somewhere/the/user/set"
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
