@@ -105,9 +105,58 @@ def nnunet_environment(paths: NnunetPaths):
     return environment_variables(paths.environment())
 
 
-def trainer_environment(ext_trainer: Path = TRAINER_DIR):
-    """Only ``nnUNet_extTrainer``: enough for nnU-Net to find labpipe's trainers when it loads a model."""
-    return environment_variables({"nnUNet_extTrainer": str(ext_trainer)})
+def trainer_class(name: str, ext_trainer: Path = TRAINER_DIR) -> type:
+    """The nnU-Net trainer class called ``name``: nnU-Net's own trainers first, then those in ``ext_trainer``.
+
+    The order is nnU-Net's (``recursive_find_trainer_class_by_name``), but not its finder: that one
+    iterates ``sys.modules`` and edits ``sys.path`` while it searches, and in a process where other
+    threads import (a flow run, a Dask worker, the segmentation service) it failed with "dictionary
+    changed size during iteration". Here packages are walked with ``pkgutil`` and a folder outside
+    labpipe is loaded file by file under private module names, touching neither.
+    """
+    import hashlib
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    def in_package(package: str) -> type | None:
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            found = getattr(importlib.import_module(info.name), name, None)
+            if isinstance(found, type):
+                return found
+        return None
+
+    def in_folder(folder: Path) -> type | None:
+        for source in sorted(folder.rglob("*.py")):
+            module_name = "_labpipe_ext_trainer_" + hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:16]
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, source)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(module_name, None)
+                    raise
+            found = getattr(module, name, None)
+            if isinstance(found, type):
+                return found
+        return None
+
+    require("nnunetv2")
+    found = in_package("nnunetv2.training.nnUNetTrainer")
+    if found is None:
+        ext = Path(ext_trainer)
+        found = in_package("labpipe.seg.trainers") if ext.resolve() == TRAINER_DIR.resolve() else in_folder(ext)
+    if found is None:
+        raise ConfigError(
+            name,
+            f"no nnU-Net trainer of this name in nnU-Net or in {ext_trainer}",
+            "the model was trained with a trainer this host lacks: install the package or folder that defines it",
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- models

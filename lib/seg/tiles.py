@@ -35,7 +35,7 @@ from labpipe.errors import ConfigError, InvalidInput
 from labpipe.seg import require
 from labpipe.seg.memory import HINT, OutOfMemory
 from labpipe.seg.mrc import Moments, TomogramInfo, open_volume, slabs, validate_tomogram
-from labpipe.seg.nnunet import TRAINER_DIR, ModelInfo, trainer_environment
+from labpipe.seg.nnunet import TRAINER_DIR, ModelInfo, trainer_class
 
 SUPPORTED_NORMALIZATION = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization")
 
@@ -280,6 +280,47 @@ def _worker_device(device: str) -> str:
     return "cuda:0"
 
 
+def initialize_predictor(predictor, model_folder: str | Path, folds, ext_trainer: Path = TRAINER_DIR) -> None:
+    """``nnUNetPredictor.initialize_from_trained_model_folder`` with labpipe's trainer lookup.
+
+    The same files, network and weights as nnU-Net's method (``checkpoint_final.pth`` of each fold,
+    the first fold's trainer and configuration), handed to nnU-Net's ``manual_initialization``; only
+    the trainer class is found by ``trainer_class``, which is safe with other threads importing.
+    """
+    import torch
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(model_folder)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
+    cpu = torch.device("cpu")
+    checkpoints = [
+        torch.load(folder / f"fold_{fold}" / "checkpoint_final.pth", map_location=cpu, weights_only=False)
+        for fold in folds
+    ]
+    first = checkpoints[0]
+    configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+    network = trainer_class(first["trainer_name"], ext_trainer).build_network_architecture(
+        plans_manager,
+        configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    parameters = [checkpoint["network_weights"] for checkpoint in checkpoints]
+    network.load_state_dict(parameters[0])
+    predictor.manual_initialization(
+        network,
+        plans_manager,
+        configuration_manager,
+        parameters,
+        dataset_json,
+        first["trainer_name"],
+        first.get("inference_allowed_mirroring_axes"),
+    )
+
+
 def load_predictor(model_folder: str, folds: tuple[str, ...], device: str, mirroring: bool, ext_trainer: str = ""):
     """nnU-Net's predictor for a model folder, cached per process (each Dask worker loads it once)."""
     key = (model_folder, folds, device, mirroring)
@@ -297,8 +338,7 @@ def load_predictor(model_folder: str, folds: tuple[str, ...], device: str, mirro
             device=torch.device(device),
             allow_tqdm=False,
         )
-        with trainer_environment(Path(ext_trainer) if ext_trainer else TRAINER_DIR):
-            predictor.initialize_from_trained_model_folder(model_folder, use_folds=folds)
+        initialize_predictor(predictor, model_folder, folds, Path(ext_trainer) if ext_trainer else TRAINER_DIR)
         predictor.network.load_state_dict(predictor.list_of_parameters[0])
         predictor.network = predictor.network.to(predictor.device)
         predictor.network.eval()

@@ -61,12 +61,11 @@ def _predictor_seconds(model, path: Path):
     import mrcfile
     import numpy as np
     import torch
-    from labpipe.seg.nnunet import trainer_environment
+    from labpipe.seg.tiles import initialize_predictor
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
-    with trainer_environment():
-        predictor.initialize_from_trained_model_folder(model.folder, use_folds=("all",))
+    initialize_predictor(predictor, model.folder, ("all",))
     started = time.monotonic()
     image = mrcfile.read(path).astype(np.float32)[None]
     labels = predictor.predict_single_npy_array(image, {"spacing": list(model.voxel_size_zyx)})

@@ -16,7 +16,7 @@ import torch
 from labpipe.deployments.platform import ensure_gpu_limit
 from labpipe.flows.segment import segment
 from labpipe.layout import Layout
-from labpipe.seg.nnunet import trainer_environment
+from labpipe.seg.tiles import initialize_predictor
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
@@ -70,8 +70,7 @@ def test_flow_over_two_dask_workers_equals_nnunet(setup):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
-    with trainer_environment():
-        predictor.initialize_from_trained_model_folder(model.folder, use_folds=("all",))
+    initialize_predictor(predictor, model.folder, ("all",))
     reference = predictor.predict_single_npy_array(
         mrcfile.read(path).astype(np.float32)[None], {"spacing": [20.0, 20.0, 20.0]}
     )

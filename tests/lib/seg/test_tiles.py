@@ -5,16 +5,27 @@ Uses the session's tiny model (real nnU-Net training on simulated data).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from labpipe.errors import InvalidInput
+from labpipe.errors import ConfigError, InvalidInput
 from labpipe.seg.mrc import open_volume, validate_tomogram, write_mrc
-from labpipe.seg.nnunet import trainer_environment
+from labpipe.seg.nnunet import TRAINER_DIR, trainer_class
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
-from labpipe.seg.tiles import LogitAccumulator, plan_tiles, predict_tile, predict_tiles, windows_per_task
+from labpipe.seg.tiles import (
+    LogitAccumulator,
+    initialize_predictor,
+    plan_tiles,
+    predict_tile,
+    predict_tiles,
+    windows_per_task,
+)
 
 pytestmark = pytest.mark.slow  # the session model is trained by the first test that needs it
 
@@ -25,8 +36,7 @@ def _nnunet_prediction(model, path: Path, mirroring: bool) -> np.ndarray:
     predictor = nnUNetPredictor(
         tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False
     )
-    with trainer_environment():
-        predictor.initialize_from_trained_model_folder(model.folder, use_folds=tuple(model.folds))
+    initialize_predictor(predictor, model.folder, tuple(model.folds))
     info = validate_tomogram(path)
     with open_volume(path) as data:
         image = np.asarray(data, dtype=np.float32)[None]
@@ -105,3 +115,51 @@ def test_voxel_size_far_from_the_models_is_refused(tiny_model, tmp_path):
     with pytest.raises(InvalidInput, match="nnU-Net would resample") as caught:
         plan_tiles(path, validate_tomogram(path), tiny_model)
     assert "binvol" in str(caught.value)
+
+
+NNUNET_OWN = """
+import json, sys, torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+p = nnUNetPredictor(use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+p.initialize_from_trained_model_folder(sys.argv[1], use_folds=tuple(sys.argv[2:]))
+weights = p.network.state_dict()
+print(json.dumps({"trainer": p.trainer_name, "mirror": list(p.allowed_mirroring_axes or []),
+    "network": type(p.network).__name__, "configuration": p.configuration_manager.configuration_name if hasattr(
+    p.configuration_manager, "configuration_name") else "", "weights": {k: float(v.double().sum()) for k, v in
+    weights.items()}, "sets": len(p.list_of_parameters)}))
+"""
+
+
+def test_the_predictor_is_initialised_as_nnunet_initialises_it(tiny_model):
+    # nnU-Net's own method, in its own process (in this one its finder races other tests' threads on sys.modules)
+    own = subprocess.run(
+        [sys.executable, "-c", NNUNET_OWN, tiny_model.folder, *tiny_model.folds],
+        env={**os.environ, "nnUNet_extTrainer": str(TRAINER_DIR)},
+        capture_output=True,
+        text=True,
+    )
+    assert own.returncode == 0, own.stderr[-2000:]
+    theirs = json.loads(own.stdout.strip().splitlines()[-1])
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+    initialize_predictor(predictor, tiny_model.folder, tuple(tiny_model.folds))
+    weights = predictor.network.state_dict()
+    assert predictor.trainer_name == theirs["trainer"] == tiny_model.trainer
+    assert list(predictor.allowed_mirroring_axes or []) == theirs["mirror"]
+    assert type(predictor.network).__name__ == theirs["network"]
+    assert len(predictor.list_of_parameters) == theirs["sets"]
+    assert {k: float(v.double().sum()) for k, v in weights.items()} == pytest.approx(theirs["weights"])
+
+
+def test_trainers_are_found_in_nnunet_labpipe_and_a_labs_folder(tmp_path):
+    assert trainer_class("nnUNetTrainer").__module__ == "nnunetv2.training.nnUNetTrainer.nnUNetTrainer"
+    assert trainer_class("nnUNetTrainerLabpipeShort").__module__ == "labpipe.seg.trainers.labpipe_trainers"
+    (tmp_path / "ours.py").write_text(
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
+        "class nnUNetTrainerOurs(nnUNetTrainer):\n    pass\n"
+    )
+    assert trainer_class("nnUNetTrainerOurs", tmp_path).__name__ == "nnUNetTrainerOurs"
+    with pytest.raises(ConfigError, match="nnUNetTrainerNowhere: no nnU-Net trainer of this name") as caught:
+        trainer_class("nnUNetTrainerNowhere", tmp_path)
+    assert str(tmp_path) in caught.value.problem
