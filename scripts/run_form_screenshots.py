@@ -11,24 +11,13 @@ does not paint its open list in a screenshot), then the page is captured whole. 
 
 from __future__ import annotations
 
-import base64
-import itertools
-import json
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+from labpipe.browser import chromium
 from labpipe.config import get_settings
-
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-debugging-port=0", "--window-size=1300,2400",
-]  # fmt: skip
 
 # show a block picker's choices: the <select> after the label of the first `*_block` parameter as an open list
 UNFOLD_PICKER = """(() => {
@@ -55,58 +44,6 @@ FORM_BOTTOM = """(() => {
 })()"""
 
 
-class Tab:
-    """One Chromium page, driven by DevTools protocol commands over its websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=30)
-        self.ids = itertools.count(1)
-
-    def send(self, method: str, **params) -> dict:
-        message_id = next(self.ids)
-        self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:
-            reply = json.loads(self.ws.recv(timeout=60))
-            if reply.get("id") == message_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-
-    def js(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        return result.get("result", {}).get("value")
-
-    def until(self, expression: str, what: str, timeout: float = 90.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if value := self.js(expression):
-                return value
-            time.sleep(0.3)
-        raise TimeoutError(f"the page never showed {what}")
-
-    def screenshot(self, path: Path, height: int) -> None:
-        """The top ``height`` CSS pixels of the page (the form scrolls inside the window, so the window is tall)."""
-        self.send("Page.bringToFront")  # a background tab is not painted
-        width = self.send("Page.getLayoutMetrics")["cssLayoutViewport"]["clientWidth"]
-        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png", clip=clip)["data"]))
-
-
-def chromium(profile: Path) -> tuple[subprocess.Popen, int]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise SystemExit("chromium is not installed (infra/apt-packages.txt)")
-    process = subprocess.Popen([browser, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 60
-    while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return process, int(port_file.read_text().split()[0])
-
-
 def run_form(api_url: str, deployment: str) -> str:
     found = httpx.get(f"{api_url}/deployments/name/{deployment}", timeout=60)
     found.raise_for_status()
@@ -117,23 +54,16 @@ def main(folder: str, *deployments: str) -> None:
     api_url = get_settings().api_url
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        process, port = chromium(Path(profile))
-        try:
-            for deployment in deployments:
-                target = httpx.put(f"http://127.0.0.1:{port}/json/new?about:blank", timeout=30).json()
-                tab = Tab(target["webSocketDebuggerUrl"])
-                tab.send("Page.navigate", url=run_form(api_url, deployment))
-                tab.until("document.body && document.body.innerText.includes('_block')", f"{deployment}'s form")
-                tab.until("document.querySelectorAll('select').length > 0", "a block picker")
-                choices = tab.js(UNFOLD_PICKER)
-                path = out / f"run-form-{deployment.replace('/', '-')}.png"
-                tab.screenshot(path, height=tab.js(FORM_BOTTOM))
-                print(f"{path}: {deployment}, first picker with {choices} choices")
-                tab.ws.close()
-        finally:
-            process.terminate()
-            process.wait(15)
+    with tempfile.TemporaryDirectory() as profile, chromium(Path(profile), window="1300,2400") as new_tab:
+        for deployment in deployments:
+            tab = new_tab()
+            tab.send("Page.navigate", url=run_form(api_url, deployment))
+            tab.until("document.body && document.body.innerText.includes('_block')", f"{deployment}'s form", 90)
+            tab.until("document.querySelectorAll('select').length > 0", "a block picker", 90)
+            choices = tab.js(UNFOLD_PICKER)
+            path = out / f"run-form-{deployment.replace('/', '-')}.png"
+            tab.screenshot(path, height=tab.js(FORM_BOTTOM))
+            print(f"{path}: {deployment}, first picker with {choices} choices")
 
 
 if __name__ == "__main__":

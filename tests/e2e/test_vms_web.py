@@ -7,119 +7,42 @@ told clearly that none is free. The VMs are real local client processes.
 
 from __future__ import annotations
 
-import base64
-import itertools
 import json
-import shutil
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
-import httpx
 import pytest
+from labpipe.browser import Tab, chromium_path
+from labpipe.browser import chromium as browser
 from labpipe.vms.lifecycle import destroy_vms
 from labpipe.vms.models import Role
 from labpipe.vms.server import BackgroundAllocator
 from labpipe.vms.settings import AllocatorSettings, LocalProvisionerSettings, VmLimits
 from labpipe.vms.store import VmStore
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed (infra/apt-packages.txt)"),
 ]
-# what this machine needs: no sandbox as root, no GPU, and no background calls to a network it does not have
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-debugging-port=0", "--window-size=1200,800",
-]  # fmt: skip
 
 
-class Tab:
-    """One page, driven by DevTools protocol commands over its websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=20)
-        self.ids = itertools.count(1)
-
-    def send(self, method: str, **params) -> dict:
-        message_id = next(self.ids)
-        self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:
-            reply = json.loads(self.ws.recv(timeout=30))
-            if reply.get("id") == message_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-
-    def js(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
+class VmPage(Tab):
+    """The allocator's page in one tab."""
 
     def open(self, url: str) -> None:
         self.send("Page.navigate", url=url)
         self.until("document.readyState === 'complete' && !!document.getElementById('use-token')", "the page")
-
-    def until(self, expression: str, what: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.2)
-        pytest.fail(f"page never showed {what} ({expression})")
 
     def sign_in(self, token: str) -> None:
         self.js(f"document.getElementById('token').value = {json.dumps(token)}")
         self.js("document.getElementById('use-token').click()")
         self.until("document.getElementById('whoami').textContent.startsWith('signed in')", "the signed-in user")
 
-    def screenshot(self, path: Path) -> Path:
-        self.send("Page.bringToFront")  # a background tab is not painted, so its screenshot would never come
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        self.ws.close()
-
 
 @pytest.fixture
 def chromium(tmp_path):
-    profile = tmp_path / "chromium-profile"  # fresh each run
-    log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"], stdout=log, stderr=subprocess.STDOUT
-    )
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 60
-    while not port_file.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert port_file.exists(), (tmp_path / "chromium.log").read_text()[-2000:]
-    port = int(port_file.read_text().split()[0])
-    tabs: list[Tab] = []
-
-    def new_tab() -> Tab:
-        target = httpx.put(f"http://127.0.0.1:{port}/json/new?about:blank", timeout=20).json()
-        tab = Tab(target["webSocketDebuggerUrl"])
-        tabs.append(tab)
-        return tab
-
-    yield new_tab
-    for tab in tabs:
-        tab.close()
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-    log.close()
+    with browser(tmp_path / "chromium-profile", log=tmp_path / "chromium.log") as new_tab:
+        yield lambda: new_tab(VmPage)
 
 
 @pytest.fixture
