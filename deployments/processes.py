@@ -34,6 +34,41 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _stat_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live, non-zombie process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+        if state != "Z":
+            table[int(entry.name)] = (int(ppid), int(group))
+    return table
+
+
+def tree_groups(pid: int) -> set[int]:
+    """The process groups of ``pid``'s group and of all its descendants.
+
+    Prefect's worker starts each flow run in a session of its own, so a group-wide signal to the
+    worker does not reach its runs (nor what they started); once the worker is gone they would be
+    orphans. ``stop`` signals every group found here, as systemd's control group does on a host.
+    """
+    if not Path("/proc").is_dir():  # pragma: no cover - labpipe hosts are Linux
+        return {pid}
+    table = _stat_table()
+    groups, parents = {pid}, {pid} | {p for p, (_pp, g) in table.items() if g == pid}
+    grew = True
+    while grew:
+        children = {p for p, (pp, _g) in table.items() if pp in parents} - parents
+        grew = bool(children)
+        parents |= children
+        groups |= {table[c][1] for c in children}
+    return groups
+
+
 class ManagedProcess:
     """A detached process in its own session, remembered by a pid file under ``run_dir``."""
 
@@ -72,20 +107,30 @@ class ManagedProcess:
         return process.pid
 
     def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the whole process group, SIGKILL what is left after ``timeout``; returns whether it ran.
+        """SIGTERM the process group and its descendants' groups, SIGKILL what is left after ``timeout``.
 
-        Returns once no process of the group is left (a server's children, a worker's flow runs), so that
-        its ports are free and its files closed when the caller goes on.
+        Returns whether it ran, once no process of those groups is left (a server's children, a worker's
+        flow runs in their own sessions, what they started), so that ports are free and files closed
+        when the caller goes on.
         """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        if not wait_until(lambda: not group_members(pid), timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            wait_until(lambda: not group_members(pid), 10.0)
+        groups = tree_groups(pid)
+
+        def signal_all(sig: int) -> None:
+            groups.update(tree_groups(pid) if pid_alive(pid) else ())  # runs started while stopping
+            for group in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, sig)
+
+        def gone() -> bool:
+            return not any(group_members(group) for group in groups)
+
+        signal_all(signal.SIGTERM)
+        if not wait_until(gone, timeout):
+            signal_all(signal.SIGKILL)
+            wait_until(gone, 10.0)
         self.pid_file.unlink(missing_ok=True)
         return True
