@@ -58,6 +58,11 @@ def bin_path(tool: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(tool) or tool)
 
 
+# how often a worker asks for work: a run created by a trigger or the segmentation service starts within this
+# (Prefect's default is 10 s); infra/labpipe.env.example sets the same for a lab's workers
+WORKER_QUERY_S = "2"
+
+
 def platform_env(settings: Settings) -> dict[str, str]:
     """Environment of every process ``up`` starts (server, workers, and so every flow run)."""
     env = dict(os.environ)
@@ -405,6 +410,7 @@ def start_workers(settings: Settings, gpus: int) -> dict[str, int]:
     host = socket.gethostname()
     for pool in POOLS:
         env = platform_env(settings)
+        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_QUERY_S)
         if pool == "gpu" and gpus == 0:
             env["LABPIPE_DEVICE"] = "cpu"  # honest: this host has no GPU, gpu flows run on the CPU
             env["CUDA_VISIBLE_DEVICES"] = ""

@@ -194,6 +194,7 @@ class SimulatedLab:
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(self.certs / "ca.pem"),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # as infra/labpipe.env.example
             "MPLBACKEND": "Agg",
         }
 
