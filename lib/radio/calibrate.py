@@ -380,6 +380,14 @@ def solve_group(
 
     ``client``: a ``distributed.Client`` to fan the units out on (serial in this process when None).
     """
+    present = int(layout.present.sum()) if layout.present is not None else layout.n_ant
+    if present - 1 < settings.min_baselines:
+        raise InvalidInput(
+            layout.path,
+            f"{present} antennas give each antenna {present - 1} baselines; the solver needs "
+            f"min_baselines = {settings.min_baselines}, so every solution would be flagged",
+            "calibrate with more antennas, or lower calibration.min_baselines in the radio calibration block",
+        )
     client = client or _Serial()
     timings: dict[str, float] = {}
     started = time.perf_counter()

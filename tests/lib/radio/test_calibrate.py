@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
+from labpipe.errors import InvalidInput
 from labpipe.radio import calibrate, skymodel
 from labpipe.radio.ms import read_layout
 
@@ -42,6 +44,17 @@ def test_dead_antenna_is_flagged_and_the_rest_still_solve(calgroup, tmp_path):
     assert np.nanmedian(np.delete(err, 5, axis=-1)) < 0.02
     ok, reason = calibrate.passes_qa(solution.g, calibrate.CalibrationSettings(max_flagged_fraction=0.05))
     assert not ok and "flagged fraction" in reason
+
+
+def test_too_few_antennas_for_the_solver_are_refused_before_solving(calgroup, tmp_path):
+    sim = calgroup.simulate_group(tmp_path, n_ant=4, n_chan=8, n_time=2, seed=5)
+    layout = read_layout(sim.ms, channels_per_unit=8)
+    catalog = skymodel.read_catalog(sim.catalog)
+    with pytest.raises(InvalidInput, match="4 antennas give each antenna 3 baselines.*min_baselines = 4") as caught:
+        calibrate.solve_group(layout, catalog, calibrate.CalibrationSettings())
+    assert caught.value.subject == str(sim.ms) and "min_baselines" in caught.value.hint
+    solution = calibrate.solve_group(layout, catalog, calibrate.CalibrationSettings(min_baselines=3))
+    assert not solution.g.flags.all()  # three baselines each are enough when the lab says so
 
 
 def test_apply_divides_by_both_antennas_terms_and_flags_what_the_chain_flags(sim, solved, tmp_path):
