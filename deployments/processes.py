@@ -12,28 +12,6 @@ from labpipe.files import atomic_write_text
 from labpipe.procs import pid_alive, wait_until
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (a zombie, killed and not yet reaped, no longer counts)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # pragma: no cover - labpipe hosts are Linux
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue  # the process ended while we looked
-        if int(group) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def _stat_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, process group) of every live, non-zombie process."""
     table = {}
@@ -47,6 +25,17 @@ def _stat_table() -> dict[int, tuple[int, int]]:
         if state != "Z":
             table[int(entry.name)] = (int(ppid), int(group))
     return table
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (a zombie, killed and not yet reaped, no longer counts)."""
+    if not Path("/proc").is_dir():  # pragma: no cover - labpipe hosts are Linux
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    return [pid for pid, (_ppid, group) in _stat_table().items() if group == pgid]
 
 
 def tree_groups(pid: int) -> set[int]:
