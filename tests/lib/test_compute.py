@@ -11,16 +11,16 @@ from labpipe.seg.cluster import window_cluster
 
 def test_no_sbatch_on_path_names_the_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # a host without SLURM's client programs
-    with pytest.raises(ConfigError, match=r"DaskSettings\.slurm: sbatch is not on PATH") as caught:
-        with dask_client(DaskSettings(slurm=SlurmSettings())):
-            pass
+    refused = pytest.raises(ConfigError, match=r"DaskSettings\.slurm: sbatch is not on PATH")
+    with refused as caught, dask_client(DaskSettings(slurm=SlurmSettings())):
+        pass
     assert "slurm-client" in caught.value.hint
 
 
 def test_an_address_and_slurm_together_are_refused():
-    with pytest.raises(ConfigError, match=r"DaskSettings\.slurm: is set together with `address`"):
-        with dask_client(DaskSettings(address="tcp://127.0.0.1:8786", slurm=SlurmSettings())):
-            pass
+    both = DaskSettings(address="tcp://127.0.0.1:8786", slurm=SlurmSettings())
+    with pytest.raises(ConfigError, match=r"DaskSettings\.slurm: is set together with `address`"), dask_client(both):
+        pass
 
 
 def test_the_block_reads_slurm_settings_back():
