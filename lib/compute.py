@@ -130,14 +130,20 @@ def check_slurm(slurm: SlurmSettings) -> None:
 @contextlib.contextmanager
 def slurm_cluster(slurm: SlurmSettings, gpu_resources: int = 0) -> Iterator:
     """A ``dask_jobqueue.SLURMCluster`` started at the size ``slurm`` asks for; its jobs are cancelled on exit."""
+    import dask
     from labpipe.optional import require
 
     check_slurm(slurm)
     jobqueue = require("dask_jobqueue", "slurm", "Dask workers as SLURM jobs")
-    scheduler = {"dashboard_address": None}
+    scheduler = {"dashboard": False}  # no web server: diagnostics through the client
     if slurm.scheduler_host:
         scheduler["host"] = slurm.scheduler_host
     worker_args = ["--resources", f"GPU={gpu_resources}"] if gpu_resources else []
+    security = None
+    if dask.config.get("distributed.comm.require-encryption", False):  # the lab's mutual TLS: the host's files
+        from distributed.security import Security
+
+        security = Security()
     cluster = jobqueue.SLURMCluster(
         queue=slurm.queue,
         account=slurm.account,
@@ -152,6 +158,7 @@ def slurm_cluster(slurm: SlurmSettings, gpu_resources: int = 0) -> Iterator:
         local_directory=slurm.local_directory,
         job_name="labpipe-dask",
         scheduler_options=scheduler,
+        security=security,
     )
     with cluster:
         if slurm.adaptive_max:

@@ -152,6 +152,7 @@ class LabSlurm:
 
     def _start(self, daemon: str, argv: list[str]) -> None:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **self.env()}
+        env["LABPIPE_SLURM"] = str(self.root)  # marks the daemons and their job steps (``_ours``)
         with open(self.logs / f"{daemon}.out", "ab") as log:
             child = subprocess.Popen(
                 self.wrap(argv), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -206,15 +207,19 @@ class LabSlurm:
     # --- teardown ----------------------------------------------------------------------------------------
 
     def _ours(self) -> list[int]:
-        """Processes started for this cluster: its daemons, their job steps and the jobs (all carry its
-        ``SLURM_CONF``)."""
-        marker = f"SLURM_CONF={self.conf}".encode()
+        """Processes of this cluster: its daemons and their job steps (started with ``LABPIPE_SLURM``) and its
+        jobs (``SLURM_JOB_ID`` beside its ``SLURM_CONF``; a submit host's own processes have no job id)."""
+        daemon = f"LABPIPE_SLURM={self.root}".encode()
+        conf = f"SLURM_CONF={self.conf}".encode()
         found = []
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
-                        found.append(int(entry.name))
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                env = set((entry / "environ").read_bytes().split(b"\0"))
+                is_job = conf in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env)
+                if (daemon in env or is_job) and pid_alive(int(entry.name)):
+                    found.append(int(entry.name))
         return found
 
     def down(self) -> dict:
