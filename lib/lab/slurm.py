@@ -145,6 +145,8 @@ class LabSlurm:
             f"JobCompType=jobcomp/filetxt\nJobCompLoc={self.logs / 'jobs.txt'}\n"
             "SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\n"
             "MpiDefault=none\nReturnToService=2\nSchedulerParameters=sched_interval=2\n"
+            # bind what the host name resolves to (loopback here), not every address: nothing on a wildcard
+            "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny\n"
             "SlurmctldTimeout=30\nSlurmdTimeout=30\nInactiveLimit=0\nKillWait=5\nMinJobAge=60\n"
             f"NodeName={self.node} NodeAddr=127.0.0.1 {node_line()} State=UNKNOWN\n"
             f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n"
