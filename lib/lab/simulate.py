@@ -72,7 +72,8 @@ def postgres_bindir() -> Path:
 def _tool(name: str) -> str:
     path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
-        package = {"sshd": "openssh-server", "rrsync": "rsync", "setpriv": "util-linux"}.get(name, name)
+        packages = {"sshd": "openssh-server", "rrsync": "rsync", "setpriv": "util-linux", "nsenter": "util-linux"}
+        package = packages.get(name, name)
         raise ToolError(name, "is not installed", f"apt-get install {package}")
     return path
 
@@ -154,12 +155,20 @@ class SimulatedLab:
         self.pgsocket = self.root / "pg" / "socket"
         self.ssh = self.root / "ssh"
         self._children: list[subprocess.Popen] = []
-        self.with_slurm = (self.root / "slurm").exists()
+        self._slurm_asked = False
+
+    @property
+    def with_slurm(self) -> bool:
+        """True when this lab runs (or is bringing up) its one-node SLURM."""
+        return self._slurm_asked or (self.root / "slurm").exists()
 
     @property
     def slurm(self) -> LabSlurm:
         """The lab's one-node SLURM (``up(slurm=True)``): its daemons on main, on main's loopback."""
-        return LabSlurm(self.root / "slurm", wrap=lambda argv: self.net.exec_argv("main", argv), name=self.net.prefix)
+        # nsenter, not `ip netns exec`: that remounts /sys for the namespace, without /sys/fs/cgroup, and slurmd
+        # will not start without it ("Unable to initialize cgroup plugin")
+        enter = [_tool("nsenter"), f"--net=/run/netns/{self.net.namespace('main')}", "--"]
+        return LabSlurm(self.root / "slurm", wrap=lambda argv: enter + argv, name=self.net.prefix)
 
     # --- addresses and per-host configuration -------------------------------------------------------------
 
@@ -422,7 +431,7 @@ class SimulatedLab:
         timings: dict[str, float] = {}
         started = time.monotonic()
         mark = started
-        self.with_slurm = slurm
+        self._slurm_asked = slurm
 
         def phase(name: str) -> None:
             nonlocal mark
