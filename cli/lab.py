@@ -95,6 +95,9 @@ def simulate_status(prefix: str = PREFIX, subnet: str = SUBNET, as_json: bool = 
     typer.echo(f"folder {data['folder']}; namespaces {', '.join(data['namespaces']) or 'none'}")
     for name, service in data["services"].items():
         typer.echo(f"  {service['host']:<7} {name:<18} {service['pid'] or 'not running'}")
+    if data.get("slurm"):
+        daemons = ", ".join(f"{name} {pid or 'not running'}" for name, pid in data["slurm"].items())
+        typer.echo(f"  main    one-node SLURM: {daemons}")
     if data["bringup_seconds"]:
         typer.echo(f"brought up in {data['bringup_seconds']['total']:.1f} s")
 

@@ -34,7 +34,7 @@ class SlurmSettings(BaseModel):
     job_extra: list[str] = Field(
         default_factory=list, description="More #SBATCH directives, e.g. ['--qos=normal', '--gres=gpu:1']."
     )
-    jobs: int = Field(1, ge=0, description="Jobs started for each step (fixed size); with adaptive_max, the least.")
+    jobs: int = Field(1, ge=1, description="Jobs started for each step (fixed size); with adaptive_max, the least.")
     adaptive_max: int | None = Field(
         None, ge=1, description="Adapt between `jobs` and this many jobs to the work queued; empty: fixed size."
     )

@@ -178,16 +178,18 @@ def test_dask_wants_the_lab_certificate_and_gpu_tasks_run_on_the_gpu_host(lab, t
 
 
 SLURM_PROBE = """
-import json, os, sys
+import json, os, sys, time
 from labpipe.compute import DaskSettings, SlurmSettings, dask_client
 
 slurm = SlurmSettings(queue="lab", jobs=1, memory="1GiB", walltime="00:10:00", scheduler_host="127.0.0.1",
                       arrival_timeout_s=120, log_directory=sys.argv[1])
-with dask_client(DaskSettings(slurm=slurm)) as client:
+asked = time.monotonic()
+with dask_client(DaskSettings(slurm=slurm)) as client:  # returns once the first worker joined
+    arrival = round(time.monotonic() - asked, 2)
     job, namespace = client.submit(
         lambda: (os.environ.get("SLURM_JOB_ID"), os.stat("/proc/self/ns/net").st_ino), pure=False
     ).result()
-    seen = {"scheduler": client.scheduler.address, "job": job, "namespace": namespace,
+    seen = {"scheduler": client.scheduler.address, "job": job, "namespace": namespace, "arrival_s": arrival,
             "workers": list(client.scheduler_info()["workers"])}
 print(json.dumps(seen))
 """
@@ -200,6 +202,7 @@ def test_a_dask_step_on_main_gets_its_workers_as_slurm_jobs_over_the_labs_tls(la
     result = lab.run("main", [sys.executable, str(tmp_path / "probe.py"), str(tmp_path)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"SLURM on main: the step's worker (job {seen['job']}) joined {seen['arrival_s']} s after it asked")
     assert seen["scheduler"].startswith("tls://127.0.0.1:"), seen  # the lab requires TLS: the step's own too
     assert seen["workers"] and all(w.startswith("tls://127.0.0.1:") for w in seen["workers"]), seen
     assert seen["job"] and seen["job"].isdigit(), seen
