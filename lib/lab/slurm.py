@@ -67,8 +67,8 @@ def node_line() -> str:
 
 
 class LabSlurm:
-    """One-node SLURM kept in ``root``; ``wrap`` turns a command into one run on the host (a namespace's
-    ``ip netns exec``); None: this process's network, ports chosen free on its loopback."""
+    """One-node SLURM kept in ``root``; ``wrap`` turns a command into one run on the host (``nsenter --net`` into a
+    lab namespace: give ``up`` its ports); None: this process's network, ports chosen free on its loopback."""
 
     def __init__(self, root: Path, wrap: Callable[[list[str]], list[str]] | None = None, name: str = "labpipe") -> None:
         self.root = root

@@ -149,3 +149,30 @@ def test_a_segmentation_runs_on_slurm_jobs_as_it_does_locally(slurm, labpipe_hom
     masks = [mrcfile.read(Path(r.folder) / "mask.mrc") for r in (local, on_slurm)]
     np.testing.assert_array_equal(masks[1], masks[0])
     assert on_slurm.stats["labels"] == local.stats["labels"]
+
+
+def test_the_convert_files_flow_gets_slurm_workers_from_its_dask_block(slurm, tmp_path):
+    from labpipe.blocks import DaskCluster
+    from labpipe.blocks.radio import RadioStreaming
+    from labpipe.flows.radio import radio_convert_files
+    from labpipe.procs import wait_until
+    from labpipe.radio.convert import ConvertSettings, convert_group
+    from labpipe.radio.simulate import simulate_group
+
+    name = f"slurm-{uuid.uuid4().hex[:8]}"
+    DaskCluster(**_on_slurm(slurm).model_dump()).save(name)
+    tmpfs = Path("/dev/shm") / f"labpipe-slurm-{uuid.uuid4().hex[:8]}"
+    RadioStreaming(tmpfs_root=tmpfs, fsync=False, min_file_age_s=0).save(name)
+    sim = simulate_group(tmp_path / "sim", RADIO_START, n_antennas=3, n_times=2, missing_subbands=range(8, 16))
+    files = [str(p) for p in sim.files.values()]
+    before = {j["id"] for j in slurm.finished_jobs()}
+    try:
+        result = radio_convert_files(files, str(tmp_path / "flow.ms"), radio_block=name, use_dask=True, dask_block=name)
+        in_threads = ConvertSettings(tmpfs_root=tmpfs)
+        local = convert_group(list(sim.files.values()), tmp_path / "local.ms", settings=in_threads)
+    finally:
+        shutil.rmtree(tmpfs, ignore_errors=True)
+    ended = wait_until(lambda: [j for j in slurm.finished_jobs() if j["id"] not in before and j["id"]], 30)
+    assert ended and len(ended) == 2 and {j["name"] for j in ended} == {"labpipe-dask"}, ended
+    assert result["subbands_flagged"] == list(range(8, 16))
+    np.testing.assert_array_equal(_table(tmp_path / "flow.ms").getcol("DATA"), _table(local.ms_path).getcol("DATA"))
