@@ -3,7 +3,9 @@ SLURM jobs (``DaskSettings.slurm``, dask-jobqueue), on a one-node SLURM of Debia
 
 The cluster is ``labpipe.lab.slurm.LabSlurm`` on this machine's loopback (the folder's simulated lab is not brought
 up: no test here asks for it). Every worker is a SLURM job: each reports its ``SLURM_JOB_ID``, squeue lists those
-jobs running on the node, every task of the step ran on one of them, and the products equal the local ones.
+jobs running on the node, every task of the step ran on one of them, and the products equal the local ones. The
+``radio-convert-files`` flow gets the same workers from a saved ``DaskCluster`` block with ``slurm`` settings. The
+lab's own one-node SLURM (main's namespace, the lab's TLS) is checked in test_lab.py.
 """
 
 from __future__ import annotations
