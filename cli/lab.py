@@ -55,10 +55,11 @@ def simulate_up(
     subnet: str = SUBNET,
     timeout: float = typer.Option(300.0, help="Seconds each service has to become ready."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    slurm: bool = typer.Option(False, "--slurm", help="Also a one-node SLURM on main (munged, slurmctld, slurmd)."),
 ) -> None:
     """Create the namespaces and start every host's services; prints how long each phase took."""
     lab = _lab(prefix, subnet)
-    timings = lab.up(timeout=timeout)
+    timings = lab.up(timeout=timeout, slurm=slurm)
     if as_json:
         typer.echo(json.dumps(lab.status(), indent=2))
         return
@@ -66,6 +67,8 @@ def simulate_up(
         typer.echo(f"  {phase:<26} {seconds:7.1f} s")
     typer.echo(f"Prefect API {lab.api_url} (auth string in {lab.secret('prefect-auth')})")
     typer.echo(f"Dask scheduler {lab.dask_address}; hosts' env files in {lab.root / 'hosts'}")
+    if slurm:
+        typer.echo(f"SLURM on main: SLURM_CONF={lab.slurm.conf} (partition lab); main's env file sets it")
     typer.echo(f"run a command on a host: labpipe lab simulate exec main -- labpipe status  (--prefix {prefix})")
 
 
@@ -92,6 +95,9 @@ def simulate_status(prefix: str = PREFIX, subnet: str = SUBNET, as_json: bool = 
     typer.echo(f"folder {data['folder']}; namespaces {', '.join(data['namespaces']) or 'none'}")
     for name, service in data["services"].items():
         typer.echo(f"  {service['host']:<7} {name:<18} {service['pid'] or 'not running'}")
+    if data.get("slurm"):
+        daemons = ", ".join(f"{name} {pid or 'not running'}" for name, pid in data["slurm"].items())
+        typer.echo(f"  main    one-node SLURM: {daemons}")
     if data["bringup_seconds"]:
         typer.echo(f"brought up in {data['bringup_seconds']['total']:.1f} s")
 

@@ -181,7 +181,11 @@ class _no_client:  # noqa: N801 - a context manager standing in for a Dask clien
 
 @flow(name="radio-convert-files", flow_run_name="radio-convert-{out}", log_prints=True)
 def radio_convert_files(
-    files: list[str], out: str, radio_block: str | None = "default", use_dask: bool = False
+    files: list[str],
+    out: str,
+    radio_block: str | None = "default",
+    use_dask: bool = False,
+    dask_block: str | None = "default",
 ) -> dict:
     """Convert one group given as files into one Measurement Set (a notebook or by-hand run).
 
@@ -190,10 +194,11 @@ def radio_convert_files(
         out: Path of the Measurement Set to write (a .ms folder that must not exist).
         radio_block: Name of the labpipe radio streaming block.
         use_dask: Fan the subbands out over the Dask cluster.
+        dask_block: Name of the labpipe dask cluster block (a scheduler address, SLURM jobs, or a local cluster).
     """
     settings = radio_settings(radio_block)
     progress = Progress(f"subbands into {Path(out).name}")
-    with dask_client(dask_settings()) if use_dask else _no_client() as client:
+    with dask_client(dask_settings(dask_block)) if use_dask else _no_client() as client:
         result = convert_group([Path(f) for f in files], Path(out), settings=settings, client=client, progress=progress)
     publish_markdown(
         png_markdown(quicklook.spectrum_figure(Path(out)), "spectrum"), key="radio-convert-files", description=out

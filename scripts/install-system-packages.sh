@@ -11,7 +11,7 @@
 # is skipped with the reason from the list.
 set -euo pipefail
 list="${LABPIPE_APT_LIST:-$(dirname "$0")/../infra/apt-packages.txt}"
-every_role="radio seg pose mei registry backup vms calcium records demo bench napari"
+every_role="radio seg pose mei registry backup vms calcium records demo bench napari slurm"
 
 wanted=" core "
 IFS=',' read -ra requested <<< "${LABPIPE_ROLES:-all,dev}"

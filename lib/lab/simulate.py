@@ -34,12 +34,14 @@ from pathlib import Path
 from labpipe.errors import ConfigError, ToolError
 from labpipe.lab.certs import make_certs, write_private
 from labpipe.lab.netns import LabNetwork
+from labpipe.lab.slurm import LabSlurm
 from labpipe.procs import pid_alive, wait_until
 
 PREFECT_PORT = 4200
 DASK_PORT = 8786
 DASK_DASHBOARD = "127.0.0.1:8787"  # diagnostics on main's loopback only: ssh -L to look at it
 POSTGRES_PORT = 5432
+SLURM_PORTS = (6817, 6818)  # slurmctld, slurmd: SLURM's own ports, on main's loopback (up --slurm)
 POSTGRES_USER = "postgres"  # Debian's account for the server programs (initdb refuses root)
 AUTH_USER = "labpipe"
 DISKWATCH_HOSTS = ("main", "backup")  # the hosts with data roots (labpipe-diskwatch.service)
@@ -70,7 +72,8 @@ def postgres_bindir() -> Path:
 def _tool(name: str) -> str:
     path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
-        package = {"sshd": "openssh-server", "rrsync": "rsync", "setpriv": "util-linux"}.get(name, name)
+        packages = {"sshd": "openssh-server", "rrsync": "rsync", "setpriv": "util-linux", "nsenter": "util-linux"}
+        package = packages.get(name, name)
         raise ToolError(name, "is not installed", f"apt-get install {package}")
     return path
 
@@ -152,6 +155,20 @@ class SimulatedLab:
         self.pgsocket = self.root / "pg" / "socket"
         self.ssh = self.root / "ssh"
         self._children: list[subprocess.Popen] = []
+        self._slurm_asked = False
+
+    @property
+    def with_slurm(self) -> bool:
+        """True when this lab runs (or is bringing up) its one-node SLURM."""
+        return self._slurm_asked or (self.root / "slurm").exists()
+
+    @property
+    def slurm(self) -> LabSlurm:
+        """The lab's one-node SLURM (``up(slurm=True)``): its daemons on main, on main's loopback."""
+        # nsenter, not `ip netns exec`: that remounts /sys for the namespace, without /sys/fs/cgroup, and slurmd
+        # will not start without it ("Unable to initialize cgroup plugin")
+        enter = [_tool("nsenter"), f"--net=/run/netns/{self.net.namespace('main')}", "--"]
+        return LabSlurm(self.root / "slurm", wrap=lambda argv: enter + argv, name=self.net.prefix)
 
     # --- addresses and per-host configuration -------------------------------------------------------------
 
@@ -225,6 +242,8 @@ class SimulatedLab:
             env["DASK_WORKER_ARGS"] = f"--nworkers 1 --nthreads 2 --name {host}{resources}"
         if host == "gpu":
             env["LABPIPE_GPUS"] = "1"
+        if host == "main" and self.with_slurm:  # main is the SLURM cluster's submit host
+            env.update(self.slurm.env())
         if host == "backup":
             env["LABPIPE_SSH_CONFIG"] = str(self.root / "hosts" / "backup" / "ssh" / "config")
         return env
@@ -398,8 +417,9 @@ class SimulatedLab:
 
     # --- bring-up ----------------------------------------------------------------------------------------
 
-    def up(self, timeout: float = 300.0) -> dict[str, float]:
-        """Bring the lab up; returns seconds per phase (and ``total``). On any failure, tears down first."""
+    def up(self, timeout: float = 300.0, slurm: bool = False) -> dict[str, float]:
+        """Bring the lab up (with ``slurm``: and a one-node SLURM on main); returns seconds per phase (and
+        ``total``). On any failure, tears down first."""
         if os.geteuid() != 0:
             raise ConfigError(
                 "labpipe lab simulate up", "needs root (network namespaces, PostgreSQL as postgres)", "run it as root"
@@ -412,6 +432,7 @@ class SimulatedLab:
         timings: dict[str, float] = {}
         started = time.monotonic()
         mark = started
+        self._slurm_asked = slurm
 
         def phase(name: str) -> None:
             nonlocal mark
@@ -450,6 +471,9 @@ class SimulatedLab:
                 exporter = lambda h=host: self._listening(h, self.net.address(h), DISKWATCH_PORT)  # noqa: E731
                 self._wait(f"the disk watch exporter on {host}", exporter, timeout, f"diskwatch-{host}")
             phase("pool workers and disk watch")
+            if slurm:
+                self.slurm.up(timeout, ports=SLURM_PORTS)
+                phase("slurm")
         except BaseException:
             self.down()
             raise
@@ -632,6 +656,7 @@ class SimulatedLab:
             if self.pids.exists()
             else {},
             "bringup_seconds": json.loads(bringup.read_text()) if bringup.exists() else None,
+            "slurm": {d: self.slurm.pid(d) for d in ("munged", "slurmctld", "slurmd")} if self.with_slurm else None,
         }
 
     def _stop(self, names: list[str], sig: int = signal.SIGTERM, grace: float = 15.0) -> list[str]:
@@ -652,6 +677,8 @@ class SimulatedLab:
         """Stop every service (workers first, the database last), end what is left in the namespaces, delete
         them and the lab's folder. Safe to call on a lab that is half up, or not up at all."""
         stopped: list[str] = []
+        if (self.root / "slurm").exists():  # its jobs first: they are Dask workers of flows on main
+            stopped += [f"slurm {daemon}" for daemon in self.slurm.down()["stopped"]]
         if self.pids.exists():
             workers = ["worker-cpu", "worker-gpu", "worker-backup", "dask-worker-main", "dask-worker-gpu"]
             stopped += self._stop(workers + [f"diskwatch-{h}" for h in DISKWATCH_HOSTS])

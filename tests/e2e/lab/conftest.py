@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from labpipe.lab.slurm import missing_slurm
 
 from tests.e2e.lab.support import LABPIPE, PREFIX, SUBNET, WHY_NOT, Inboxes, in_lab, simulate
 
@@ -43,7 +44,7 @@ def lab():
         pytest.skip(WHY_NOT)
     lab = SimulatedLab(prefix=PREFIX, subnet=SUBNET)
     try:
-        up = simulate("up", "--json")
+        up = simulate("up", "--json", *([] if missing_slurm() else ["--slurm"]))  # with its one-node SLURM
         assert up.returncode == 0, up.stdout + up.stderr
         lab.brought_up = json.loads(up.stdout)
         print(f"simulated lab up: {lab.brought_up['bringup_seconds']} (seconds)")

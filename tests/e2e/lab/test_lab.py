@@ -177,6 +177,40 @@ def test_dask_wants_the_lab_certificate_and_gpu_tasks_run_on_the_gpu_host(lab, t
     assert [w.split("//")[1].rsplit(":", 1)[0] for w in seen["gpu task worker"]] == [lab.net.address("gpu")]
 
 
+SLURM_PROBE = """
+import json, os, sys, time
+from labpipe.compute import DaskSettings, SlurmSettings, dask_client
+
+slurm = SlurmSettings(queue="lab", jobs=1, memory="1GiB", walltime="00:10:00", scheduler_host="127.0.0.1",
+                      arrival_timeout_s=120, log_directory=sys.argv[1])
+asked = time.monotonic()
+with dask_client(DaskSettings(slurm=slurm)) as client:  # returns once the first worker joined
+    arrival = round(time.monotonic() - asked, 2)
+    job, namespace = client.submit(
+        lambda: (os.environ.get("SLURM_JOB_ID"), os.stat("/proc/self/ns/net").st_ino), pure=False
+    ).result()
+    seen = {"scheduler": client.scheduler.address, "job": job, "namespace": namespace, "arrival_s": arrival,
+            "workers": list(client.scheduler_info()["workers"])}
+print(json.dumps(seen))
+"""
+
+
+def test_a_dask_step_on_main_gets_its_workers_as_slurm_jobs_over_the_labs_tls(lab, tmp_path):
+    if not lab.status()["slurm"]:
+        pytest.skip("the lab was brought up without its one-node SLURM (slurm-wlm and munge are not installed)")
+    (tmp_path / "probe.py").write_text(SLURM_PROBE)
+    result = lab.run("main", [sys.executable, str(tmp_path / "probe.py"), str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"SLURM on main: the step's worker (job {seen['job']}) joined {seen['arrival_s']} s after it asked")
+    assert seen["scheduler"].startswith("tls://127.0.0.1:"), seen  # the lab requires TLS: the step's own too
+    assert seen["workers"] and all(w.startswith("tls://127.0.0.1:") for w in seen["workers"]), seen
+    assert seen["job"] and seen["job"].isdigit(), seen
+    assert seen["namespace"] == os.stat(f"/run/netns/{lab.net.namespace('main')}").st_ino
+    assert seen["job"] in {j["id"] for j in lab.slurm.finished_jobs()}, "the job ended with the step"
+    assert not lab.slurm.jobs()
+
+
 def test_the_backup_host_pulls_from_main_over_key_only_ssh(lab, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
