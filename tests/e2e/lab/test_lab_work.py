@@ -110,14 +110,15 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
         transit = transit_start(ra_deg) + dt.timedelta(seconds=GROUP_SECONDS / 2)
         return (transit - dt.timedelta(seconds=2 * INTEGRATION_S)).replace(microsecond=0)
 
+    # six antennas: with four, every StEFCal solution is flagged (too few baselines per antenna) and none passes QA
     # the science field 20 minutes later at declination 55 (inside the calibrator's 1 h gain window), its source on
     # the meridian; the sky model's catalog holds both, as NVSS holds the bright calibrators
     source = Source("s", cal.ra_deg + 20 * 0.25 * 1.0027379, 55.0, 2.0)
     write_catalog([source, calibrator_source(cal)], tree.root / "static" / "catalogs" / "nvss.csv")
     science_start = centred(source.ra_deg)
     science = group_id(science_start)
-    simulate_group(tree.incoming, science_start, n_antennas=4, n_times=4, catalog=[source])
-    calibrator = simulate_group(tree.incoming, centred(cal.ra_deg), n_antennas=4, n_times=4, calibrator=cal.name,
+    simulate_group(tree.incoming, science_start, n_antennas=6, n_times=4, catalog=[source])
+    calibrator = simulate_group(tree.incoming, centred(cal.ra_deg), n_antennas=6, n_times=4, calibrator=cal.name,
                                 catalog=[])  # fmt: skip
     index = in_lab(lab, "main", "task-stream")["index"]
 
