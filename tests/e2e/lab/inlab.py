@@ -32,6 +32,11 @@ def save_blocks(spec: dict) -> dict:
 
         RadioStreaming(**spec["radio"]).save("default", overwrite=True)
         saved.append("radio default")
+    if "calibration" in spec:
+        from labpipe.blocks.radio import RadioCalibration
+
+        RadioCalibration(**spec["calibration"]).save("default", overwrite=True)
+        saved.append("calibration default")
     for name, plan in spec.get("plans", {}).items():
         from labpipe.blocks.backup import NightlyBackup
 

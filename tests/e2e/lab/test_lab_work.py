@@ -23,7 +23,6 @@ from tests.e2e.lab.support import LABPIPE, WHY_NOT, in_lab, session_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 
-RADIO_START = dt.datetime(2025, 10, 13, 13, 28, 3)
 EVENT = "labpipe.radio.group.converted"
 NOTIFIED_WITHIN_S = 120.0
 
@@ -39,6 +38,9 @@ def roots(lab, deployed) -> dict[str, Layout]:
     blocks = {
         "layouts": {"default": json.loads(lab_layout.model_dump_json())},
         "radio": {"min_file_age_s": 0, "fsync": False, "tmpfs_root": str(lab.home("main") / "tmpfs")},
+        # the sky model's catalog is <radio>/static/catalogs/nvss.csv (the radio test writes it); images of a
+        # 4-antenna array need no more than 512 pixels of 45"
+        "calibration": {"imaging": {"npix": 512, "cell_arcsec": 45.0}, "registration_wait_s": 5},
         "plans": {
             "lab": {
                 "sources": [
@@ -85,20 +87,39 @@ def _triggered(lab, flow: str, ms_path: str, what: str) -> dict:
 def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibration_and_imaging(lab, roots, inboxes):
     """A science group and a calibrator transit arrive; radio-stream and radio-convert run on main, the subbands on
     the Dask workers of main and gpu; each converted event starts imaging (and, for the calibrator, the 1 h
-    calibration) within seconds; the science group, with no calibration yet, is held and the on-call is told."""
+    calibration) within seconds; the science group, with no calibration yet, is held and the on-call is told; the
+    daily calibration on the transit then releases it and it is imaged."""
     from labpipe.radio.instrument import GROUP_SECONDS, INTEGRATION_S
     from labpipe.radio.naming import group_id
-    from labpipe.radio.simulate import Source, find_calibrator, simulate_group, transit_start
+    from labpipe.radio.simulate import (
+        Source,
+        calibrator_source,
+        find_calibrator,
+        simulate_group,
+        transit_start,
+        write_catalog,
+    )
     from labpipe.radio.tree import RadioTree
 
     tree = RadioTree(roots["lab"].radio).ensure()
-    science = group_id(RADIO_START)
-    simulate_group(tree.incoming, RADIO_START, n_antennas=4, n_times=4, catalog=[Source("s", 230.0, 55.0, 2.0)])
     # a calibrator transit: its four integrations centred on 3C286's meridian crossing (the full group's start
     # would put them 2 minutes before it, and the stream would rightly route the group as science)
-    transit = transit_start(find_calibrator("3C286").ra_deg) + dt.timedelta(seconds=GROUP_SECONDS / 2)
-    cal_start = (transit - dt.timedelta(seconds=2 * INTEGRATION_S)).replace(microsecond=0)
-    calibrator = simulate_group(tree.incoming, cal_start, n_antennas=4, n_times=4, calibrator="3C286", catalog=[])
+    cal = find_calibrator("3C286")
+
+    def centred(ra_deg: float) -> dt.datetime:
+        transit = transit_start(ra_deg) + dt.timedelta(seconds=GROUP_SECONDS / 2)
+        return (transit - dt.timedelta(seconds=2 * INTEGRATION_S)).replace(microsecond=0)
+
+    # six antennas: with four, every StEFCal solution is flagged (too few baselines per antenna) and none passes QA
+    # the science field 20 minutes later at declination 55 (inside the calibrator's 1 h gain window), its source on
+    # the meridian; the sky model's catalog holds both, as NVSS holds the bright calibrators
+    source = Source("s", cal.ra_deg + 20 * 0.25 * 1.0027379, 55.0, 2.0)
+    write_catalog([source, calibrator_source(cal)], tree.root / "static" / "catalogs" / "nvss.csv")
+    science_start = centred(source.ra_deg)
+    science = group_id(science_start)
+    simulate_group(tree.incoming, science_start, n_antennas=6, n_times=4, catalog=[source])
+    calibrator = simulate_group(tree.incoming, centred(cal.ra_deg), n_antennas=6, n_times=4, calibrator=cal.name,
+                                catalog=[])  # fmt: skip
     index = in_lab(lab, "main", "task-stream")["index"]
 
     stream = in_lab(lab, "main", "run", {"deployment": "radio-stream/incoming"})
@@ -141,8 +162,19 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
     subject = f"labpipe: radio calibration missing for labpipe.radio.group.{science}"
     _until(lambda: any(p["subject"] == subject for p in inboxes.posts), "calibration-missing webhook", 120)
     calibrated = in_lab(lab, "main", "wait", {"id": calibrate["id"], "timeout": 600})
-    print(f"radio-calibrate of the calibrator transit: {calibrated['state']} {calibrated['message'][:300]}")
+    print(f"radio-calibrate/hourly of the calibrator transit: {calibrated['state']} {calibrated['message'][:300]}")
     assert calibrated["worker"] == "cpu@main"
+    # a fresh lab has no bandpass yet: the hourly gain solve needs the daily one, which its cron (00:15) would run;
+    # run now by hand, it solves K, BP and G on the transit and releases the held science group: imaged on main
+    ms = cal_event["payload"]["ms_path"]
+    spec = {"deployment": "radio-calibrate/daily", "parameters": {"ms": ms}, "timeout": 900}
+    daily = in_lab(lab, "main", "run", spec)
+    assert (daily["state"], daily["worker"]) == ("COMPLETED", "cpu@main"), daily
+    lag = next(x for x in in_lab(lab, "main", "stage-lag")["lags"] if x["group_id"] == science)
+    print(f"stage lag of {science} after the daily calibration released it: {lag}")
+    assert lag["imaged"] is not None and lag["ms_to_image"] > 0 and lag["arrival_to_image"] > lag["arrival_to_ms"]
+    images = [p for p in (tree.root / "images").rglob("*.fits") if science in str(p)]
+    assert images, f"no FITS image of {science} under {tree.root / 'images'}"
 
 
 @pytest.fixture(scope="module")
