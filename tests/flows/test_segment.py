@@ -16,8 +16,8 @@ import torch
 from labpipe.deployments.platform import ensure_gpu_limit
 from labpipe.flows.segment import segment
 from labpipe.layout import Layout
-from labpipe.seg.tiles import initialize_predictor
 from labpipe.seg.simulate import simulate_tomogram, write_simulated
+from labpipe.seg.tiles import initialize_predictor
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
 from prefect.states import Cancelling
