@@ -33,7 +33,7 @@ def save_blocks(spec: dict) -> dict:
         RadioStreaming(**spec["radio"]).save("default", overwrite=True)
         saved.append("radio default")
     if "calibration" in spec:
-        from labpipe.blocks.radio import RadioCalibration
+        from labpipe.blocks.radio_calibrate import RadioCalibration
 
         RadioCalibration(**spec["calibration"]).save("default", overwrite=True)
         saved.append("calibration default")
