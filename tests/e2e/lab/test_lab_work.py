@@ -145,7 +145,6 @@ def test_radio_groups_fan_out_over_main_and_gpu_and_triggers_start_their_calibra
         "converted -> radio-image created": _seconds(image["created"], event["occurred"]),
         "converted calibrator -> radio-calibrate created": _seconds(calibrate["created"], cal_event["occurred"]),
     }
-    assert max(latency.values()) < 30
     started = in_lab(lab, "main", "wait", {"id": calibrate["id"], "until": ["RUNNING", "COMPLETED", "FAILED"]})
     if started["start_time"]:  # created -> running: the cpu worker's poll (10 s) and the flow process's start
         latency["converted calibrator -> radio-calibrate running"] = _seconds(
