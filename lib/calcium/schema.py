@@ -27,6 +27,7 @@ from labpipe.calcium.settings import DenoiseSettings, SpikeSettings, Suite2pSett
 from labpipe.db.connect import LabDatabase, datajoint_module
 from labpipe.ingest.schema import tables as ingest_tables
 
+DENOISED_TIFF = "denoised.tif"  # in Denoising's stored folder
 ACTIVITY_METHODS = {
     "oasis": "suite2p's OASIS non-negative deconvolution of neuropil-corrected F (cpu pool)",
     "cascade": "CASCADE-style 1-D CNN over dF/F windows, trained on simulated ground truth (gpu pool)",
@@ -102,7 +103,7 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
         ---
         method : varchar(32)
         settings : json
-        denoised : <object@blobs>     # the denoised stack (TIFF, float32)
+        denoised : <object@blobs>     # folder holding the denoised stack, denoised.tif (float32)
         noise_before : float32        # estimated noise sd (pixel-to-pixel, MAD) of the raw stack
         noise_after : float32
         final_loss : float32
@@ -115,8 +116,11 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
             path = tiff_path(key, context.share)  # three-part make: fetch, compute outside a transaction, insert
             computed = yield path
             if computed is None:
-                result = denoise.denoise_stack(path, context.work_for(key, "denoise") / "denoised.tif", context.denoise)
-                computed = dict(result.row(), worker=worker_name())
+                folder = context.work_for(key, "denoise") / "denoised"
+                result = denoise.denoise_stack(path, folder / DENOISED_TIFF, context.denoise)
+                # a folder: the blob store copies it file by file (a file path is read whole into memory,
+                # 4 bytes per pixel per frame)
+                computed = dict(result.row(), denoised=str(folder), worker=worker_name())
                 yield computed
             self.insert1(dict(key, **computed))
             shutil.rmtree(context.work_for(key, "denoise"), ignore_errors=True)
@@ -154,7 +158,9 @@ def _build(schema, ingest: SimpleNamespace) -> SimpleNamespace:
 
     def _processing_input(key: dict, context: CalciumContext) -> tuple:
         if Denoising & key:
-            return ("denoised", (Denoising & key).fetch1("denoised").full_path, (ScanInfo & key).fetch1())
+            stored = Path((Denoising & key).fetch1("denoised").full_path)
+            stored = stored / DENOISED_TIFF if stored.is_dir() else stored  # rows before the folder: the file
+            return ("denoised", str(stored), (ScanInfo & key).fetch1())
         return ("raw", str(tiff_path(key, context.share)), (ScanInfo & key).fetch1())
 
     def _run_processing(key: dict, fetched: tuple, context: CalciumContext) -> dict:

@@ -28,7 +28,10 @@ class Suite2pSettings(BaseModel):
     )
     nonrigid: bool = Field(True, description="Non-rigid (block-wise) registration after the rigid step.")
     block_size: int = Field(128, ge=16, description="Non-rigid block size in pixels (halved for small frames).")
-    registration_metrics: bool = Field(True, description="Compute suite2p's registration metrics (PC drift).")
+    registration_metrics: bool = Field(
+        True,
+        description="Compute suite2p's registration metrics (PC drift), on 2000 frames evenly spaced (>= 1500 frames).",
+    )
     detection_bins: int = Field(
         1000,
         ge=50,

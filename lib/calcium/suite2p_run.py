@@ -2,10 +2,14 @@
 
 suite2p converts the TIFF to a binary file on the scratch disk (``fast_disk``) and
 registers, detects, extracts and deconvolves it in batches, so memory stays bounded on
-long recordings (detection bins the movie to ``detection_bins`` frames whatever its
-length). Its outputs (``ops.npy``, ``stat.npy``, ``F.npy``, ``Fneu.npy``, ``spks.npy``,
-``iscell.npy``) are the record: written into a staging folder and renamed into place
-whole, then kept in the blob store. The registered binary is scratch unless kept.
+long recordings (detection bins the movie to at most ``detection_bins`` frames). suite2p's
+registration metrics read a sample of frames into memory (2000 frames below 5000 frames,
+5000 from there on): labpipe computes them itself, with suite2p's function, on a fixed sample
+of ``REGMETRICS_FRAMES`` frames (the same frames as suite2p below 5000 frames, so the same
+metrics), so that step does not grow with the recording either. Its outputs (``ops.npy``,
+``stat.npy``, ``F.npy``, ``Fneu.npy``, ``spks.npy``, ``iscell.npy``) are the record: written
+into a staging folder and renamed into place whole, then kept in the blob store. The
+registered binary is scratch unless kept.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from labpipe.errors import InvalidInput, ToolError
 from labpipe.files import atomic_path
 from labpipe.optional import require
 
+# suite2p's registration metrics run on recordings of at least this many frames...
+REGMETRICS_MIN_FRAMES = 1500
+# ...on this many frames, evenly spaced: what suite2p samples below 5000 frames (it takes 5000 above, which
+# would hold 5000 frames x height x width in float32 several times over)
+REGMETRICS_FRAMES = 2000
 OUTPUT_FILES = ("ops.npy", "stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
 
 
@@ -79,12 +88,16 @@ def run_suite2p(
                 "batch_size": settings.batch_size,
             }
             options = settings.suite2p(info.frame_rate, info.height, info.width)
+            metrics = options["run"]["do_regmetrics"]
+            options["run"]["do_regmetrics"] = False  # computed below on a bounded sample
+            plane = work / "save" / "suite2p" / "plane0"
             try:
                 with _quiet_warnings():
                     suite2p.run_s2p(db=db, settings=options)
+                    if metrics:
+                        add_registration_metrics(plane / "ops.npy", options["registration"])
             except Exception as exc:
                 raise ToolError(tiff, f"suite2p failed: {type(exc).__name__}: {exc}", "see the worker log") from exc
-            plane = work / "save" / "suite2p" / "plane0"
             staging.mkdir()
             for name in OUTPUT_FILES:
                 if not (plane / name).exists():
@@ -97,6 +110,45 @@ def run_suite2p(
     if progress:
         progress(2, 2)
     return output
+
+
+class _EvenlySpaced:
+    """``count`` evenly spaced frames of a movie, read only when indexed (for suite2p's ``get_pc_metrics``)."""
+
+    def __init__(self, movie, count: int) -> None:
+        self.movie = movie
+        self.frames = np.linspace(0, movie.shape[0] - 1, min(count, movie.shape[0])).astype("int")
+        self.shape = (len(self.frames), *movie.shape[1:])
+
+    def __getitem__(self, index):
+        return self.movie[self.frames[index]]
+
+
+def add_registration_metrics(ops_file: Path, registration: dict) -> None:
+    """suite2p's registration metrics (tPC, regPC, regDX) of the plane's registered binary into its ``ops.npy``.
+
+    suite2p's own ``get_pc_metrics`` on ``REGMETRICS_FRAMES`` evenly spaced frames, skipped below
+    ``REGMETRICS_MIN_FRAMES`` frames as suite2p skips it.
+    """
+    from suite2p import io
+    from suite2p import registration as s2p_registration
+
+    ops = np.load(ops_file, allow_pickle=True).item()
+    movie = io.BinaryFile(Ly=ops["Ly"], Lx=ops["Lx"], filename=ops["reg_file"])
+    try:
+        if movie.shape[0] < REGMETRICS_MIN_FRAMES:
+            return
+        started = time.monotonic()
+        sample = _EvenlySpaced(movie, REGMETRICS_FRAMES)
+        ops["tPC"], ops["regPC"], ops["regDX"] = s2p_registration.get_pc_metrics(
+            sample, yrange=ops["yrange"], xrange=ops["xrange"], settings=registration
+        )
+    finally:
+        movie.close()
+    ops["run"]["do_regmetrics"] = True
+    ops["regmetrics_frames"] = len(sample.frames)
+    ops.setdefault("plane_times", {})["registration_metrics"] = time.monotonic() - started
+    np.save(ops_file, ops)
 
 
 @dataclass

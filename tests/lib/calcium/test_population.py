@@ -49,6 +49,8 @@ def test_every_population_fills_its_tables_and_bad_files_are_named(science):
     assert denoised.computed == {"ScanInfo": 1, "Denoising": 1}
     assert len(denoised.errors) == 1 and "truncated TIFF" in denoised.errors[0]["error"]
     assert bad.folder.rsplit("scan", 1)[1] in denoised.errors[0]["key"]["session_id"]
+    # a folder: the blob store copies it file by file (a file would be read whole into the worker's memory)
+    assert sorted((t.Denoising & good_key).fetch1("denoised").listdir()) == ["denoised.tif"]
 
     imaging = run_population(db, "imaging", context)
     assert imaging.errors == []  # the truncated stack stays failed in the jobs table until cleared
