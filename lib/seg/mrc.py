@@ -26,6 +26,7 @@ HEADER_BYTES = 1024
 # MRC modes a tomogram can have; complex modes (3, 4) are Fourier transforms and 101 is packed 4-bit
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 SLAB_BYTES = 64 << 20
+SCAN_BLOCK = 1 << 16  # voxels per float64 block of the moments (fits the CPU cache)
 
 
 @dataclass
@@ -274,9 +275,12 @@ class VoxelScan:
                 )
                 return
         mean = total / n
-        deviations = values.astype(np.float64)
-        deviations -= mean
-        self.moments.merge(n, mean, float(np.dot(deviations, deviations)), float(values.min()), float(values.max()))
+        m2, block = 0.0, np.empty(min(n, SCAN_BLOCK), np.float64)
+        for lo in range(0, n, SCAN_BLOCK):  # float64 deviations a cache-sized block at a time
+            part = block[: min(SCAN_BLOCK, n - lo)]
+            np.subtract(values[lo : lo + SCAN_BLOCK], mean, out=part, dtype=np.float64)
+            m2 += float(np.dot(part, part))
+        self.moments.merge(n, mean, m2, float(values.min()), float(values.max()))
         self._nonzero(start, values != 0)
 
     def _nonzero(self, start: int, nonzero: np.ndarray) -> None:
@@ -284,14 +288,25 @@ class VoxelScan:
         _, ny, nx = self.shape_zyx
         row0, lead = divmod(start, nx)
         rows = -(-(lead + nonzero.size) // nx)
+        count = int(np.count_nonzero(nonzero))
+        if count == 0:
+            return
+        if count == nonzero.size:  # every voxel of the run (the usual case): its rows, and its columns
+            rows_zy = np.arange(row0, row0 + rows)
+            hit_x = np.arange(nx) if rows > 1 and nonzero.size >= nx else np.arange(lead, lead + nonzero.size) % nx
+            self._widen(rows_zy, np.sort(hit_x))
+            return
         grid = np.zeros(rows * nx, bool)
         grid[lead : lead + nonzero.size] = nonzero
         grid = grid.reshape(rows, nx)
         hit_rows = np.flatnonzero(grid.any(axis=1))
         if hit_rows.size == 0:
             return
-        hit_x = np.flatnonzero(grid.any(axis=0))
-        rows_zy = row0 + hit_rows
+        self._widen(row0 + hit_rows, np.flatnonzero(grid.any(axis=0)))
+
+    def _widen(self, rows_zy: np.ndarray, hit_x: np.ndarray) -> None:
+        """Widen the box by nonzero voxels in rows ``rows_zy`` (z * ny + y, ascending) at columns ``hit_x``."""
+        ny = self.shape_zyx[1]
         ys = rows_zy % ny
         found = [
             [int(rows_zy[0] // ny), int(rows_zy[-1] // ny) + 1],
