@@ -60,13 +60,10 @@ def _options(raw: object) -> dict:
         if not isinstance(mirroring, bool):
             raise invalid("options.mirroring", "expected true or false")
         out["mirroring"] = mirroring
-    if raw.get("fp16") is False:
-        raise ServiceError(
-            422,
-            "unsupported_option",
-            "options.fp16 = false: full-precision inference is not offered yet",
-            "leave fp16 out or true (half precision on CUDA, as nnU-Net)",
-        )
+    if (fp16 := raw.get("fp16")) is not None:
+        if not isinstance(fp16, bool):
+            raise invalid("options.fp16", "expected true (half precision on CUDA, as nnU-Net) or false (float32)")
+        out["fp16"] = fp16
     if (factor := raw.get("preview_factor")) is not None:
         if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 16:
             raise invalid("options.preview_factor", "expected an integer from 1 to 16")
