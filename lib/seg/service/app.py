@@ -60,11 +60,11 @@ def create_app(service: SegService) -> FastAPI:
                 log.warning("recovery incomplete: %s", exc)
 
         async def clean():
-            every = min(settings.upload_max_age_s / 4, 600.0)
+            every = min(settings.upload_max_age_s / 4, settings.file_max_age_s / 4, 600.0)
             while True:
                 await asyncio.sleep(every)
                 with contextlib.suppress(OSError):
-                    await run_in_threadpool(service.uploads.clean_stale)
+                    await run_in_threadpool(service.clean_stale)
 
         tasks = [asyncio.create_task(recover()), asyncio.create_task(clean())]
         yield

@@ -136,6 +136,8 @@ class SegService:
                 422, "unknown_model", f"model {model!r} is not on this server", f"choose one of: {known}"
             )
         options = _options(body.get("options"))
+        if file_id:
+            self.uploads.touch_file(file_id)  # the file's age counts from its last job
         job_id = uuid.uuid4().hex
         now = iso(time.time())
         record = {
@@ -299,4 +301,9 @@ class SegService:
                 read += 1
             except (ServiceError, LabpipeError, OSError) as exc:
                 log.warning("job %s not reconciled yet: %s", record["job_id"], exc)
-        return {"started": started, "reconciled": read, "uploads_removed": len(self.uploads.clean_stale())}
+        return {"started": started, "reconciled": read, "uploads_removed": len(self.clean_stale())}
+
+    def clean_stale(self, now: float | None = None) -> list[str]:
+        """Remove stale uploads and unused files (not those of a job queued or running); returns their ids."""
+        in_use = {r["file_id"] for r in self.jobs.all() if r.get("file_id") and JobState(r["state"]) not in TERMINAL}
+        return self.uploads.clean_stale(now, in_use)

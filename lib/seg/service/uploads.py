@@ -561,10 +561,17 @@ class UploadStore:
         with self._locks[upload_id]:
             self._discard(upload_id, "abandoned by its user")
 
-    def clean_stale(self, now: float | None = None) -> list[str]:
-        """Remove uploads untouched for ``upload_max_age_s`` (their parts with them); returns their ids."""
+    def touch_file(self, file_id: str) -> None:
+        """A job was given the file: its age (for ``file_max_age_s``) counts from now."""
+        with contextlib.suppress(OSError):
+            os.utime(self.files / f"{check_id(file_id, 'file')}.json")
+
+    def clean_stale(self, now: float | None = None, in_use: set[str] | frozenset = frozenset()) -> list[str]:
+        """Remove uploads untouched for ``upload_max_age_s`` (their parts with them) and files unused for
+        ``file_max_age_s`` (since completed or last given a job) but those in ``in_use`` (a queued or running
+        job's); returns the ids removed."""
         now = time.time() if now is None else now
-        removed = []
+        removed = self._clean_files(now, in_use)
         for folder in self.uploads.iterdir():
             meta_file = folder / "upload.json"
             try:
@@ -574,4 +581,26 @@ class UploadStore:
             if age > self.settings.upload_max_age_s and not self._locks[folder.name].locked():
                 self._discard(folder.name, f"untouched for {age:.0f} s")
                 removed.append(folder.name)
+        return removed
+
+    def _clean_files(self, now: float, in_use) -> list[str]:
+        removed = []
+        for path in sorted(self.files.iterdir()):
+            file_id, suffix = path.stem, path.suffix
+            if not ID.fullmatch(file_id) or file_id in in_use or suffix not in (".json", ".mrc"):
+                continue
+            record = self.files / f"{file_id}.json"
+            if suffix == ".mrc" and (record.exists() or (self.uploads / file_id).exists()):
+                continue  # judged by its record; or its upload is completing
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age <= self.settings.file_max_age_s:
+                continue
+            with self._locks[file_id]:
+                record.unlink(missing_ok=True)  # first: the file is gone from the API before its bytes go
+                (self.files / f"{file_id}.mrc").unlink(missing_ok=True)
+            log.info("file %s removed: unused for %.0f s", file_id, age)
+            removed.append(file_id)
         return removed

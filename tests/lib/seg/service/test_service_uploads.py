@@ -372,3 +372,25 @@ def test_a_resumed_part_whose_kept_bytes_do_not_match_is_sent_again_whole(start_
         assert client.put(url, content=part, headers=digest).status_code == 200
         record = upload(client, tomogram_bytes)
     assert (svc.settings.data / "files" / f"{record['file_id']}.mrc").read_bytes() == tomogram_bytes
+
+
+def test_unused_files_are_removed_after_their_age_but_not_while_a_job_uses_them(start_service, tomogram_bytes):
+    import numpy as np
+
+    svc = start_service(file_max_age_s=3600)
+    other = bytearray(tomogram_bytes)
+    other[2000:2004] = np.float32(1.5).tobytes()  # another valid tomogram (one voxel differs)
+    with svc.client(svc.token()) as client:
+        used, unused = upload(client, tomogram_bytes), upload(client, bytes(other), filename="b.mrc")
+        running = {"job_id": "1" * 32, "state": "running", "file_id": used["file_id"], "created_at": "2026-12-06"}
+        svc.service.jobs.save(running)
+        assert svc.service.clean_stale() == []  # young: kept
+        later = time.time() + 3601
+        assert svc.service.clean_stale(now=later) == [unused["file_id"]]
+        assert client.get(f"/v1/uploads/{unused['file_id']}").status_code == 404
+        assert init(client, bytes(other), filename="b.mrc").status_code == 201  # a new upload, not the old file
+        files = svc.settings.data / "files"
+        assert sorted(p.name for p in files.iterdir()) == sorted(f"{used['file_id']}{s}" for s in (".json", ".mrc"))
+        svc.service.jobs.save(running | {"state": "completed"})
+        assert svc.service.clean_stale(now=later) == [used["file_id"]]
+        assert not any(files.iterdir())
