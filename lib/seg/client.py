@@ -101,6 +101,21 @@ def error_from_response(subject: str, response: httpx.Response) -> ServiceError:
     )
 
 
+def untrusted(subject: str, exc: Exception) -> ServiceError | None:
+    """The error for a server whose TLS certificate does not verify (not retried: it will not change), else None."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text:
+        return None
+    reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" :") or text
+    return ServiceError(
+        subject,
+        f"the server's TLS certificate is not trusted ({reason})",
+        "give the lab's CA certificate (labpipe seg submit --cacert FILE; in Python verify='FILE'), "
+        "or check that the address is the segmentation server's",
+        code="tls_untrusted",
+    )
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with jitter: ``base`` s doubling up to ``cap`` s, ``attempts`` tries in all."""
@@ -339,7 +354,7 @@ class SegmentationClient:
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                error = ServiceError(
+                error = untrusted(subject, exc) or ServiceError(
                     subject,
                     f"no answer ({type(exc).__name__}: {exc})",
                     "check the server address and that the server runs; a transfer resumes where it stopped",
