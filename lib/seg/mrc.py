@@ -276,10 +276,11 @@ class VoxelScan:
                 return
         mean = total / n
         m2, block = 0.0, np.empty(min(n, SCAN_BLOCK), np.float64)
-        for lo in range(0, n, SCAN_BLOCK):  # float64 deviations a cache-sized block at a time
-            part = block[: min(SCAN_BLOCK, n - lo)]
+        for lo in range(0, n, SCAN_BLOCK):  # float64 deviations a cache-sized block at a time (no BLAS: its
+            part = block[: min(SCAN_BLOCK, n - lo)]  # threads cost more than they save on small blocks)
             np.subtract(values[lo : lo + SCAN_BLOCK], mean, out=part, dtype=np.float64)
-            m2 += float(np.dot(part, part))
+            np.multiply(part, part, out=part)
+            m2 += float(np.add.reduce(part))
         self.moments.merge(n, mean, m2, float(values.min()), float(values.max()))
         self._nonzero(start, values != 0)
 
