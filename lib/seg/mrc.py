@@ -261,40 +261,44 @@ class VoxelScan:
         if n == 0 or self.problem:
             return
         self.seen += n
-        _, ny, nx = self.shape_zyx
-        total = float(np.add.reduce(values, dtype=np.float64))
-        if values.dtype.kind == "f" and not math.isfinite(total):  # a NaN or an infinity is in the run
-            bad = ~np.isfinite(values)
-            if bad.any():
-                first = start + int(np.flatnonzero(bad)[0])
-                z0, z1 = start // (ny * nx), (start + n - 1) // (ny * nx)
-                z, rest = divmod(first, ny * nx)
-                self.problem = (
-                    f"{int(bad.sum())} non-finite voxels (NaN or Inf) in sections {z0}-{z1}, "
-                    f"first at z,y,x = {z},{rest // nx},{rest % nx}"
-                )
+        zeros, block = 0, np.empty(min(n, SCAN_BLOCK), np.float64)
+        for lo in range(0, n, SCAN_BLOCK):  # every statistic of a cache-sized block while it is in the cache
+            chunk = values[lo : lo + SCAN_BLOCK]
+            part = block[: chunk.size]
+            np.copyto(part, chunk)
+            total = float(np.add.reduce(part))
+            if not math.isfinite(total):  # a NaN or an infinity is in the run
+                self._non_finite(start, values)
                 return
-        mean = total / n
-        m2, block = 0.0, np.empty(min(n, SCAN_BLOCK), np.float64)
-        for lo in range(0, n, SCAN_BLOCK):  # float64 deviations a cache-sized block at a time (no BLAS: its
-            part = block[: min(SCAN_BLOCK, n - lo)]  # threads cost more than they save on small blocks)
-            np.subtract(values[lo : lo + SCAN_BLOCK], mean, out=part, dtype=np.float64)
-            np.multiply(part, part, out=part)
-            m2 += float(np.add.reduce(part))
-        self.moments.merge(n, mean, m2, float(values.min()), float(values.max()))
-        self._nonzero(start, values != 0)
+            mean = total / chunk.size
+            low, high = float(part.min()), float(part.max())
+            zeros += chunk.size - int(np.count_nonzero(chunk))
+            np.subtract(part, mean, out=part)
+            np.multiply(part, part, out=part)  # (numpy's sum, not BLAS: its threads cost more on small blocks)
+            self.moments.merge(chunk.size, mean, float(np.add.reduce(part)), low, high)
+        if zeros < n:
+            self._nonzero(start, values != 0 if zeros else None, n)
 
-    def _nonzero(self, start: int, nonzero: np.ndarray) -> None:
-        """Widen the box by the nonzero voxels of a run (rows of X; a run may start or end mid-row)."""
+    def _non_finite(self, start: int, values: np.ndarray) -> None:
+        _, ny, nx = self.shape_zyx
+        bad = ~np.isfinite(values)
+        first = start + int(np.flatnonzero(bad)[0])
+        z0, z1 = start // (ny * nx), (start + values.size - 1) // (ny * nx)
+        z, rest = divmod(first, ny * nx)
+        self.problem = (
+            f"{int(bad.sum())} non-finite voxels (NaN or Inf) in sections {z0}-{z1}, "
+            f"first at z,y,x = {z},{rest // nx},{rest % nx}"
+        )
+
+    def _nonzero(self, start: int, nonzero: np.ndarray | None, n: int) -> None:
+        """Widen the box by the nonzero voxels of a run of ``n`` (``nonzero`` None: all of them); rows of X, and a
+        run may start or end mid-row."""
         _, ny, nx = self.shape_zyx
         row0, lead = divmod(start, nx)
-        rows = -(-(lead + nonzero.size) // nx)
-        count = int(np.count_nonzero(nonzero))
-        if count == 0:
-            return
-        if count == nonzero.size:  # every voxel of the run (the usual case): its rows, and its columns
+        rows = -(-(lead + n) // nx)
+        if nonzero is None:  # every voxel of the run (the usual case): its rows, and its columns
             rows_zy = np.arange(row0, row0 + rows)
-            hit_x = np.arange(nx) if rows > 1 and nonzero.size >= nx else np.arange(lead, lead + nonzero.size) % nx
+            hit_x = np.arange(nx) if rows > 1 and n >= nx else np.arange(lead, lead + n) % nx
             self._widen(rows_zy, np.sort(hit_x))
             return
         grid = np.zeros(rows * nx, bool)
