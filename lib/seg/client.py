@@ -4,10 +4,12 @@ One client for every desktop front end (the napari widget, ``labpipe seg submit`
 (httpx, and websockets for previews), no Qt and no Prefect, so the same code is tested once and every
 front end behaves alike.
 
-- **Uploads resume by fingerprint.** The file's SHA-256 (streamed) is sent to ``init``; the server answers
-  with the parts it already holds, and only the missing ones are sent, each with its own SHA-256. A dropped
-  connection retries that part with backoff; when retries run out the error says to run the upload again,
-  which then sends only what is still missing.
+- **Uploads resume by fingerprint.** The file's SHA-256 is sent to ``init`` (read once, with every part's
+  SHA-256 in the same read: the parts are not hashed again when sent); the server answers with the parts it
+  already holds and how much it kept of parts cut mid-transfer, and only the rest is sent (``X-Part-Offset``),
+  each part with its whole SHA-256. A dropped connection retries that part with backoff from the byte the
+  server kept; when retries run out the error says to run the upload again, which then sends only what is
+  still missing.
 - **Errors** come from the server's one envelope ``{code, message, hint, retryable}`` and become a
   ``ServiceError`` (a ``LabpipeError``) carrying the server's hint; retryable ones (and 429/502/503/504,
   honouring ``Retry-After``) are retried with backoff first.
