@@ -351,6 +351,9 @@ def serve(
     keyfile: Path = typer.Option(None, help="TLS private key (PEM, mode 600)."),
     deployment: str = typer.Option("segment/tomogram", help="The deployment a job runs (on the gpu pool)."),
     upload_max_age: str = typer.Option("24h", help="Remove uploads untouched this long (90s, 30m, 8h, 7d)."),
+    file_max_age: str = typer.Option(
+        "7d", help="Remove uploaded files unused this long (since uploaded or last given a job; not while a job runs)."
+    ),
     max_upload_gb: float = typer.Option(16.0, help="Largest file accepted, in GiB."),
 ) -> None:
     """Serve segmentation as a service: resumable uploads, jobs (flow runs), live previews, signed downloads."""
@@ -369,6 +372,7 @@ def serve(
             key_file=_key_file(key_file),
             default_model=segmentation_defaults().model,
             upload_max_age_s=parse_ttl(upload_max_age),
+            file_max_age_s=parse_ttl(file_max_age),
             max_upload_bytes=int(max_upload_gb * (1 << 30)),
         )
         service = build_service(settings, PrefectJobRunner(deployment), host_environment(layout().ensure()))

@@ -211,6 +211,7 @@ def segment(
     run: str | None = None,
     step_size: float | None = None,
     mirroring: bool | None = None,
+    fp16: bool | None = None,
     workers: int | None = None,
     device: Literal["cpu", "cuda"] | None = None,
     preview_every: float | None = None,
@@ -232,6 +233,8 @@ def segment(
         run: Name of this run's artifact folder (letters, digits, '.', '-', '_'); empty: tomogram name and time.
         step_size: Sliding-window step as a fraction of the patch (0.5 as nnU-Net; larger is faster, coarser).
         mirroring: Test-time mirroring (up to 8 predictions per window: slower, slightly better).
+        fp16: Half precision on CUDA as nnU-Net (default); false runs the network in float32 (slower, more
+            GPU memory). On a CPU the network always runs in float32.
         workers: Dask workers for the windows; empty: one per GPU, or half the cores on a CPU host.
         device: Where the network runs; empty: CUDA when the host has a GPU (LABPIPE_DEVICE wins).
         preview_every: Fraction of windows between previews (0.1: ten previews); 0 turns previews off.
@@ -263,6 +266,7 @@ def _segment(
     run,
     step_size,
     mirroring,
+    fp16,
     workers,
     device,
     preview_every,
@@ -282,6 +286,7 @@ def _segment(
         run=run,
         step_size=step_size if step_size is not None else defaults.step_size,
         mirroring=mirroring if mirroring is not None else defaults.mirroring,
+        fp16=fp16 if fp16 is not None else True,
         device=device or defaults.device,
         preview_every=preview_every if preview_every is not None else defaults.preview_every,
         preview_factor=preview_factor or defaults.preview_factor,

@@ -4,10 +4,12 @@ One client for every desktop front end (the napari widget, ``labpipe seg submit`
 (httpx, and websockets for previews), no Qt and no Prefect, so the same code is tested once and every
 front end behaves alike.
 
-- **Uploads resume by fingerprint.** The file's SHA-256 (streamed) is sent to ``init``; the server answers
-  with the parts it already holds, and only the missing ones are sent, each with its own SHA-256. A dropped
-  connection retries that part with backoff; when retries run out the error says to run the upload again,
-  which then sends only what is still missing.
+- **Uploads resume by fingerprint.** The file's SHA-256 is sent to ``init`` (read once, with every part's
+  SHA-256 in the same read: the parts are not hashed again when sent); the server answers with the parts it
+  already holds and how much it kept of parts cut mid-transfer, and only the rest is sent (``X-Part-Offset``),
+  each part with its whole SHA-256. A dropped connection retries that part with backoff from the byte the
+  server kept; when retries run out the error says to run the upload again, which then sends only what is
+  still missing.
 - **Errors** come from the server's one envelope ``{code, message, hint, retryable}`` and become a
   ``ServiceError`` (a ``LabpipeError``) carrying the server's hint; retryable ones (and 429/502/503/504,
   honouring ``Retry-After``) are retried with backoff first.
@@ -98,6 +100,21 @@ def error_from_response(subject: str, response: httpx.Response) -> ServiceError:
         code=f"http_{response.status_code}",
         retryable=response.status_code in RETRY_STATUS,
         status=response.status_code,
+    )
+
+
+def untrusted(subject: str, exc: Exception) -> ServiceError | None:
+    """The error for a server whose TLS certificate does not verify (not retried: it will not change), else None."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text:
+        return None
+    reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" :") or text
+    return ServiceError(
+        subject,
+        f"the server's TLS certificate is not trusted ({reason})",
+        "give the lab's CA certificate (labpipe seg submit --cacert FILE; in Python verify='FILE'), "
+        "or check that the address is the segmentation server's",
+        code="tls_untrusted",
     )
 
 
@@ -232,14 +249,19 @@ def decode_preview(message: dict) -> PreviewFrame:
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
+_PART_DIGESTS: dict[tuple, list[str]] = {}
 _FINGERPRINTS_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple:
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
 def fingerprint(path: Path, progress: Progress | None = None) -> str:
     """The file's SHA-256, remembered for this process while its size and mtime stay (a resume of a 10 GB
     upload does not read the whole file again)."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = _file_key(path)
     with _FINGERPRINTS_LOCK:
         known = _FINGERPRINTS.get(key)
     if known is None:
@@ -247,8 +269,36 @@ def fingerprint(path: Path, progress: Progress | None = None) -> str:
         with _FINGERPRINTS_LOCK:
             _FINGERPRINTS[key] = known
     elif progress:
-        progress(stat.st_size, stat.st_size)
+        progress(key[1], key[1])
     return known
+
+
+def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
+    """The file's SHA-256 and each ``part_bytes`` part's, in one read of the file (the part digests on a second
+    thread: hashlib releases the GIL), remembered like ``fingerprint``: the parts are then sent without being
+    hashed again."""
+    key = _file_key(path)
+    with _FINGERPRINTS_LOCK:
+        whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
+    if whole is not None and parts is not None:
+        if progress:
+            progress(key[1], key[1])
+        return whole, parts
+    digest, futures, done = hashlib.sha256(), [], 0
+    with open(path, "rb") as handle, ThreadPoolExecutor(1, thread_name_prefix="seg-digest") as pool:
+        while block := handle.read(part_bytes):
+            futures.append(pool.submit(lambda b: hashlib.sha256(b).hexdigest(), block))
+            digest.update(block)
+            if len(futures) > 1:
+                futures[-2].result()  # at most two parts in memory
+            done += len(block)
+            if progress:
+                progress(done, key[1])
+        parts = [f.result() for f in futures]
+    whole = digest.hexdigest()
+    with _FINGERPRINTS_LOCK:
+        _FINGERPRINTS[key], _PART_DIGESTS[(key, part_bytes)] = whole, parts
+    return whole, parts
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -306,7 +356,7 @@ class SegmentationClient:
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                error = ServiceError(
+                error = untrusted(subject, exc) or ServiceError(
                     subject,
                     f"no answer ({type(exc).__name__}: {exc})",
                     "check the server address and that the server runs; a transfer resumes where it stopped",
@@ -361,22 +411,28 @@ class SegmentationClient:
             raise ServiceError(path, "no such file", "give the path of a tomogram (.mrc)")
         size = path.stat().st_size
         clock = [time.perf_counter()]
-        sha256 = sha256 or fingerprint(path, hash_progress)
+        digests = None
+        if sha256 is None:
+            sha256, digests = file_digests(path, part_bytes, hash_progress)
         clock.append(time.perf_counter())
         body = {"filename": path.name, "size": size, "sha256": sha256, "part_size": part_bytes}
         session = self.request("POST", "/v1/uploads/init", json=body).json()
         upload_id = str(session["upload_id"])
-        part_bytes = int(session.get("part_size", part_bytes))
+        if int(session.get("part_size", part_bytes)) != part_bytes:
+            part_bytes, digests = int(session["part_size"]), None
         count = int(session.get("parts_total") or max(1, math.ceil(size / part_bytes)))
         held = set(range(count)) if session.get("state") == "complete" else set(session.get("parts_received", []))
+        partial = {int(i): int(n) for i, n in (session.get("partial") or {}).items() if int(i) not in held}
         missing = [i for i in range(count) if i not in held]
-        counter = _Counter(sum(_part_length(i, size, part_bytes) for i in held), size, progress)
+        counter = _Counter(sum(_part_length(i, size, part_bytes) for i in held) + sum(partial.values()), size, progress)
         if progress:
             progress(counter.done, size)
         if missing:
-            self._send_parts(path, upload_id, missing, size, part_bytes, counter, concurrency, cancel)
+            plan = _PartPlan(path, upload_id, size, part_bytes, digests, partial)
+            self._send_parts(plan, missing, counter, concurrency, cancel)
         clock.append(time.perf_counter())
-        # the server reads the whole file to check it (SHA-256, then every voxel): minutes for 10 GB on a busy host
+        # the server checked the file as its parts arrived; after a server restart it reads it again (minutes for
+        # 10 GB on a busy host)
         info = self.request("POST", f"/v1/uploads/{upload_id}/complete", timeout=max(300.0, size / (5 * MB))).json()
         return Upload(
             upload_id,
@@ -392,7 +448,7 @@ class SegmentationClient:
             _phases(("fingerprint", "parts", "complete"), [*clock, time.perf_counter()]),
         )
 
-    def _send_parts(self, path, upload_id, parts, size, part_bytes, counter, concurrency, cancel) -> None:
+    def _send_parts(self, plan: _PartPlan, parts, counter, concurrency, cancel) -> None:
         queue = iter(parts)
         lock, failed = threading.Lock(), threading.Event()
 
@@ -400,13 +456,13 @@ class SegmentationClient:
             return failed.is_set() or (cancel is not None and cancel.is_set())
 
         def worker() -> None:
-            with open(path, "rb") as handle:
+            with open(plan.path, "rb") as handle:
                 while not stopped():
                     with lock:
                         index = next(queue, None)
                     if index is None:
                         return
-                    self.send_part(handle, upload_id, index, size, part_bytes, counter)
+                    self.send_part(handle, plan, index, counter)
 
         with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="seg-upload") as pool:
             futures = [pool.submit(worker) for _ in range(max(1, min(concurrency, len(parts))))]
@@ -417,40 +473,59 @@ class SegmentationClient:
                 raise errors[0]
         if stopped():
             raise ServiceError(
-                path, "upload stopped", "upload it again: the parts already sent are kept", code="cancelled"
+                plan.path, "upload stopped", "upload it again: the parts already sent are kept", code="cancelled"
             )
 
-    def send_part(self, handle, upload_id: str, index: int, size: int, part_bytes: int, counter: _Counter) -> None:
-        """PUT one part with its SHA-256; retried with backoff, each attempt's bytes counted as sent."""
-        length = _part_length(index, size, part_bytes)
-        data = os.pread(handle.fileno(), length, index * part_bytes)
-        digest = hashlib.sha256(data).hexdigest()
-        subject = f"part {index} of upload {upload_id}"
+    def part_received(self, upload_id: str, index: int) -> int:
+        """Bytes of part ``index`` the server kept from a cut transfer (0 when none, or when it cannot say)."""
+        try:
+            status = self.request("GET", f"/v1/uploads/{upload_id}", params={"part": index}, retry=False).json()
+        except ServiceError:
+            return 0
+        return int((status.get("partial") or {}).get(str(index), 0))
+
+    def send_part(self, handle, plan: _PartPlan, index: int, counter: _Counter) -> None:
+        """PUT one part (from the byte the server holds of it) with its SHA-256; retried with backoff, resuming
+        from what the server kept of a cut attempt; each attempt's bytes are counted as sent."""
+        length = _part_length(index, plan.size, plan.part_bytes)
+        data = os.pread(handle.fileno(), length, index * plan.part_bytes)
+        digest = plan.digests[index] if plan.digests else hashlib.sha256(data).hexdigest()
+        start = credited = min(plan.partial.get(index, 0), length)  # counted as held by the upload's progress
+        subject = f"part {index} of upload {plan.upload_id}"
         for attempt in range(self.backoff.attempts):
             response = None
-            counter.sent(length)
+            counter.sent(length - start)
             try:
                 response = self.http.put(
-                    f"/v1/uploads/{upload_id}/part/{index}",
-                    content=data,
-                    headers={"X-Part-SHA256": digest, "Content-Type": "application/octet-stream"},
-                )
+                    f"/v1/uploads/{plan.upload_id}/part/{index}",
+                    content=data[start:] if start else data,
+                    headers={"X-Part-SHA256": digest, "X-Part-Offset": str(start),
+                             "Content-Type": "application/octet-stream"},
+                )  # fmt: skip
             except httpx.TransportError as exc:
                 error = ServiceError(
                     subject,
                     f"the connection dropped ({type(exc).__name__})",
-                    "upload the file again: only the parts still missing are sent",
+                    "upload the file again: only what the server does not hold is sent",
                     code="unreachable",
                     retryable=True,
                 )
             else:
                 if response.is_success:
-                    counter.held(length)
+                    counter.held(length - credited)
                     return
                 error = error_from_response(subject, response)
+                if error.code == "part_checksum_mismatch" and hashlib.sha256(data).hexdigest() != digest:
+                    raise ServiceError(
+                        plan.path,
+                        f"the file changed while it was uploaded (part {index} differs from its fingerprint)",
+                        "upload it again when it is no longer being written",
+                        code="file_changed",
+                    )
             if not error.retryable or attempt == self.backoff.attempts - 1:
                 raise error
             time.sleep(self.backoff.delay(attempt, _retry_after(response)))
+            start = min(self.part_received(plan.upload_id, index), length)
 
     # -- jobs -----------------------------------------------------------------------------------------------
 
@@ -559,6 +634,19 @@ def _phases(names: tuple[str, ...], clock: list[float]) -> dict[str, float]:
 def _without_query(url: str) -> str:
     """A URL without its query (signatures stay out of messages and logs)."""
     return url.split("?", 1)[0]
+
+
+@dataclass
+class _PartPlan:
+    """What the part senders of one upload share: the file, its parts' digests (None: hash each when sent) and
+    the bytes the server kept of parts cut mid-transfer."""
+
+    path: Path
+    upload_id: str
+    size: int
+    part_bytes: int
+    digests: list[str] | None
+    partial: dict[int, int]
 
 
 def _part_length(index: int, size: int, part_bytes: int) -> int:

@@ -26,6 +26,7 @@ HEADER_BYTES = 1024
 # MRC modes a tomogram can have; complex modes (3, 4) are Fourier transforms and 101 is packed 4-bit
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 SLAB_BYTES = 64 << 20
+SCAN_BLOCK = 1 << 16  # voxels per float64 block of the moments (fits the CPU cache)
 
 
 @dataclass
@@ -217,12 +218,17 @@ class Moments:
     def add(self, chunk: np.ndarray) -> None:
         chunk = np.asarray(chunk, dtype=np.float64)
         n, mean = chunk.size, float(chunk.mean())
-        m2 = float(np.square(chunk - mean).sum())
+        self.merge(n, mean, float(np.square(chunk - mean).sum()), float(chunk.min()), float(chunk.max()))
+
+    def merge(self, n: int, mean: float, m2: float, low: float, high: float) -> None:
+        """Take a chunk's count, mean, sum of squared deviations from its mean, minimum and maximum."""
+        if n == 0:
+            return
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self._m2 += m2 + delta * delta * self.count * n / total
         self.count = total
-        self.low, self.high = min(self.low, float(chunk.min())), max(self.high, float(chunk.max()))
+        self.low, self.high = min(self.low, low), max(self.high, high)
 
     @property
     def std(self) -> float:
@@ -234,6 +240,178 @@ def _extent(flags: np.ndarray) -> list[int]:
     return [int(where[0]), int(where[-1]) + 1]
 
 
+class VoxelScan:
+    """Every voxel of a tomogram seen once, in runs of any order: finiteness, min/max/mean/std, nonzero box.
+
+    ``add(start, values)`` takes a run of voxels in file order (C order, ZYX) beginning at flat voxel index
+    ``start``; runs may come in any order as long as together they cover the volume once. Both the file
+    validator (slab by slab) and the upload service (part by part, as the bytes arrive) scan through it.
+    """
+
+    def __init__(self, path: Path, shape_zyx: tuple[int, int, int]) -> None:
+        self.path, self.shape_zyx = path, tuple(shape_zyx)
+        self.moments = Moments()
+        self.seen = 0
+        self.box: list[list[int]] | None = None  # [lo, hi) per axis of the nonzero voxels seen
+        self.problem: str | None = None  # the first run's non-finite voxels, described
+
+    def add(self, start: int, values: np.ndarray) -> None:
+        values = values.reshape(-1)
+        n = values.size
+        if n == 0 or self.problem:
+            return
+        self.seen += n
+        zeros, block = 0, np.empty(min(n, SCAN_BLOCK), np.float64)
+        for lo in range(0, n, SCAN_BLOCK):  # every statistic of a cache-sized block while it is in the cache
+            chunk = values[lo : lo + SCAN_BLOCK]
+            part = block[: chunk.size]
+            np.copyto(part, chunk)
+            total = float(np.add.reduce(part))
+            if not math.isfinite(total):  # a NaN or an infinity is in the run
+                self._non_finite(start, values)
+                return
+            mean = total / chunk.size
+            low, high = float(part.min()), float(part.max())
+            zeros += chunk.size - int(np.count_nonzero(chunk))
+            np.subtract(part, mean, out=part)
+            np.multiply(part, part, out=part)  # (numpy's sum, not BLAS: its threads cost more on small blocks)
+            self.moments.merge(chunk.size, mean, float(np.add.reduce(part)), low, high)
+        if zeros < n:
+            self._nonzero(start, values != 0 if zeros else None, n)
+
+    def _non_finite(self, start: int, values: np.ndarray) -> None:
+        _, ny, nx = self.shape_zyx
+        bad = ~np.isfinite(values)
+        first = start + int(np.flatnonzero(bad)[0])
+        z0, z1 = start // (ny * nx), (start + values.size - 1) // (ny * nx)
+        z, rest = divmod(first, ny * nx)
+        self.problem = (
+            f"{int(bad.sum())} non-finite voxels (NaN or Inf) in sections {z0}-{z1}, "
+            f"first at z,y,x = {z},{rest // nx},{rest % nx}"
+        )
+
+    def _nonzero(self, start: int, nonzero: np.ndarray | None, n: int) -> None:
+        """Widen the box by the nonzero voxels of a run of ``n`` (``nonzero`` None: all of them); rows of X, and a
+        run may start or end mid-row."""
+        _, ny, nx = self.shape_zyx
+        row0, lead = divmod(start, nx)
+        rows = -(-(lead + n) // nx)
+        if nonzero is None:  # every voxel of the run (the usual case): its rows, and its columns
+            rows_zy = np.arange(row0, row0 + rows)
+            hit_x = np.arange(nx) if rows > 1 and n >= nx else np.arange(lead, lead + n) % nx
+            self._widen(rows_zy, np.sort(hit_x))
+            return
+        grid = np.zeros(rows * nx, bool)
+        grid[lead : lead + nonzero.size] = nonzero
+        grid = grid.reshape(rows, nx)
+        hit_rows = np.flatnonzero(grid.any(axis=1))
+        if hit_rows.size == 0:
+            return
+        self._widen(row0 + hit_rows, np.flatnonzero(grid.any(axis=0)))
+
+    def _widen(self, rows_zy: np.ndarray, hit_x: np.ndarray) -> None:
+        """Widen the box by nonzero voxels in rows ``rows_zy`` (z * ny + y, ascending) at columns ``hit_x``."""
+        ny = self.shape_zyx[1]
+        ys = rows_zy % ny
+        found = [
+            [int(rows_zy[0] // ny), int(rows_zy[-1] // ny) + 1],
+            [int(ys.min()), int(ys.max()) + 1],
+            [int(hit_x[0]), int(hit_x[-1]) + 1],
+        ]
+        if self.box is None:
+            self.box = found
+        else:
+            self.box = [[min(a[0], b[0]), max(a[1], b[1])] for a, b in zip(self.box, found, strict=True)]
+
+    def finish(self, info: TomogramInfo) -> TomogramInfo:
+        """``info`` (from ``read_header``) completed with the statistics; ``InvalidInput`` for non-finite voxels."""
+        if self.problem:
+            raise _invalid(self.path, self.problem, "the reconstruction failed there; fix or crop the volume")
+        if self.seen != math.prod(self.shape_zyx):
+            raise ValueError(f"{self.path}: {self.seen} voxels scanned of {math.prod(self.shape_zyx)}")
+        m = self.moments
+        info.min, info.max, info.mean, info.std = m.low, m.high, m.mean, m.std
+        # nnU-Net crops to this box before normalising; computed here so segmentation needs no second pass
+        info.nonzero_box_zyx = self.box
+        if info.std == 0:
+            info.warnings.append("constant volume: every voxel has the same value")
+        return info
+
+
+def data_dtype(path: Path) -> np.dtype:
+    """The dtype of an MRC file's voxels with the byte order its header declares."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _mrcfile().open(path, mode="r", permissive=True, header_only=True) as mrc:
+            return np.dtype(_mrcfile().utils.data_dtype_from_header(mrc.header))
+
+
+class StreamValidator:
+    """``validate_tomogram`` over a file's bytes as they arrive in order (an upload), without reading it again.
+
+    ``feed(offset, data)`` takes consecutive byte ranges of the file from offset 0; the header is checked once
+    the file's first ``HEADER_BYTES`` are on disk at ``path`` (``read_header``: the file must already have its
+    full size, e.g. a sparse file the ranges are written into). ``finish()`` is ``validate_tomogram``'s result.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.info: TomogramInfo | None = None
+        self.error: InvalidInput | None = None
+        self._scan: VoxelScan | None = None
+        self._carry = b""
+
+    def feed(self, offset: int, data) -> None:
+        if offset != self.offset:
+            raise ValueError(f"{self.path}: bytes from {offset} fed, {self.offset} expected")
+        self.offset += len(data)
+        if self.error is not None:
+            return
+        if self.info is None:
+            try:
+                self.info = read_header(self.path)
+                dtype = data_dtype(self.path)
+            except InvalidInput as exc:
+                self.error = exc
+                return
+            self._dtype = dtype if dtype.isnative else dtype.newbyteorder("=")
+            self._swap = not dtype.isnative
+            self._start = HEADER_BYTES + self.info.extended_header_bytes
+            self._voxel = 0
+            self._scan = VoxelScan(self.path, self.info.shape_zyx)
+        view = memoryview(data)
+        skip = max(0, self._start - offset)
+        if skip >= len(view):
+            return
+        view = view[skip:]
+        itemsize = self._dtype.itemsize
+        if self._carry:
+            need = itemsize - len(self._carry)
+            self._carry += bytes(view[:need])
+            view = view[need:]
+            if len(self._carry) == itemsize:
+                self._add(np.frombuffer(self._carry, self._dtype))
+                self._carry = b""
+        whole = len(view) - len(view) % itemsize
+        if whole:
+            self._add(np.frombuffer(view[:whole], self._dtype))
+        self._carry += bytes(view[whole:])
+
+    def _add(self, values: np.ndarray) -> None:
+        if self._swap:
+            values = values.byteswap()
+        self._scan.add(self._voxel, values)
+        self._voxel += values.size
+
+    def finish(self) -> TomogramInfo:
+        if self.error is not None:
+            raise self.error
+        if self.info is None or self.offset != self.info.file_bytes:
+            raise ValueError(f"{self.path}: {self.offset} bytes fed, the file has more")
+        return self._scan.finish(self.info)
+
+
 def validate_tomogram(
     path: Path,
     *,
@@ -243,33 +421,15 @@ def validate_tomogram(
     """Header checks, then every voxel read once (memory-mapped): finiteness, min/max/mean/std, nonzero box."""
     info = read_header(path, voxel_size=voxel_size)
     nz, ny, nx = info.shape_zyx
-    moments = Moments()
-    any_z, any_y, any_x = np.zeros(nz, bool), np.zeros(ny, bool), np.zeros(nx, bool)
+    scan = VoxelScan(Path(path), info.shape_zyx)
     with open_volume(path) as data:
         for zs in slabs(info.shape_zyx, np.dtype(info.dtype).itemsize):
-            slab = np.asarray(data[zs], dtype=np.float64)
-            finite = np.isfinite(slab)
-            if not finite.all():
-                z, y, x = (int(v) for v in np.argwhere(~finite)[0])
-                raise _invalid(
-                    path,
-                    f"{int((~finite).sum())} non-finite voxels (NaN or Inf) in sections "
-                    f"{zs.start}-{zs.stop - 1}, first at z,y,x = {z + zs.start},{y},{x}",
-                    "the reconstruction failed there; fix or crop the volume",
-                )
-            moments.add(slab)
-            nonzero = slab != 0
-            any_z[zs] = nonzero.any(axis=(1, 2))
-            any_y |= nonzero.any(axis=(0, 2))
-            any_x |= nonzero.any(axis=(0, 1))
+            scan.add(zs.start * ny * nx, np.ascontiguousarray(data[zs]))
+            if scan.problem:
+                break
             if progress:
                 progress(zs.stop, nz)
-    info.min, info.max, info.mean, info.std = moments.low, moments.high, moments.mean, moments.std
-    # nnU-Net crops to this box before normalising; computed here so segmentation needs no second pass
-    info.nonzero_box_zyx = [_extent(any_z), _extent(any_y), _extent(any_x)] if any_z.any() else None
-    if info.std == 0:
-        info.warnings.append("constant volume: every voxel has the same value")
-    return info
+    return scan.finish(info)
 
 
 def write_mrc(

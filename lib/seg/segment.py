@@ -52,6 +52,7 @@ class SegmentationJob:
     run: str | None = None
     step_size: float = 0.5
     mirroring: bool = True
+    fp16: bool = True  # half precision on CUDA (nnU-Net's autocast); False: float32 (on CPU it always is)
     device: str | None = None
     preview_factor: int | None = None
     preview_every: float = 5.0  # seconds; 0 turns previews off
@@ -97,6 +98,7 @@ def _identity(job: SegmentationJob, model: ModelInfo) -> dict:
         "model_checkpoint_sha256": model.checkpoint_sha256,
         "step_size": job.step_size,
         "mirroring": job.mirroring,
+        "fp16": job.fp16,
         "voxel_size_override": job.voxel_size,
     }
 
@@ -118,8 +120,10 @@ SAME_RUN_KEYS = (
     "model_checkpoint_sha256",
     "step_size",
     "mirroring",
+    "fp16",
     "voxel_size_override",
 )
+SAME_RUN_DEFAULTS = {"fp16": True}  # what runs recorded before the key existed used
 
 
 def existing_result(final: Path, provenance: dict) -> SegmentationResult | None:
@@ -134,8 +138,8 @@ def existing_result(final: Path, provenance: dict) -> SegmentationResult | None:
             "it was not written by labpipe; move it or choose another run name",
         )
     stats = json.loads(stats_file.read_text())
-    if any(stats.get(k) != provenance.get(k) for k in SAME_RUN_KEYS):
-        changed = [k for k in SAME_RUN_KEYS if stats.get(k) != provenance.get(k)]
+    changed = [k for k in SAME_RUN_KEYS if stats.get(k, SAME_RUN_DEFAULTS.get(k)) != provenance.get(k)]
+    if changed:
         raise ConflictError(
             final,
             f"a finished run of this name used different {', '.join(changed)}",
@@ -227,7 +231,7 @@ def segment_tomogram(
     # one full read of the file: validation also measures what the tiling needs (pass ``info`` if done already)
     info = info or validate_tomogram(tomogram, voxel_size=job.voxel_size)
     model = load_model_info(layout, job.model)
-    plan = plan_tiles(tomogram, info, model, step_size=job.step_size, mirroring=job.mirroring)
+    plan = plan_tiles(tomogram, info, model, step_size=job.step_size, mirroring=job.mirroring, fp16=job.fp16)
     provenance = _provenance(job, model, plan)
     final = Path(layout.artifacts) / run
     clean_stale(layout, run)
@@ -424,5 +428,5 @@ def estimate_only(job: SegmentationJob, layout: Layout, workers: int = 1) -> Mem
     """The memory estimate of a run without running it (``labpipe seg run --dry-run``)."""
     info = validate_tomogram(Path(job.tomogram), voxel_size=job.voxel_size)
     model = load_model_info(layout, job.model)
-    plan = plan_tiles(Path(job.tomogram), info, model, step_size=job.step_size, mirroring=job.mirroring)
+    plan = plan_tiles(Path(job.tomogram), info, model, step_size=job.step_size, mirroring=job.mirroring, fp16=job.fp16)
     return estimate_memory(plan, model, resolve_device(job.device), workers)

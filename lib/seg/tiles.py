@@ -103,6 +103,7 @@ class TilePlan:
     norm_params: dict = field(default_factory=dict)
     mirroring: bool = True
     ext_trainer: str = ""
+    fp16: bool = True  # half precision (autocast) on CUDA as nnU-Net; False: float32 throughout (CPU always is)
 
     @property
     def cropped_shape(self) -> tuple[int, ...]:
@@ -133,6 +134,7 @@ def plan_tiles(
     step_size: float = 0.5,
     mirroring: bool = True,
     scan: VolumeScan | None = None,
+    fp16: bool = True,
 ) -> TilePlan:
     """nnU-Net's windows over this tomogram for this model; rejects what nnU-Net would have to resample."""
     require("nnunetv2")
@@ -196,6 +198,7 @@ def plan_tiles(
         norm_params=params,
         mirroring=mirroring,
         ext_trainer=str(TRAINER_DIR),
+        fp16=fp16,
     )
 
 
@@ -380,7 +383,8 @@ def predict_tiles(
         batch = np.stack([read_window(data, plan, tuple(start)) for start in starts])
     x = torch.from_numpy(batch)[:, None].to(predictor.device)
     weights = torch.from_numpy(gaussian(tuple(plan.patch_size))).to(predictor.device)
-    autocast = torch.autocast("cuda", enabled=True) if predictor.device.type == "cuda" else contextlib.nullcontext()
+    on_cuda = predictor.device.type == "cuda"
+    autocast = torch.autocast("cuda", enabled=plan.fp16) if on_cuda else contextlib.nullcontext()
     total = None
     try:
         with torch.inference_mode(), autocast:

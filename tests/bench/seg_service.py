@@ -5,10 +5,10 @@ Run alone: ``flock /tmp/labpipe-bench.lock xvfb-run -a .venv/bin/python tests/be
 layer's update; without one, to the decoded array, and the JSON says which).
 
 1. **Upload throughput**: a ``--size-gb`` tomogram (float32 MRC) uploaded by ``SegmentationClient.upload``
-   (fingerprint, init, parts with their checksums, complete: the server checks the whole SHA-256 and validates
-   the MRC) to ``labpipe seg serve``'s app in its own process, against ``curl --upload-file`` of the same file
-   to a plain PUT-to-file server (Python's http.server, its own process) on loopback. ``upload_ratio`` = curl's
-   seconds / ours (target >= 0.8).
+   (fingerprint, init, parts with their checksums, complete: the server's whole SHA-256 and MRC validation, run
+   as the parts arrive, are compared) to ``labpipe seg serve``'s app in its own process, against
+   ``curl --upload-file`` of the same file to a plain PUT-to-file server (Python's http.server, its own process)
+   on loopback. ``upload_ratio`` = curl's seconds / ours (target >= 0.8).
 2. **Bytes re-sent after a cut at 50 %**: the same client through a TCP proxy that drops the connection half-way
    (no retries: the upload stops), then the upload again. ``resent_after_cut_bytes`` = every byte the client
    pushed through the proxy over both attempts (headers included) minus the file's size (target: < one part).

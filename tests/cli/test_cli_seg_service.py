@@ -117,3 +117,46 @@ def test_serve_answers_on_loopback_with_tokens_from_the_same_key(tmp_path):
         server.terminate()
         server.wait(30)
     assert (tmp_path / "data" / "uploads").is_dir()
+
+
+def test_serve_over_tls_to_a_client_that_trusts_the_lab_ca_and_refuses_one_that_does_not(tmp_path):
+    """`labpipe seg serve --certfile/--keyfile` with a certificate of a CA made here; the client verifies with it."""
+    from labpipe.lab.certs import host_cert
+    from labpipe.seg.client import SegmentationClient, ServiceError
+    from labpipe.seg.simulate import simulate_tomogram, write_simulated
+
+    cert = host_cert(tmp_path / "certs", "seg", ["127.0.0.1", "localhost"])
+    ca = tmp_path / "certs" / "ca.pem"
+    port, key = free_port(), tmp_path / "service.key"
+    args = ["--port", str(port), "--data", str(tmp_path / "data"), "--key-file", str(key)]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "labpipe.cli", "seg", "serve", *args, "--certfile", str(cert.cert), "--keyfile",
+         str(cert.key)],
+        env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{url}/v1/healthz", timeout=2, verify=str(ca)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "labpipe seg serve did not answer over TLS within 120 s"
+                time.sleep(0.2)
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{port}/v1/healthz", timeout=5)
+        token = _labpipe(tmp_path, "token", "--user", "alice", "--key-file", str(key)).stdout.strip()
+        tomogram, _ = write_simulated(tmp_path / "TS_01.mrc", simulate_tomogram((16, 24, 24), seed=2))
+        with SegmentationClient(url, token, verify=str(ca)) as client:
+            assert client.server_info()["user"] == "alice"
+            uploaded = client.upload(tomogram, part_bytes=8 << 20)
+        assert uploaded.metadata["shape_zyx"] == [16, 24, 24]
+        with SegmentationClient(url, token) as stranger, pytest.raises(ServiceError) as refused:
+            stranger.server_info()  # the system's CAs do not know the lab's
+        assert refused.value.code == "tls_untrusted" and not refused.value.retryable
+        assert "not trusted" in refused.value.problem and "--cacert" in refused.value.hint
+    finally:
+        server.terminate()
+        server.wait(30)

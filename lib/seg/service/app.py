@@ -32,6 +32,7 @@ from starlette.websockets import WebSocketDisconnect
 log = logging.getLogger("labpipe.seg.service")
 WATCH_S = 0.05  # how often a WebSocket looks for a new preview or progress (a stat call)
 PROGRESS_EVERY_S = 0.25
+WRITE_BATCH_BYTES = 2 << 20  # a part's bytes go to disk in batches of this much (a thread writes while more arrive)
 
 
 def _envelope(exc: ServiceError) -> JSONResponse:
@@ -59,11 +60,11 @@ def create_app(service: SegService) -> FastAPI:
                 log.warning("recovery incomplete: %s", exc)
 
         async def clean():
-            every = min(settings.upload_max_age_s / 4, 600.0)
+            every = min(settings.upload_max_age_s / 4, settings.file_max_age_s / 4, 600.0)
             while True:
                 await asyncio.sleep(every)
                 with contextlib.suppress(OSError):
-                    await run_in_threadpool(service.uploads.clean_stale)
+                    await run_in_threadpool(service.clean_stale)
 
         tasks = [asyncio.create_task(recover()), asyncio.create_task(clean())]
         yield
@@ -125,30 +126,37 @@ def create_app(service: SegService) -> FastAPI:
         return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/uploads/{upload_id}")
-    def upload_status(request: Request, upload_id: str) -> dict:
-        return service.uploads.status(caller(request.headers, "read"), upload_id)
+    def upload_status(request: Request, upload_id: str, part: int | None = None) -> dict:
+        return service.uploads.status(caller(request.headers, "read"), upload_id, part)
 
     @app.put("/v1/uploads/{upload_id}/part/{index}")
     async def put_part(request: Request, upload_id: str, index: int) -> dict:
         principal = caller(request.headers, "submit", counted=False)
         with parts.hold(principal.token_id):
             writer = await run_in_threadpool(
-                service.uploads.part_writer, principal, upload_id, index, request.headers.get("x-part-sha256")
-            )
+                service.uploads.part_writer, principal, upload_id, index, request.headers.get("x-part-sha256"),
+                request.headers.get("x-part-offset"),
+            )  # fmt: skip
+            receiving = PartReceiver(writer)
             try:
                 declared = request.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > writer.expected:
-                    writer.check_length(int(declared))  # refused before a byte is read
+                if declared and declared.isdigit():
+                    writer.check_length(writer.start + int(declared))  # refused before a byte is read
                 async for chunk in request.stream():
-                    writer.write(chunk)
-                done = await run_in_threadpool(writer.finish)
+                    await receiving.take(chunk)
+                await receiving.drain()
+                done = await run_in_threadpool(service.uploads.finish_part, writer)
             except ClientDisconnect:
-                # an ordinary event for a resumable upload (the part is not recorded; the client resends it), not
-                # a server failure: one line, and no exception for Starlette to re-raise into a traceback
-                log.info("upload %s part %d: the client went away mid-part; not recorded", upload_id, index)
+                # an ordinary event for a resumable upload, not a server failure: the bytes received are synced
+                # and recorded (the client sends the rest), one line, and no traceback for Starlette to log
+                with contextlib.suppress(ServiceError):  # what the server read but had not handed over yet
+                    await receiving.take(_unread_body(request))
+                kept = await receiving.keep()
+                log.info("upload %s part %d: the client went away mid-part; %d bytes kept", upload_id, index, kept)
                 return _envelope(ServiceError(400, "client_disconnected", "the connection closed mid-part",
-                                              "send the part again", retryable=True))  # fmt: skip
+                                              "send the rest of the part", retryable=True))  # fmt: skip
             finally:
+                await receiving.settle()
                 writer.close()
         held = await run_in_threadpool(service.uploads.status, principal, upload_id)
         return {"upload_id": upload_id, **done, "parts_received_count": len(held["parts_received"]),
@@ -202,6 +210,55 @@ def create_app(service: SegService) -> FastAPI:
             await JobWatch(service, websocket, record).run()
 
     return app
+
+
+def _unread_body(request: Request) -> bytes:
+    """The body bytes uvicorn read from the socket but had not handed to the app when the client went away
+    (its ``receive`` then answers ``http.disconnect`` and drops them): a cut part keeps them too."""
+    cycle = getattr(request.receive, "__self__", None)
+    body = getattr(cycle, "body", None) if getattr(cycle, "disconnected", False) else None
+    return bytes(body) if isinstance(body, bytes | bytearray) else b""
+
+
+class PartReceiver:
+    """A part's body on its way to disk: batches written and hashed on a worker thread while the next arrives."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.batch: list[bytes] = []
+        self.batched = 0
+        self.pending: asyncio.Future | None = None
+
+    async def take(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.writer.accept(len(chunk))  # 413 at once when the body overflows its slot
+        self.batch.append(chunk)
+        self.batched += len(chunk)
+        if self.batched >= WRITE_BATCH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self.pending is not None:
+            await self.pending  # in order: the part's SHA-256 is a stream
+        batch, self.batch, self.batched = self.batch, [], 0
+        self.pending = asyncio.ensure_future(run_in_threadpool(self.writer.write, batch)) if batch else None
+
+    async def drain(self) -> None:
+        await self._flush()
+        await self._flush()
+
+    async def keep(self) -> int:
+        """After a cut: what arrived is written, synced and recorded; returns the part's bytes held."""
+        await self.drain()
+        return await run_in_threadpool(self.writer.keep_partial)
+
+    async def settle(self) -> None:
+        """Wait for a write still running (before the file is closed), whatever ended the request."""
+        if self.pending is not None:
+            with contextlib.suppress(Exception):
+                await self.pending
+            self.pending = None
 
 
 class JobWatch:

@@ -60,13 +60,10 @@ def _options(raw: object) -> dict:
         if not isinstance(mirroring, bool):
             raise invalid("options.mirroring", "expected true or false")
         out["mirroring"] = mirroring
-    if raw.get("fp16") is False:
-        raise ServiceError(
-            422,
-            "unsupported_option",
-            "options.fp16 = false: full-precision inference is not offered yet",
-            "leave fp16 out or true (half precision on CUDA, as nnU-Net)",
-        )
+    if (fp16 := raw.get("fp16")) is not None:
+        if not isinstance(fp16, bool):
+            raise invalid("options.fp16", "expected true (half precision on CUDA, as nnU-Net) or false (float32)")
+        out["fp16"] = fp16
     if (factor := raw.get("preview_factor")) is not None:
         if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 16:
             raise invalid("options.preview_factor", "expected an integer from 1 to 16")
@@ -139,6 +136,8 @@ class SegService:
                 422, "unknown_model", f"model {model!r} is not on this server", f"choose one of: {known}"
             )
         options = _options(body.get("options"))
+        if file_id:
+            self.uploads.touch_file(file_id)  # the file's age counts from its last job
         job_id = uuid.uuid4().hex
         now = iso(time.time())
         record = {
@@ -302,4 +301,9 @@ class SegService:
                 read += 1
             except (ServiceError, LabpipeError, OSError) as exc:
                 log.warning("job %s not reconciled yet: %s", record["job_id"], exc)
-        return {"started": started, "reconciled": read, "uploads_removed": len(self.uploads.clean_stale())}
+        return {"started": started, "reconciled": read, "uploads_removed": len(self.clean_stale())}
+
+    def clean_stale(self, now: float | None = None) -> list[str]:
+        """Remove stale uploads and unused files (not those of a job queued or running); returns their ids."""
+        in_use = {r["file_id"] for r in self.jobs.all() if r.get("file_id") and JobState(r["state"]) not in TERMINAL}
+        return self.uploads.clean_stale(now, in_use)

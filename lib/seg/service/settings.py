@@ -19,6 +19,12 @@ class ServiceSettings(BaseModel):
     part_size_max: int = Field(32 * MB, ge=1, description="Largest upload part (bytes).")
     max_upload_bytes: int = Field(16 << 30, ge=1, description="Largest file accepted.")
     upload_max_age_s: float = Field(86400.0, gt=0, description="An upload untouched this long is removed.")
+    file_max_age_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="An uploaded file this long unused (completed, or last given a job) is removed, unless a job "
+        "on it is queued or running.",
+    )
     rate_limit_per_minute: int = Field(60, ge=1, description="Requests per minute per token (upload parts excepted).")
     parts_in_flight: int = Field(4, ge=1, description="Concurrent part uploads per token.")
     signed_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of a signed download URL.")
@@ -33,6 +39,7 @@ class ServiceSettings(BaseModel):
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "parts_in_flight": self.parts_in_flight,
             "upload_max_age_s": self.upload_max_age_s,
+            "file_max_age_s": self.file_max_age_s,
             "signed_url_ttl_s": self.signed_url_ttl_s,
             "keepalive_s": self.keepalive_s,
         }

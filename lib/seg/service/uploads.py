@@ -2,12 +2,20 @@
 
 An upload is a folder ``<data>/uploads/<id>/``: ``upload.json`` (who, what
 file, part size), ``data.partial`` (the file being assembled, every part
-written at its offset) and ``parts/<index>`` (the part's SHA-256, written
-only once its bytes are in place and matched the client's checksum). The
+written at its offset), ``parts/<index>`` (the part's SHA-256, written
+only once its bytes are in place and matched the client's checksum) and
+``parts/<index>.partial`` (how many bytes of a part cut mid-transfer were
+received and synced: the client sends only the rest, ``X-Part-Offset``). The
 folder is the state: after a restart ``init`` with the same fingerprint (user,
-size, SHA-256, part size) finds the parts held. ``complete`` checks the
-whole SHA-256 and runs the MRC validator on ``data.partial``, and only then
-renames it to ``<data>/files/<id>.mrc`` with its record ``<id>.json``; a
+size, SHA-256, part size) finds the parts held.
+
+The whole file is checked as it arrives, not read again at the end: once a
+part is held, the contiguous prefix of held parts is read back (from the page
+cache) into a running SHA-256 and the MRC validator's streaming scan (header
+from the first bytes, then every voxel). ``complete`` then normally only
+compares the digest and renames ``data.partial`` to ``<data>/files/<id>.mrc``
+with its record ``<id>.json``. After a restart (the running state is in
+memory) or a part sent again, the prefix is read again from the start. A
 refused file leaves nothing behind. The client's file name is kept for
 display and never becomes a path.
 """
@@ -15,6 +23,7 @@ display and never becomes a path.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -25,10 +34,12 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from labpipe.errors import LabpipeError
 from labpipe.files import atomic_write_text
+from labpipe.seg.mrc import StreamValidator, validate_tomogram
 from labpipe.seg.service.auth import Principal
 from labpipe.seg.service.errors import ServiceError, from_labpipe, invalid, not_found
 from labpipe.seg.service.settings import ServiceSettings
@@ -37,6 +48,7 @@ log = logging.getLogger("labpipe.seg.service")
 ID = re.compile(r"[0-9a-f]{32}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 READ_BYTES = 8 << 20
+SETTLE_S = 2.0  # how long a resuming init waits for the parts still being received (a cut is seen within ms)
 
 
 def check_id(value: str, what: str) -> str:
@@ -65,14 +77,31 @@ def display_name(filename: object) -> str:
 
 
 class PartWriter:
-    """Receives one part's bytes into its slot of ``data.partial``; ``finish`` checks and records it."""
+    """Receives one part's bytes into its slot of ``data.partial``; ``finish`` checks and records it.
 
-    def __init__(self, folder: Path, index: int, offset: int, expected: int, declared: str, upload_id: str) -> None:
+    ``start`` > 0 resumes a part cut mid-transfer: its first ``start`` bytes are on disk already (read back
+    into the part's SHA-256, which covers the whole part) and the body carries the rest.
+    """
+
+    def __init__(
+        self, folder: Path, index: int, offset: int, expected: int, declared: str, upload_id: str, start: int = 0
+    ) -> None:
         self.folder, self.index, self.offset, self.expected = folder, index, offset, expected
-        self.declared, self.upload_id = declared, upload_id
-        self.received = 0
+        self.declared, self.upload_id, self.start = declared, upload_id, start
         self._hash = hashlib.sha256()
-        self._fd = os.open(folder / "data.partial", os.O_WRONLY)
+        self._fd = os.open(folder / "data.partial", os.O_RDWR)
+        done = 0
+        while done < start:
+            block = os.pread(self._fd, min(READ_BYTES, start - done), offset + done)
+            if not block:
+                break
+            self._hash.update(block)
+            done += len(block)
+        self.received = self.announced = done  # written / accepted from the body so far
+
+    @property
+    def remaining(self) -> int:
+        return self.expected - self.start
 
     def check_length(self, length: int) -> None:
         """413 when a part of ``length`` bytes (received so far, or announced) overflows its slot."""
@@ -84,14 +113,34 @@ class PartWriter:
                 "cut the file in parts of part_size bytes (the last one the rest)",
             )
 
-    def write(self, chunk: bytes) -> None:
-        self.check_length(self.received + len(chunk))
-        view = memoryview(chunk)
-        while view:
-            written = os.pwrite(self._fd, view, self.offset + self.received)
-            self._hash.update(view[:written])
+    def accept(self, length: int) -> None:
+        """Count ``length`` more body bytes before they are written (413 at once when they overflow the slot)."""
+        self.check_length(self.announced + length)
+        self.announced += length
+
+    def write(self, chunks) -> None:
+        """Write body bytes (one chunk or a list, in order) at the part's current end, and hash them."""
+        chunks = [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else list(chunks)
+        self.check_length(self.received + sum(len(c) for c in chunks))
+        views = [memoryview(c) for c in chunks if len(c)]
+        while views:
+            written = os.pwritev(self._fd, views, self.offset + self.received)
             self.received += written
-            view = view[written:]
+            while written:
+                head = views[0]
+                used = min(written, len(head))
+                self._hash.update(head[:used])
+                written -= used
+                views[0] = head[used:]
+                if not len(views[0]):
+                    views.pop(0)
+
+    def keep_partial(self) -> int:
+        """After a cut: sync the bytes received and record how many, so the client sends only the rest."""
+        if 0 < self.received < self.expected:
+            os.fsync(self._fd)
+            atomic_write_text(self.folder / "parts" / f"{self.index}.partial", str(self.received))
+        return self.received
 
     def finish(self) -> dict:
         if self.received != self.expected:
@@ -101,6 +150,7 @@ class PartWriter:
                 f"part {self.index} has {self.received} bytes, its slot {self.expected}",
                 "every part is part_size bytes, the last one the rest of the file",
             )
+        (self.folder / "parts" / f"{self.index}.partial").unlink(missing_ok=True)
         if self._hash.hexdigest() != self.declared:
             raise ServiceError(
                 400,
@@ -111,10 +161,28 @@ class PartWriter:
             )
         atomic_write_text(self.folder / "parts" / str(self.index), self.declared)
         os.utime(self.folder / "upload.json")  # the upload is alive: the cleaner measures age from here
-        return {"index": self.index, "bytes": self.received}
+        return {"index": self.index, "bytes": self.received - self.start}
 
     def close(self) -> None:
         os.close(self._fd)
+        self.on_close()
+
+    def on_close(self) -> None:  # replaced by the store: the part may be written again
+        pass
+
+
+class Prefix:
+    """The running check of an upload: SHA-256 and MRC scan of its first ``offset`` bytes (parts held in a row)."""
+
+    def __init__(self, path: Path, streaming: bool) -> None:
+        self.lock = threading.Lock()
+        self.path, self.streaming = path, streaming
+        self.reset()
+
+    def reset(self) -> None:
+        self.offset = 0
+        self.hash = hashlib.sha256()
+        self.scan = StreamValidator(self.path) if self.streaming else None
 
 
 class UploadStore:
@@ -127,6 +195,12 @@ class UploadStore:
         self.files.mkdir(parents=True, exist_ok=True)
         self._init_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        # the voxel scan runs as parts arrive only with the stock validator (a custom one reads the file at complete)
+        self._streaming = validate is validate_tomogram
+        self._prefixes: dict[str, Prefix] = {}
+        self._prefixes_lock = threading.Lock()
+        self._writing: dict[tuple[str, int], PartWriter | None] = {}  # parts being received now: one writer each
+        self._checker = ThreadPoolExecutor(2, thread_name_prefix="upload-check")
 
     # -------------------------------------------------------------------------------- records
 
@@ -153,11 +227,23 @@ class UploadStore:
         parts = self.uploads / upload_id / "parts"
         return sorted(int(p.name) for p in parts.iterdir() if p.name.isdigit()) if parts.is_dir() else []
 
+    def _partial(self, upload_id: str, held: list[int]) -> dict[int, int]:
+        """Bytes received of parts cut mid-transfer (not held): ``{index: bytes}``."""
+        parts, found = self.uploads / upload_id / "parts", {}
+        for record in parts.glob("*.partial") if parts.is_dir() else ():
+            index = record.name.split(".")[0]
+            with contextlib.suppress(OSError, ValueError):
+                if index.isdigit() and int(index) not in held:
+                    found[int(index)] = int(record.read_text().strip())
+        return dict(sorted(found.items()))
+
     def _view(self, meta: dict) -> dict:
         touched = (self.uploads / meta["upload_id"] / "upload.json").stat().st_mtime
+        held = self._held(meta["upload_id"])
         return {
             **{k: meta[k] for k in ("upload_id", "filename", "size", "sha256", "part_size", "parts_total")},
-            "parts_received": self._held(meta["upload_id"]),
+            "parts_received": held,
+            "partial": {str(i): n for i, n in self._partial(meta["upload_id"], held).items()},
             "state": "uploading",
             "file_id": None,
             "created_at": meta["created_at"],
@@ -170,6 +256,7 @@ class UploadStore:
             "upload_id": record["file_id"],
             **{k: record[k] for k in ("filename", "size", "sha256", "part_size", "parts_total", "created_at")},
             "parts_received": list(range(record["parts_total"])),
+            "partial": {},
             "state": "complete",
             "file_id": record["file_id"],
             "expires_at": None,
@@ -214,6 +301,7 @@ class UploadStore:
                 fingerprint = (principal.user, digest, size, part_size)
                 if meta and (meta["user"], meta["sha256"], meta["size"], meta["part_size"]) == fingerprint:
                     os.utime(meta_file)
+                    self._settle(meta["upload_id"])
                     return self._view(meta), False
             free = shutil.disk_usage(self.uploads).free
             if free < size + s.free_disk_reserve_bytes:
@@ -245,14 +333,28 @@ class UploadStore:
             )
             return self._view(meta), True
 
-    def status(self, principal: Principal, upload_id: str) -> dict:
+    def _settle(self, upload_id: str, part: int | None = None, timeout: float = SETTLE_S) -> None:
+        """Wait a little for parts (or one part) still being received: a client resuming after a cut learns what
+        they kept (the server sees the cut within milliseconds, the client may ask sooner)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(u == upload_id and part in (None, i) for u, i in list(self._writing)):
+            time.sleep(0.02)
+
+    def status(self, principal: Principal, upload_id: str, part: int | None = None) -> dict:
+        """The upload's view; with ``part``, once that part is no longer being received (at most ``SETTLE_S``)."""
         check_id(upload_id, f"upload {upload_id}")
         if (self.files / f"{upload_id}.json").exists():
             return self._complete_view(self.file_record(principal, upload_id))
-        return self._view(self._owned_meta(principal, upload_id))
+        meta = self._owned_meta(principal, upload_id)
+        if part is not None:
+            self._settle(upload_id, part)
+        return self._view(meta)
 
-    def part_writer(self, principal: Principal, upload_id: str, index: int, declared: str | None) -> PartWriter:
-        """A writer for part ``index`` (its earlier copy, if any, no longer counts as held until this one is)."""
+    def part_writer(
+        self, principal: Principal, upload_id: str, index: int, declared: str | None, start: object = None
+    ) -> PartWriter:
+        """A writer for part ``index`` from byte ``start`` (``X-Part-Offset``: at most the bytes received of it
+        before a cut); its earlier copy, if any, no longer counts as held until this one is. ``close`` it."""
         check_id(upload_id, f"upload {upload_id}")
         if (self.files / f"{upload_id}.json").exists():
             self.file_record(principal, upload_id)  # 404 for another user's
@@ -271,10 +373,91 @@ class UploadStore:
                 "index parts from 0 in steps of part_size",
             )
         digest = check_sha256(declared, "X-Part-SHA256")
+        text = str(start if start is not None else "0").strip()
+        if not text.isdigit():
+            raise invalid("X-Part-Offset", "expected the part's bytes already received (0 or more)")
+        start = int(text)
         folder = self.uploads / upload_id
-        (folder / "parts" / str(index)).unlink(missing_ok=True)
-        offset = index * meta["part_size"]
-        return PartWriter(folder, index, offset, min(meta["part_size"], meta["size"] - offset), digest, upload_id)
+        with self._prefixes_lock:
+            if (upload_id, index) in self._writing:
+                raise ServiceError(
+                    409,
+                    "part_in_progress",
+                    f"part {index} is being received on another connection",
+                    "wait for it, or retry in a moment (a cut connection is noticed within seconds)",
+                    retryable=True,
+                )
+            self._writing[(upload_id, index)] = None
+        try:
+            received = self._partial(upload_id, []).get(index, 0)
+            if start > received:
+                raise ServiceError(
+                    409,
+                    "part_offset_mismatch",
+                    f"part {index}: X-Part-Offset {start}, but {received} bytes of it are held",
+                    "resume from partial[index] of GET /v1/uploads/{id} (0: the whole part)",
+                    retryable=True,
+                    partial_bytes=received,
+                )
+            offset = index * meta["part_size"]
+            prefix = self._prefix(upload_id)
+            with prefix.lock:  # the running check has read past this part: start it again (rare: a part resent)
+                if prefix.offset > offset:
+                    prefix.reset()
+                (folder / "parts" / str(index)).unlink(missing_ok=True)
+            length = min(meta["part_size"], meta["size"] - offset)
+            writer = PartWriter(folder, index, offset, length, digest, upload_id, start)
+        except BaseException:
+            self._writing.pop((upload_id, index), None)
+            raise
+        self._writing[(upload_id, index)] = writer
+        writer.on_close = lambda: self._writing.pop((upload_id, index), None)
+        return writer
+
+    def finish_part(self, writer: PartWriter) -> dict:
+        """Check and record a received part, then advance the running check past it (in the background)."""
+        done = writer.finish()
+        self._checker.submit(self._advance_quietly, writer.upload_id)
+        return done
+
+    def _prefix(self, upload_id: str) -> Prefix:
+        with self._prefixes_lock:
+            if upload_id not in self._prefixes:
+                self._prefixes[upload_id] = Prefix(self.uploads / upload_id / "data.partial", self._streaming)
+            return self._prefixes[upload_id]
+
+    def _advance_quietly(self, upload_id: str) -> None:
+        try:
+            meta = self._meta(upload_id)
+            if meta is not None:
+                self._advance(meta)
+        except Exception as exc:  # complete() reads again what this missed
+            log.warning("upload %s: running check stopped: %s: %s", upload_id, type(exc).__name__, exc)
+
+    def _advance(self, meta: dict) -> Prefix:
+        """Read the held parts that follow the running check's prefix into its SHA-256 and MRC scan."""
+        upload_id, part_size, size = meta["upload_id"], meta["part_size"], meta["size"]
+        folder = self.uploads / upload_id
+        prefix = self._prefix(upload_id)
+        with prefix.lock:
+            fd = None
+            try:
+                while prefix.offset < size and (folder / "parts" / str(prefix.offset // part_size)).exists():
+                    if fd is None:
+                        fd = os.open(folder / "data.partial", os.O_RDONLY)
+                    end = min(size, (prefix.offset // part_size + 1) * part_size)
+                    while prefix.offset < end:
+                        block = os.pread(fd, min(READ_BYTES, end - prefix.offset), prefix.offset)
+                        if not block:
+                            raise OSError(f"data.partial ends at {prefix.offset} of {size} bytes")
+                        prefix.hash.update(block)
+                        if prefix.scan is not None:
+                            prefix.scan.feed(prefix.offset, block)
+                        prefix.offset += len(block)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return prefix
 
     def complete(self, principal: Principal, upload_id: str) -> dict:
         """Check the whole SHA-256, validate the MRC, rename into place; refused files leave nothing behind."""
@@ -297,9 +480,13 @@ class UploadStore:
                 )
             final = self.files / f"{upload_id}.mrc"
             if not final.exists():  # else a crash came between the rename and the record: validate again
-                self._check_whole(meta, folder)
+                prefix = self._advance(meta)  # normally done already, part by part; from 0 after a restart
                 try:
-                    info = self.validate(folder / "data.partial")
+                    if prefix.hash.hexdigest() == meta["sha256"] and prefix.scan is not None:
+                        info = prefix.scan.finish()
+                    else:  # a custom validator, or the running digest differs: read the file again to know why
+                        self._check_whole(meta, folder)
+                        info = self.validate(folder / "data.partial")
                 except LabpipeError as exc:
                     self._discard(upload_id, f"refused by the MRC validator: {exc.problem}")
                     raise from_labpipe(exc, 422, "invalid_mrc", meta["filename"]) from None
@@ -317,6 +504,7 @@ class UploadStore:
             }
             atomic_write_text(self.files / f"{upload_id}.json", json.dumps(record))
             shutil.rmtree(folder, ignore_errors=True)
+            self._forget(upload_id)
             log.info("upload %s complete: %d bytes, valid MRC", upload_id, meta["size"])
             return self._complete_view(record)
 
@@ -359,8 +547,13 @@ class UploadStore:
             f.seek(offset)
             return hashlib.sha256(f.read(min(meta["part_size"], meta["size"] - offset))).hexdigest()
 
+    def _forget(self, upload_id: str) -> None:
+        with self._prefixes_lock:
+            self._prefixes.pop(upload_id, None)
+
     def _discard(self, upload_id: str, why: str) -> None:
         shutil.rmtree(self.uploads / upload_id, ignore_errors=True)
+        self._forget(upload_id)
         log.info("upload %s discarded: %s", upload_id, why)
 
     def abort(self, principal: Principal, upload_id: str) -> None:
@@ -368,10 +561,17 @@ class UploadStore:
         with self._locks[upload_id]:
             self._discard(upload_id, "abandoned by its user")
 
-    def clean_stale(self, now: float | None = None) -> list[str]:
-        """Remove uploads untouched for ``upload_max_age_s`` (their parts with them); returns their ids."""
+    def touch_file(self, file_id: str) -> None:
+        """A job was given the file: its age (for ``file_max_age_s``) counts from now."""
+        with contextlib.suppress(OSError):
+            os.utime(self.files / f"{check_id(file_id, 'file')}.json")
+
+    def clean_stale(self, now: float | None = None, in_use: set[str] | frozenset = frozenset()) -> list[str]:
+        """Remove uploads untouched for ``upload_max_age_s`` (their parts with them) and files unused for
+        ``file_max_age_s`` (since completed or last given a job) but those in ``in_use`` (a queued or running
+        job's); returns the ids removed."""
         now = time.time() if now is None else now
-        removed = []
+        removed = self._clean_files(now, in_use)
         for folder in self.uploads.iterdir():
             meta_file = folder / "upload.json"
             try:
@@ -381,4 +581,26 @@ class UploadStore:
             if age > self.settings.upload_max_age_s and not self._locks[folder.name].locked():
                 self._discard(folder.name, f"untouched for {age:.0f} s")
                 removed.append(folder.name)
+        return removed
+
+    def _clean_files(self, now: float, in_use) -> list[str]:
+        removed = []
+        for path in sorted(self.files.iterdir()):
+            file_id, suffix = path.stem, path.suffix
+            if not ID.fullmatch(file_id) or file_id in in_use or suffix not in (".json", ".mrc"):
+                continue
+            record = self.files / f"{file_id}.json"
+            if suffix == ".mrc" and (record.exists() or (self.uploads / file_id).exists()):
+                continue  # judged by its record; or its upload is completing
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age <= self.settings.file_max_age_s:
+                continue
+            with self._locks[file_id]:
+                record.unlink(missing_ok=True)  # first: the file is gone from the API before its bytes go
+                (self.files / f"{file_id}.mrc").unlink(missing_ok=True)
+            log.info("file %s removed: unused for %.0f s", file_id, age)
+            removed.append(file_id)
         return removed

@@ -140,3 +140,41 @@ def test_cli_prints_json_and_fails_on_corrupt_files(good, tmp_path):
     result = runner.invoke(app, ["validate", str(bad)])
     assert result.exit_code == 2
     assert "truncated" in result.output and str(bad) in result.output
+
+
+@pytest.mark.parametrize("cut", [1, 4097, 7001])  # ranges that split the header and voxels at odd bytes
+def test_the_stream_validator_gives_what_validate_tomogram_gives(tmp_path, volume, cut):
+    """The upload service validates the bytes as they arrive: same metadata as reading the file afterwards."""
+    from labpipe.seg.mrc import StreamValidator
+
+    volume[:3] = 0  # a nonzero box smaller than the volume
+    volume[:, :, 35:] = 0
+    path = write_mrc(tmp_path / "v.mrc", volume, voxel_size_zyx=(12.0, 10.0, 10.0))
+    data = path.read_bytes()
+    stream = StreamValidator(path)
+    for offset in range(0, len(data), cut):
+        stream.feed(offset, data[offset : offset + cut])
+    streamed, whole = stream.finish().as_json(), validate_tomogram(path).as_json()
+    assert streamed["nonzero_box_zyx"] == whole["nonzero_box_zyx"] == [[3, 20], [0, 30], [0, 35]]
+    for key in ("mean", "std"):
+        assert streamed.pop(key) == pytest.approx(whole.pop(key), rel=1e-12)
+    assert streamed == whole
+
+
+def test_the_stream_validator_locates_non_finite_voxels_and_bad_headers(tmp_path, volume):
+    from labpipe.seg.mrc import StreamValidator
+
+    volume[7, 3, 9] = np.inf
+    path = write_mrc(tmp_path / "inf.mrc", volume, voxel_size_zyx=(1.0, 1.0, 1.0))
+    stream = StreamValidator(path)
+    data = path.read_bytes()
+    stream.feed(0, data[:5000])
+    stream.feed(5000, data[5000:])
+    with pytest.raises(InvalidInput, match=r"1 non-finite voxels .* z,y,x = 7,3,9"):
+        stream.finish()
+    with mrcfile.open(path, mode="r+", permissive=True) as m:
+        m.header.mode = 4
+    stream = StreamValidator(path)
+    stream.feed(0, path.read_bytes())
+    with pytest.raises(InvalidInput, match="mode 4"):
+        stream.finish()

@@ -11,6 +11,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -42,7 +43,17 @@ def proxied(start_service):
     proxy.close()
 
 
-def test_upload_cut_half_way_resumes_sending_only_the_missing_parts(proxied, tomogram):
+def _kept_of_cut_part(service, index: int) -> int:
+    """Bytes of part ``index`` the server recorded as received and synced after a cut (its own count)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for record in (service.settings.data / "uploads").glob(f"*/parts/{index}.partial"):
+            return int(record.read_text())
+        time.sleep(0.02)
+    raise AssertionError(f"part {index}: no record of its received bytes")
+
+
+def test_upload_cut_half_way_resumes_sending_only_the_rest(proxied, tomogram):
     service, proxy, token = proxied
     size = tomogram.stat().st_size
     assert size // PART == 8
@@ -50,7 +61,9 @@ def test_upload_cut_half_way_resumes_sending_only_the_missing_parts(proxied, tom
     client = SegmentationClient(proxy.url, token, backoff=Backoff(attempts=1))
     with client, pytest.raises(ServiceError) as cut:
         client.upload(tomogram, part_bytes=PART, concurrency=1)
-    assert cut.value.retryable and "only the parts still missing are sent" in cut.value.hint
+    assert cut.value.retryable and "only what the server does not hold is sent" in cut.value.hint
+    kept = _kept_of_cut_part(service, 4)
+    assert PART // 2 - 4 * HEADERS < kept <= PART // 2  # the half of part 4 that passed, less the requests' headers
 
     before = proxy.sent
     progress = []
@@ -58,23 +71,24 @@ def test_upload_cut_half_way_resumes_sending_only_the_missing_parts(proxied, tom
         upload = client.upload(tomogram, part_bytes=PART, progress=lambda d, t: progress.append((d, t)))
     on_wire = proxy.sent - before
     assert upload.held_at_start == 4
-    assert upload.sent_bytes == size - 4 * PART  # parts 4..8 only
+    assert upload.sent_bytes == size - 4 * PART - kept  # the rest of part 4, then parts 5..8
     assert upload.sent_bytes <= on_wire < upload.sent_bytes + HEADERS * (upload.sent_parts + 2)  # + init, complete
-    assert progress[0] == (4 * PART, size) and progress[-1] == (size, size)
+    assert progress[0] == (4 * PART + kept, size) and progress[-1] == (size, size)
     assert upload.metadata["shape_zyx"] == [32, 64, 64]
     with SegmentationClient(service.url, token) as client:  # the same file again: nothing is sent
         again = client.upload(tomogram, part_bytes=PART)
     assert again.file_id == upload.file_id and again.sent_bytes == 0
 
 
-def test_a_dropped_part_is_retried_with_backoff_within_one_upload(proxied, tomogram):
+def test_a_dropped_part_is_retried_with_backoff_from_where_it_was_cut(proxied, tomogram):
     _, proxy, token = proxied
     size = tomogram.stat().st_size
     proxy.cut_after(int(1.5 * PART))
     with SegmentationClient(proxy.url, token, backoff=Backoff(attempts=4, base=0.05)) as client:
         upload = client.upload(tomogram, part_bytes=PART, concurrency=1)
     assert proxy.cuts == 1
-    assert upload.sent_bytes == size + PART  # part 1 twice, every other part once
+    # part 1 once whole (cut after about half of it reached the server), then only the rest; every other part once
+    assert size + PART // 2 <= upload.sent_bytes < size + PART // 2 + 3 * HEADERS
     assert upload.metadata["shape_zyx"] == [32, 64, 64]
 
 

@@ -161,3 +161,25 @@ def test_a_failing_run_reports_its_error(job_service, tmp_path):
     end = _watch(svc, token, job.json()["job_id"])
     assert end[-1]["type"] == "error" and end[-1]["state"] == "failed", end[-1]
     assert end[-1]["code"] == "invalid_input" and "zero" in end[-1]["message"], end[-1]
+
+
+def test_a_job_in_full_precision_runs_and_records_it(job_service, tmp_path, labpipe_home):
+    """options.fp16 = false reaches the flow run (a parameter) and the run (its provenance in stats.json)."""
+    svc = job_service
+    data, _ = _tomogram(tmp_path, (32, 48, 48), seed=13)
+    token = svc.token("alice")
+    with svc.client(token) as client:
+        record = upload(client, data)
+        wrong = {"file_id": record["file_id"], "model": "tiny-test", "options": {"fp16": "no"}}
+        refused = client.post("/v1/jobs", json=wrong)
+        assert refused.status_code == 400 and "options.fp16" in refused.json()["message"]
+        options = {"fp16": False, "mirroring": False, "preview_every": 0}
+        job = client.post("/v1/jobs", json={"file_id": record["file_id"], "model": "tiny-test", "options": options})
+        assert job.status_code == 201, job.text
+    end = _watch(svc, token, job.json()["job_id"])
+    assert end[-1]["type"] == "completed", end[-1]
+    assert _flow_run(job.json()["flow_run_id"]).parameters["fp16"] is False
+    stats = json.loads(
+        (Layout.default(labpipe_home).artifacts / f"api-{job.json()['job_id']}" / "stats.json").read_text()
+    )
+    assert stats["fp16"] is False
