@@ -19,39 +19,29 @@ def _client():
     return get_client(sync_client=True)
 
 
+# spec key, module, block class, label, named: named keys hold {name: fields}, the others one `default` document
+BLOCKS = [
+    ("layouts", "labpipe.blocks", "StorageLayout", "layout", True),
+    ("radio", "labpipe.blocks.radio", "RadioStreaming", "radio", False),
+    ("calibration", "labpipe.blocks.radio_calibrate", "RadioCalibration", "calibration", False),
+    ("plans", "labpipe.blocks.backup", "NightlyBackup", "plan", True),
+    ("repositories", "labpipe.blocks.backup", "BackupRepository", "repository", True),
+    ("alerts", "labpipe.blocks.alerts", "LabAlerts", "alerts", False),
+]
+
+
 def save_blocks(spec: dict) -> dict:
-    """Block documents by type: {"radio": {...}, "layout": {name: roots}, "plan": {...}, "repository": {...}, ...}."""
-    from labpipe.blocks import StorageLayout
+    """Block documents by type, as BLOCKS lists them: {"radio": {...}, "layouts": {name: roots}, ...}."""
+    import importlib
 
     saved = []
-    for name, roots in spec.get("layouts", {}).items():
-        StorageLayout(**roots).save(name, overwrite=True)
-        saved.append(f"layout {name}")
-    if "radio" in spec:
-        from labpipe.blocks.radio import RadioStreaming
-
-        RadioStreaming(**spec["radio"]).save("default", overwrite=True)
-        saved.append("radio default")
-    if "calibration" in spec:
-        from labpipe.blocks.radio_calibrate import RadioCalibration
-
-        RadioCalibration(**spec["calibration"]).save("default", overwrite=True)
-        saved.append("calibration default")
-    for name, plan in spec.get("plans", {}).items():
-        from labpipe.blocks.backup import NightlyBackup
-
-        NightlyBackup(**plan).save(name, overwrite=True)
-        saved.append(f"plan {name}")
-    for name, repository in spec.get("repositories", {}).items():
-        from labpipe.blocks.backup import BackupRepository
-
-        BackupRepository(**repository).save(name, overwrite=True)
-        saved.append(f"repository {name}")
-    if "alerts" in spec:
-        from labpipe.blocks.alerts import LabAlerts
-
-        LabAlerts(**spec["alerts"]).save("default", overwrite=True)
-        saved.append("alerts default")
+    for key, module, cls, label, named in BLOCKS:
+        if key not in spec:
+            continue
+        block = getattr(importlib.import_module(module), cls)
+        for name, fields in (spec[key] if named else {"default": spec[key]}).items():
+            block(**fields).save(name, overwrite=True)
+            saved.append(f"{label} {name}")
     from labpipe.deployments.pickers import refresh_on_server
 
     refresh_on_server()  # as `labpipe config apply` does: deployments accept the names their pickers offer
