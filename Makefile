@@ -35,7 +35,7 @@ down: install
 	$(VENV)/bin/labpipe down
 
 test: install
-	$(PY) -m pytest -q --durations=25  # the slowest 25 in the log: the suite must stay under 30 min on 2 cores
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25  # two workers (groups: tests/conftest.py); the slowest 25 in the log: under 30 min on 2 cores
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not e2e"

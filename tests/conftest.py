@@ -8,7 +8,9 @@ schema prefix and its schemas are dropped afterwards.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -39,6 +41,33 @@ def pytest_configure(config):
             if old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
                 shutil.rmtree(old, ignore_errors=True)
         config.option.basetemp = parent / str(os.getpid())
+    if hasattr(config, "workerinput"):  # one of `make test`'s two pytest-xdist workers: one thread each for
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")  # torch and BLAS, or two workers fight over two cores
+
+
+TESTS = Path(__file__).parent
+_SHARED_SCOPE = re.compile(r"scope=\"(session|package)\"")
+
+
+@functools.cache
+def _sharing_folder(folder: Path) -> Path | None:
+    """The topmost folder at or above ``folder`` (below tests/) whose conftest.py holds a session or package fixture."""
+    if folder == TESTS or TESTS not in folder.parents:
+        return None
+    conftest = folder / "conftest.py"
+    shares = conftest.exists() and _SHARED_SCOPE.search(conftest.read_text()) is not None
+    return _sharing_folder(folder.parent) or (folder if shares else None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for `pytest -n 2 --dist loadgroup` (make test): a module's tests stay on one worker (module fixtures
+    are built once), and so do all tests under a folder whose conftest shares a session or package fixture (the
+    simulated lab, a trained model): built once, and never two simulated labs at a time."""
+    for item in items:
+        path = Path(str(item.fspath))
+        group = _sharing_folder(path.parent) or path
+        item.add_marker(pytest.mark.xdist_group(str(group.relative_to(TESTS))))
 
 
 @pytest.fixture(scope="session", autouse=True)
