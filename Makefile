@@ -35,7 +35,7 @@ down: install
 	$(VENV)/bin/labpipe down
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25  # two workers (groups: tests/conftest.py); the slowest 25 in the log: under 30 min on 2 cores
+	$(PY) -m pytest -q -n 2 --durations=25  # two workers, whole modules or fixture-sharing folders each (tests/conftest.py); the slowest 25 in the log: under 30 min on 2 cores
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not e2e"

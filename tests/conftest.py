@@ -60,14 +60,19 @@ def _sharing_folder(folder: Path) -> Path | None:
     return _sharing_folder(folder.parent) or (folder if shares else None)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for `pytest -n 2 --dist loadgroup` (make test): a module's tests stay on one worker (module fixtures
-    are built once), and so do all tests under a folder whose conftest shares a session or package fixture (the
-    simulated lab, a trained model): built once, and never two simulated labs at a time."""
-    for item in items:
-        path = Path(str(item.fspath))
-        group = _sharing_folder(path.parent) or path
-        item.add_marker(pytest.mark.xdist_group(str(group.relative_to(TESTS))))
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s two workers (pytest -n 2) take whole work units: a module (its module fixtures built once), or
+    every test under a folder whose conftest shares a session or package fixture (the simulated lab, a trained
+    model: built once, and never two simulated labs at a time). xdist's own `--dist loadgroup` marks do not work
+    with pytest 9.2 (xdist 3.8 renames `item._nodeid`, which pytest no longer reads), so the units are made here."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = TESTS.parent / nodeid.split("::", 1)[0]
+            return str((_sharing_folder(path.parent) or path).relative_to(TESTS))
+
+    return FolderScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
