@@ -31,6 +31,7 @@ let token = sessionStorage.getItem("labpipe-token");
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 const num = (v, d = 3) => (v === null || v === undefined) ? "" : Number(v).toFixed(d);
+const mjy = (jy, d = 2) => (jy === null || jy === undefined) ? "" : num(jy * 1e3, d);  // blank, not 0.00, when unknown
 const SHOWN = 10;
 const mb = (b) => (b / 1048576).toFixed(1);
 async function api(path) {
@@ -69,14 +70,14 @@ async function load() {
   }
   $("sources").innerHTML = table(sources, [["id", r => r.source_id], ["RA", r => num(r.ra_deg, 4)],
     ["Dec", r => num(r.dec_deg, 4)], ["detections", r => r.n_detections], ["reference", r => r.ref_name],
-    ["mean mJy", r => num(r.mean_flux_jy * 1e3, 2)], ["V", r => num(r.v_index)], ["eta", r => num(r.eta, 2)],
+    ["mean mJy", r => mjy(r.mean_flux_jy)], ["V", r => num(r.v_index)], ["eta", r => num(r.eta, 2)],
     ["flag", r => r.ese_candidate ? "<span class=bad>ESE</span>" : r.is_variable ? "<span class=bad>variable</span>" : "", true]]);
   $("images").innerHTML = table(images.slice(0, SHOWN), [["group", r => r.group_id], ["date", r => r.obs_date],
     ["RA", r => num(r.detail && r.detail.ra_deg, 3)], ["Dec", r => num(r.detail && r.detail.dec_deg, 3)],
     ["MB", r => mb(r.size_bytes)], ["file", r => rel(r.path)]]) + more(images);
   const metrics = qa.filter(r => r.subtype === "metrics");
   const pngs = qa.filter(r => r.subtype === "png").slice(0, 2);
-  $("qa").innerHTML = table(metrics, [["group", r => r.group_id], ["rms mJy", r => num(r.detail && r.detail.rms_jy * 1e3, 2)],
+  $("qa").innerHTML = table(metrics, [["group", r => r.group_id], ["rms mJy", r => mjy(r.detail && r.detail.rms_jy)],
     ["dyn. range", r => num(r.detail && r.detail.dynamic_range, 0)], ["sources", r => r.detail && r.detail.n_sources],
     ["QA", r => r.detail && r.detail.passed ? "<span class=ok>passed</span>" : "<span class=bad>failed</span>", true]]);
   for (const p of pngs) { const card = document.createElement("div"); card.className = "card";
