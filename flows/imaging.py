@@ -43,7 +43,12 @@ def stack_pictures_task(session: str | None, db_block, layout_block) -> list[str
 
 def _population_summary(result: PopulateResult, pictures: list[str] = ()) -> str:
     counts = [
-        {"table": name, "computed": done, "still to do": result.remaining.get(name, "")}
+        {
+            "table": name,
+            "computed": done,
+            "still to do": result.remaining.get(name, ""),
+            "seconds": result.seconds.get(name, ""),
+        }
         for name, done in result.computed.items()
     ]
     shown = "## Latest stacks\n\n" + "\n\n".join(pictures) + "\n\n" if pictures else ""

@@ -13,6 +13,7 @@ raised, so it blocks nothing else. A flow or the command line calls ``run_popula
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from labpipe.calcium.schema import CalciumContext
@@ -78,7 +79,7 @@ def run_population(
         for done, (schema, name, restriction) in enumerate(steps, start=1):
             table = getattr(_namespace(db, schema), name)
             restrictions = [r for r in (restriction, {"session_id": session} if session else None) if r]
-            query = table.key_source
+            query, started = table.key_source, time.monotonic()
             for r in restrictions:
                 query = query & r
             outcome = table.populate(
@@ -98,6 +99,7 @@ def run_population(
                     {"table": label, "key": {k: str(v) for k, v in key.items()}, "error": str(error)[:1000]}
                 )
             result.remaining[label] = len(query.proj() - table.proj())
+            result.seconds[label] = round(time.monotonic() - started, 3)
             if progress:
                 progress(done, len(steps))
     return result

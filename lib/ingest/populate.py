@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class PopulateResult:
     computed: dict[str, int] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
     remaining: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per table, where a population's time goes
 
 
 def population_tables(db: LabDatabase, population: str | None = None) -> list:
@@ -65,6 +67,7 @@ def run_population(
 
 
 def _populate_table(table, restrictions: list[dict], share: Path, max_calls: int | None, result: PopulateResult):
+    started = time.monotonic()
     outcome = table.populate(
         *restrictions,
         reserve_jobs=True,
@@ -78,6 +81,7 @@ def _populate_table(table, restrictions: list[dict], share: Path, max_calls: int
         result.errors.append({"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message})
     source = table.key_source & restrictions[0] if restrictions else table.key_source
     result.remaining[table.__name__] = len(source - table.proj())
+    result.seconds[table.__name__] = round(time.monotonic() - started, 3)
 
 
 def _errors(outcome) -> list[tuple[dict, str]]:

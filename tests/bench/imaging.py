@@ -158,7 +158,7 @@ def child_population(share: Path, work: Path, spec_json: str) -> dict:
             oasis=np.stack([oasis[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)),
             dff=np.stack([dff[m["roi_id"]] for m in masks]) if masks else np.zeros((0, 0)),
         )
-        return {"seconds": seconds, "peak_gb": _peak_gb(), "rois": len(masks)}
+        return {"seconds": seconds, "peak_gb": _peak_gb(), "rois": len(masks), "steps_s": result.seconds}
     finally:
         db.drop_all()
         server.stop()
@@ -384,6 +384,7 @@ def main() -> None:
         "cells": args.cells,
         "overhead": population["seconds"] / hand["seconds"] - 1,
         "labpipe_s": population["seconds"],
+        "labpipe_steps_s": population.get("steps_s"),  # where labpipe's time went, per table
         "suite2p_by_hand_s": hand["seconds"],
         "peak_gb": population["peak_gb"],
         "peak_gb_half_frames": half["peak_gb"],

@@ -62,6 +62,8 @@ def test_every_population_fills_its_tables_and_bad_files_are_named(science):
         "Fluorescence": 0,
         "Activity[oasis]": 0,
     }
+    assert imaging.seconds.keys() == imaging.remaining.keys()  # where the time went, per table
+    assert imaging.seconds["Processing"] >= (t.Processing & good_key).fetch1("duration_s") * 0.99  # suite2p is in it
     processing = (t.Processing & good_key).fetch1()
     assert processing["input"] == "denoised" and processing["settings"]["nonrigid"] is False
     assert sorted(processing["output"].listdir()) == [
