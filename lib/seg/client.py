@@ -5,9 +5,10 @@ One client for every desktop front end (the napari widget, ``labpipe seg submit`
 front end behaves alike.
 
 - **Uploads resume by fingerprint.** The file's SHA-256 is sent to ``init`` (read once, with every part's
-  SHA-256 in the same read: the parts are not hashed again when sent); the server answers with the parts it
-  already holds and how much it kept of parts cut mid-transfer, and only the rest is sent (``X-Part-Offset``),
-  each part with its whole SHA-256. A dropped connection retries that part with backoff from the byte the
+  CRC32C in the same read: the parts are not read for a checksum again when sent); the server answers with the
+  parts it already holds and how much it kept of parts cut mid-transfer, and only the rest is sent
+  (``X-Part-Offset``), each part with the CRC32C of the whole part (``X-Part-CRC32C``; labpipe.seg.checksums
+  says why not SHA-256). A dropped connection retries that part with backoff from the byte the
   server kept; when retries run out the error says to run the upload again, which then sends only what is
   still missing.
 - **Errors** come from the server's one envelope ``{code, message, hint, retryable}`` and become a
@@ -42,6 +43,9 @@ import numpy as np
 from labpipe import optional
 from labpipe.errors import LabpipeError
 from labpipe.files import atomic_path, sha256_file
+from labpipe.seg.checksums import DEFAULT as PART_CHECKSUM
+from labpipe.seg.checksums import HEADERS as PART_HEADERS
+from labpipe.seg.checksums import part_digest
 
 MB = 1 << 20
 DEFAULT_PART_BYTES = 16 * MB  # the server accepts 8-32 MB parts
@@ -274,9 +278,9 @@ def fingerprint(path: Path, progress: Progress | None = None) -> str:
 
 
 def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
-    """The file's SHA-256 and each ``part_bytes`` part's, in one read of the file (the part digests on a second
-    thread: hashlib releases the GIL), remembered like ``fingerprint``: the parts are then sent without being
-    hashed again."""
+    """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the part checksums on a
+    second thread: both release the GIL), remembered like ``fingerprint``: the parts are then sent without being
+    read for a checksum again."""
     key = _file_key(path)
     with _FINGERPRINTS_LOCK:
         whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
@@ -287,7 +291,7 @@ def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) 
     digest, futures, done = hashlib.sha256(), [], 0
     with open(path, "rb") as handle, ThreadPoolExecutor(1, thread_name_prefix="seg-digest") as pool:
         while block := handle.read(part_bytes):
-            futures.append(pool.submit(lambda b: hashlib.sha256(b).hexdigest(), block))
+            futures.append(pool.submit(part_digest, PART_CHECKSUM, block))
             digest.update(block)
             if len(futures) > 1:
                 futures[-2].result()  # at most two parts in memory
@@ -485,11 +489,11 @@ class SegmentationClient:
         return int((status.get("partial") or {}).get(str(index), 0))
 
     def send_part(self, handle, plan: _PartPlan, index: int, counter: _Counter) -> None:
-        """PUT one part (from the byte the server holds of it) with its SHA-256; retried with backoff, resuming
+        """PUT one part (from the byte the server holds of it) with its CRC32C; retried with backoff, resuming
         from what the server kept of a cut attempt; each attempt's bytes are counted as sent."""
         length = _part_length(index, plan.size, plan.part_bytes)
         data = os.pread(handle.fileno(), length, index * plan.part_bytes)
-        digest = plan.digests[index] if plan.digests else hashlib.sha256(data).hexdigest()
+        digest = plan.digests[index] if plan.digests else part_digest(PART_CHECKSUM, data)
         start = credited = min(plan.partial.get(index, 0), length)  # counted as held by the upload's progress
         subject = f"part {index} of upload {plan.upload_id}"
         for attempt in range(self.backoff.attempts):
@@ -499,7 +503,7 @@ class SegmentationClient:
                 response = self.http.put(
                     f"/v1/uploads/{plan.upload_id}/part/{index}",
                     content=data[start:] if start else data,
-                    headers={"X-Part-SHA256": digest, "X-Part-Offset": str(start),
+                    headers={PART_HEADERS[PART_CHECKSUM]: digest, "X-Part-Offset": str(start),
                              "Content-Type": "application/octet-stream"},
                 )  # fmt: skip
             except httpx.TransportError as exc:
@@ -515,7 +519,7 @@ class SegmentationClient:
                     counter.held(length - credited)
                     return
                 error = error_from_response(subject, response)
-                if error.code == "part_checksum_mismatch" and hashlib.sha256(data).hexdigest() != digest:
+                if error.code == "part_checksum_mismatch" and part_digest(PART_CHECKSUM, data) != digest:
                     raise ServiceError(
                         plan.path,
                         f"the file changed while it was uploaded (part {index} differs from its fingerprint)",

@@ -24,6 +24,7 @@ from labpipe.seg.service.errors import ServiceError
 from labpipe.seg.service.jobs import TERMINAL
 from labpipe.seg.service.limits import InFlight, RateLimiter
 from labpipe.seg.service.service import SegService
+from labpipe.seg.service.uploads import declared_checksums
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -134,7 +135,7 @@ def create_app(service: SegService) -> FastAPI:
         principal = caller(request.headers, "submit", counted=False)
         with parts.hold(principal.token_id):
             writer = await run_in_threadpool(
-                service.uploads.part_writer, principal, upload_id, index, request.headers.get("x-part-sha256"),
+                service.uploads.part_writer, principal, upload_id, index, declared_checksums(request.headers),
                 request.headers.get("x-part-offset"),
             )  # fmt: skip
             receiving = PartReceiver(writer)

@@ -2,8 +2,9 @@
 
 An upload is a folder ``<data>/uploads/<id>/``: ``upload.json`` (who, what
 file, part size), ``data.partial`` (the file being assembled, every part
-written at its offset), ``parts/<index>`` (the part's SHA-256, written
-only once its bytes are in place and matched the client's checksum) and
+written at its offset), ``parts/<index>`` (the part's checksum, CRC32C or
+SHA-256 as the client sent it: labpipe.seg.checksums; written only once its
+bytes are in place and matched it) and
 ``parts/<index>.partial`` (how many bytes of a part cut mid-transfer were
 received and synced: the client sends only the rest, ``X-Part-Offset``). The
 folder is the state: after a restart ``init`` with the same fingerprint (user,
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from labpipe.errors import LabpipeError
 from labpipe.files import atomic_write_text
+from labpipe.seg import checksums
 from labpipe.seg.mrc import StreamValidator, validate_tomogram
 from labpipe.seg.service.auth import Principal
 from labpipe.seg.service.errors import ServiceError, from_labpipe, invalid, not_found
@@ -76,28 +78,59 @@ def display_name(filename: object) -> str:
     return text[:200]
 
 
+def declared_checksums(headers) -> dict[str, str]:
+    """The part checksums a request declares (``{algorithm: hex}``): at least one, each well formed."""
+    declared = {}
+    for algorithm, header in checksums.HEADERS.items():
+        value = headers.get(header.lower())
+        if value is None:
+            continue
+        declared[algorithm] = checksums.well_formed(algorithm, value)
+        if declared[algorithm] is None:
+            digits = 8 if algorithm == "crc32c" else 64
+            raise invalid(header, f"expected the part's {algorithm.upper()} as {digits} hex digits")
+    if not declared:
+        raise invalid(
+            " or ".join(checksums.HEADERS.values()),
+            "missing: every part needs its checksum",
+            "send X-Part-CRC32C (8 hex digits, big-endian) or X-Part-SHA256 (64 hex digits) of the whole part",
+        )
+    return declared
+
+
 class PartWriter:
     """Receives one part's bytes into its slot of ``data.partial``; ``finish`` checks and records it.
 
     ``start`` > 0 resumes a part cut mid-transfer: its first ``start`` bytes are on disk already (read back
-    into the part's SHA-256, which covers the whole part) and the body carries the rest.
+    into the part's checksums, which cover the whole part) and the body carries the rest.
     """
 
     def __init__(
-        self, folder: Path, index: int, offset: int, expected: int, declared: str, upload_id: str, start: int = 0
+        self,
+        folder: Path,
+        index: int,
+        offset: int,
+        expected: int,
+        declared: dict[str, str],
+        upload_id: str,
+        start: int = 0,
     ) -> None:
         self.folder, self.index, self.offset, self.expected = folder, index, offset, expected
         self.declared, self.upload_id, self.start = declared, upload_id, start
-        self._hash = hashlib.sha256()
+        self._hashes = [checksums.PartHash(algorithm) for algorithm in declared]
         self._fd = os.open(folder / "data.partial", os.O_RDWR)
         done = 0
         while done < start:
             block = os.pread(self._fd, min(READ_BYTES, start - done), offset + done)
             if not block:
                 break
-            self._hash.update(block)
+            self._update(block)
             done += len(block)
         self.received = self.announced = done  # written / accepted from the body so far
+
+    def _update(self, data) -> None:
+        for running in self._hashes:
+            running.update(data)
 
     @property
     def remaining(self) -> int:
@@ -122,16 +155,16 @@ class PartWriter:
         """Write body bytes (one chunk or a list, in order) at the part's current end, and hash them."""
         chunks = [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else list(chunks)
         self.check_length(self.received + sum(len(c) for c in chunks))
+        for chunk in chunks:  # hashed as received: a write that fails leaves the part to a new writer, which
+            self._update(chunk)  # reads what reached the disk back into its own checksums
         views = [memoryview(c) for c in chunks if len(c)]
         while views:
             written = os.pwritev(self._fd, views, self.offset + self.received)
             self.received += written
             while written:
-                head = views[0]
-                used = min(written, len(head))
-                self._hash.update(head[:used])
+                used = min(written, len(views[0]))
                 written -= used
-                views[0] = head[used:]
+                views[0] = views[0][used:]
                 if not len(views[0]):
                     views.pop(0)
 
@@ -151,15 +184,17 @@ class PartWriter:
                 "every part is part_size bytes, the last one the rest of the file",
             )
         (self.folder / "parts" / f"{self.index}.partial").unlink(missing_ok=True)
-        if self._hash.hexdigest() != self.declared:
-            raise ServiceError(
-                400,
-                "part_checksum_mismatch",
-                f"part {self.index}: the bytes received do not match X-Part-SHA256",
-                "send the part again",
-                retryable=True,
-            )
-        atomic_write_text(self.folder / "parts" / str(self.index), self.declared)
+        for running in self._hashes:
+            if running.hexdigest() != self.declared[running.algorithm]:
+                raise ServiceError(
+                    400,
+                    "part_checksum_mismatch",
+                    f"part {self.index}: the bytes received do not match {checksums.HEADERS[running.algorithm]}",
+                    "send the part again",
+                    retryable=True,
+                )
+        algorithm, value = next(iter(self.declared.items()))
+        atomic_write_text(self.folder / "parts" / str(self.index), checksums.record(algorithm, value))
         os.utime(self.folder / "upload.json")  # the upload is alive: the cleaner measures age from here
         return {"index": self.index, "bytes": self.received - self.start}
 
@@ -351,7 +386,7 @@ class UploadStore:
         return self._view(meta)
 
     def part_writer(
-        self, principal: Principal, upload_id: str, index: int, declared: str | None, start: object = None
+        self, principal: Principal, upload_id: str, index: int, declared: dict[str, str], start: object = None
     ) -> PartWriter:
         """A writer for part ``index`` from byte ``start`` (``X-Part-Offset``: at most the bytes received of it
         before a cut); its earlier copy, if any, no longer counts as held until this one is. ``close`` it."""
@@ -372,7 +407,6 @@ class UploadStore:
                 f"part {index}: this upload has parts 0 to {meta['parts_total'] - 1}",
                 "index parts from 0 in steps of part_size",
             )
-        digest = check_sha256(declared, "X-Part-SHA256")
         text = str(start if start is not None else "0").strip()
         if not text.isdigit():
             raise invalid("X-Part-Offset", "expected the part's bytes already received (0 or more)")
@@ -406,7 +440,7 @@ class UploadStore:
                     prefix.reset()
                 (folder / "parts" / str(index)).unlink(missing_ok=True)
             length = min(meta["part_size"], meta["size"] - offset)
-            writer = PartWriter(folder, index, offset, length, digest, upload_id, start)
+            writer = PartWriter(folder, index, offset, length, declared, upload_id, start)
         except BaseException:
             self._writing.pop((upload_id, index), None)
             raise
@@ -516,11 +550,7 @@ class UploadStore:
         if digest.hexdigest() == meta["sha256"]:
             return
         # parts on disk that no longer match their recorded checksum (a crash under a write) are sent again
-        bad = [
-            i
-            for i in self._held(meta["upload_id"])
-            if self._part_digest(meta, folder, i) != (folder / "parts" / str(i)).read_text().strip()
-        ]
+        bad = [i for i in self._held(meta["upload_id"]) if self._part_damaged(meta, folder, i)]
         if bad:
             for index in bad:
                 (folder / "parts" / str(index)).unlink(missing_ok=True)
@@ -541,11 +571,13 @@ class UploadStore:
         )
 
     @staticmethod
-    def _part_digest(meta: dict, folder: Path, index: int) -> str:
+    def _part_damaged(meta: dict, folder: Path, index: int) -> bool:
+        """Whether a held part's bytes on disk no longer match the checksum it was received with."""
+        algorithm, value = checksums.parse_record((folder / "parts" / str(index)).read_text())
         offset = index * meta["part_size"]
         with open(folder / "data.partial", "rb") as f:
             f.seek(offset)
-            return hashlib.sha256(f.read(min(meta["part_size"], meta["size"] - offset))).hexdigest()
+            return checksums.part_digest(algorithm, f.read(min(meta["part_size"], meta["size"] - offset))) != value
 
     def _forget(self, upload_id: str) -> None:
         with self._prefixes_lock:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from labpipe.layout import Layout
+from labpipe.seg import checksums
 from labpipe.seg.service.auth import Keys, mint_token
 from labpipe.seg.service.server import build_service, host_environment, uvicorn_config
 from labpipe.seg.service.service import Environment
@@ -120,9 +121,13 @@ def init(client: httpx.Client, data: bytes, part_size: int = PART, filename: str
     )
 
 
-def put_part(client: httpx.Client, upload_id: str, data: bytes, index: int, part_size: int = PART) -> httpx.Response:
+def put_part(
+    client: httpx.Client, upload_id: str, data: bytes, index: int, part_size: int = PART, checksum: str = "crc32c"
+) -> httpx.Response:
+    """PUT part ``index`` of ``data`` with its ``checksum`` (crc32c, as the client sends, or sha256)."""
     chunk = data[index * part_size : (index + 1) * part_size]
-    return client.put(f"/v1/uploads/{upload_id}/part/{index}", content=chunk, headers={"X-Part-SHA256": sha(chunk)})
+    headers = {checksums.HEADERS[checksum]: checksums.part_digest(checksum, chunk)}
+    return client.put(f"/v1/uploads/{upload_id}/part/{index}", content=chunk, headers=headers)
 
 
 def upload(client: httpx.Client, data: bytes, part_size: int = PART, filename: str = "TS_01.mrc") -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from labpipe.seg import checksums
 from labpipe.seg.service.auth import Keys, mint_token, signed_path
 
 from tests.lib.seg.service.conftest import PART, init, put_part, sha, upload
@@ -151,6 +152,56 @@ def test_bad_parts_are_refused_each_with_its_code(start_service, tomogram_bytes)
         }
         assert client.post("/v1/uploads/init", json=too_big).json()["code"] == "upload_too_large"
         assert client.post("/v1/uploads/init", content=b"[1, 2]").json()["code"] == "invalid_request"
+
+
+def test_part_checksums_crc32c_or_sha256_each_checked(start_service, tomogram_bytes):
+    svc = start_service()
+    with svc.client(svc.token()) as client:
+        view = init(client, tomogram_bytes).json()
+        url = f"/v1/uploads/{view['upload_id']}/part"
+        part = tomogram_bytes[PART : 2 * PART]
+        crc, digest = checksums.part_digest("crc32c", part), sha(part)
+        assert put_part(client, view["upload_id"], tomogram_bytes, 0, checksum="sha256").status_code == 200
+        wrong_crc = client.put(f"{url}/1", content=part, headers={"X-Part-CRC32C": f"{int(crc, 16) ^ 1:08x}"})
+        assert wrong_crc.status_code == 400 and wrong_crc.json()["code"] == "part_checksum_mismatch"
+        assert "X-Part-CRC32C" in wrong_crc.json()["message"] and wrong_crc.json()["retryable"] is True
+        both_one_wrong = client.put(
+            f"{url}/1", content=part, headers={"X-Part-CRC32C": crc, "X-Part-SHA256": sha(b"other")}
+        )
+        assert both_one_wrong.status_code == 400 and "X-Part-SHA256" in both_one_wrong.json()["message"]
+        malformed = client.put(f"{url}/1", content=part, headers={"X-Part-CRC32C": "12345"})
+        assert malformed.status_code == 400 and malformed.json()["code"] == "invalid_request"
+        assert "X-Part-CRC32C" in malformed.json()["message"] and "8 hex digits" in malformed.json()["message"]
+        missing = client.put(f"{url}/1", content=part)
+        assert missing.status_code == 400 and "X-Part-CRC32C or X-Part-SHA256" in missing.json()["message"]
+        assert client.get(f"/v1/uploads/{view['upload_id']}").json()["parts_received"] == [0]
+        both = client.put(f"{url}/1", content=part, headers={"X-Part-CRC32C": crc.upper(), "X-Part-SHA256": digest})
+        assert both.status_code == 200, both.text
+        record = upload(client, tomogram_bytes)  # the rest with CRC32C, as the client sends them
+    assert (svc.settings.data / "files" / f"{record['file_id']}.mrc").read_bytes() == tomogram_bytes
+
+
+def test_parts_damaged_on_the_server_disk_are_asked_for_again(start_service, tomogram_bytes):
+    svc = start_service()
+    token = svc.token()
+    with svc.client(token) as client:
+        view = init(client, tomogram_bytes).json()
+        for index in range(view["parts_total"]):
+            put_part(client, view["upload_id"], tomogram_bytes, index, checksum="sha256" if index == 0 else "crc32c")
+    svc.restart()  # the running check is in memory: complete reads the file again
+    assembling = svc.settings.data / "uploads" / view["upload_id"] / "data.partial"
+    with open(assembling, "r+b") as handle:
+        for index in (0, 2):  # one part held with its SHA-256, one with its CRC32C
+            handle.seek(index * PART + 5000)
+            byte = handle.read(1)
+            handle.seek(index * PART + 5000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    with svc.client(token) as client:
+        damaged = client.post(f"/v1/uploads/{view['upload_id']}/complete")
+        assert damaged.status_code == 409 and damaged.json()["code"] == "upload_incomplete"
+        assert damaged.json()["missing"] == [0, 2] and damaged.json()["retryable"] is True
+        record = upload(client, tomogram_bytes)  # init resumes: parts 0 and 2 only
+    assert (svc.settings.data / "files" / f"{record['file_id']}.mrc").read_bytes() == tomogram_bytes
 
 
 def test_a_file_name_never_becomes_a_path(start_service, tomogram_bytes, tmp_path):
