@@ -76,6 +76,18 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_embedded_postgres_left(tmp_path_factory):
+    """At the session's end, stop every embedded PostgreSQL started under its temp folder: a CLI call or a flow
+    run that resolves the default database starts one in $LABPIPE_HOME, and it outlives its process by design
+    (labpipe.db.embedded), so without this it kept running after the suite."""
+    yield
+    from labpipe.db.embedded import EmbeddedPostgres
+
+    for pid_file in tmp_path_factory.getbasetemp().rglob("postmaster.pid"):
+        EmbeddedPostgres(pid_file.parent).stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def labpipe_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("labpipe-home")
     os.environ["LABPIPE_HOME"] = str(home)

@@ -278,9 +278,9 @@ def fingerprint(path: Path, progress: Progress | None = None) -> str:
 
 
 def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
-    """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the part checksums on a
-    second thread: both release the GIL), remembered like ``fingerprint``: the parts are then sent without being
-    read for a checksum again."""
+    """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the next part read and
+    the part checksums on other threads: file reads and both hashes release the GIL), remembered like
+    ``fingerprint``: the parts are then sent without being read for a checksum again."""
     key = _file_key(path)
     with _FINGERPRINTS_LOCK:
         whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
@@ -289,12 +289,14 @@ def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) 
             progress(key[1], key[1])
         return whole, parts
     digest, futures, done = hashlib.sha256(), [], 0
-    with open(path, "rb") as handle, ThreadPoolExecutor(1, thread_name_prefix="seg-digest") as pool:
-        while block := handle.read(part_bytes):
+    with open(path, "rb") as handle, ThreadPoolExecutor(2, thread_name_prefix="seg-digest") as pool:
+        reading = pool.submit(handle.read, part_bytes)
+        while block := reading.result():
+            reading = pool.submit(handle.read, part_bytes)  # the next part is read while this one is hashed
             futures.append(pool.submit(part_digest, PART_CHECKSUM, block))
             digest.update(block)
             if len(futures) > 1:
-                futures[-2].result()  # at most two parts in memory
+                futures[-2].result()  # at most three parts in memory
             done += len(block)
             if progress:
                 progress(done, key[1])
