@@ -277,6 +277,13 @@ def fingerprint(path: Path, progress: Progress | None = None) -> str:
     return known
 
 
+def forget_fingerprints() -> None:
+    """Forget the fingerprints remembered by this process: the next upload of any file reads it again."""
+    with _FINGERPRINTS_LOCK:
+        _FINGERPRINTS.clear()
+        _PART_DIGESTS.clear()
+
+
 def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
     """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the next part read and
     the part checksums on other threads: file reads and both hashes release the GIL), remembered like

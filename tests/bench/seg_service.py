@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,6 +157,7 @@ class ServiceProcess:
     def __init__(self, work: Path) -> None:
         from labpipe.seg.service.auth import Keys, mint_token
 
+        work.mkdir(parents=True, exist_ok=True)
         self.data, key = work / "service", work / "service.key"
         self.process = subprocess.Popen([sys.executable, __file__, "--serve", str(self.data), str(key)],
                                         stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -170,21 +172,34 @@ class ServiceProcess:
 # ----------------------------------------------------------------------------------- figures
 
 
-def upload_figures(big: Path, work: Path, part_bytes: int, concurrency: int) -> dict:
-    from labpipe.seg.client import Backoff, SegmentationClient, ServiceError
+def upload_figures(big: Path, work: Path, part_bytes: int, concurrency: int, repeat: int) -> dict:
+    """``repeat`` rounds of curl then ours (each a fresh service, this process's fingerprints forgotten: the cold
+    path), medians compared; then the cut at 50 % and the resume."""
+    from labpipe.seg.client import Backoff, SegmentationClient, ServiceError, forget_fingerprints
 
     from tests.lib.seg.cutting_proxy import CuttingProxy
 
     size = big.stat().st_size
-    curl_s = curl_upload_seconds(big, work)
-    service = ServiceProcess(work)
-    try:
-        with SegmentationClient(service.url, service.token, timeout=600) as client:
-            started = time.perf_counter()
-            upload = client.upload(big, part_bytes=part_bytes, concurrency=concurrency)
-            ours_s = time.perf_counter() - started
-        assert upload.sent_bytes == size and upload.metadata["shape_zyx"][1:] == [1024, 1024]
+    curl_runs, ours_runs, phases = [], [], []
+    for round_ in range(repeat):
+        curl_runs.append(curl_upload_seconds(big, work))
+        service = ServiceProcess(work / f"round-{round_}")
+        try:
+            forget_fingerprints()
+            with SegmentationClient(service.url, service.token, timeout=600) as client:
+                started = time.perf_counter()
+                upload = client.upload(big, part_bytes=part_bytes, concurrency=concurrency)
+                ours_runs.append(time.perf_counter() - started)
+            assert upload.sent_bytes == size and upload.metadata["shape_zyx"][1:] == [1024, 1024]
+            phases.append(upload.seconds)
+        finally:
+            service.stop()
+            shutil.rmtree(work / f"round-{round_}", ignore_errors=True)
+        print(f"round {round_ + 1}/{repeat}: curl {curl_runs[-1]:.2f} s, ours {ours_runs[-1]:.2f} s "
+              f"{upload.seconds}", flush=True)  # fmt: skip
 
+    service = ServiceProcess(work / "cut")
+    try:
         with open(big, "r+b") as handle:  # another file now (one voxel differs): nothing on the server yet
             handle.seek(size - 4)
             handle.write(np.float32(1234.5).tobytes())
@@ -201,17 +216,23 @@ def upload_figures(big: Path, work: Path, part_bytes: int, concurrency: int) -> 
         proxy.close()
     finally:
         service.stop()
+    curl_s, ours_s = statistics.median(curl_runs), statistics.median(ours_runs)
+    phase_s = {name: round(statistics.median(p[name] for p in phases), 3) for name in phases[0]}
     return {
         "size_bytes": size,
         "part_bytes": part_bytes,
         "concurrency": concurrency,
+        "upload_rounds": repeat,
         "curl_upload_s": round(curl_s, 2),
         "upload_s": round(ours_s, 2),
+        "curl_upload_runs_s": [round(x, 2) for x in curl_runs],
+        "upload_runs_s": [round(x, 2) for x in ours_runs],
         "upload_mb_s": round(size / MB / ours_s, 1),
         "curl_mb_s": round(size / MB / curl_s, 1),
-        "upload_ratio": round(curl_s / ours_s, 3),
-        "upload_phases_s": upload.seconds,  # fingerprint (client SHA-256), parts, complete (server's checks)
-        "upload_ratio_parts_only": round(curl_s / upload.seconds["parts"], 3),
+        "upload_ratio": round(curl_s / ours_s, 3),  # medians
+        "upload_ratio_runs": [round(c / o, 3) for c, o in zip(curl_runs, ours_runs, strict=True)],
+        "upload_phases_s": phase_s,  # medians: fingerprint (client SHA-256), parts, complete (server's checks)
+        "upload_ratio_parts_only": round(curl_s / phase_s["parts"], 3),
         "resent_after_cut_bytes": proxy.sent - size,
         "parts_held_after_cut": resumed.held_at_start,
         "parts_total": resumed.parts,
@@ -369,6 +390,7 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=2.0, help="tomogram size for the upload figures (GiB)")
     parser.add_argument("--part-mb", type=int, default=16, help="upload part size (8-32 MiB)")
     parser.add_argument("--concurrency", type=int, default=2, help="parts in flight")
+    parser.add_argument("--repeat", type=int, default=3, help="upload rounds (curl, then ours) for the medians")
     parser.add_argument("--previews", type=int, default=60, help="previews for the latency figure")
     parser.add_argument("--e2e-shape", type=int, nargs=3, default=(64, 96, 96), help="Z Y X of the end-to-end job")
     parser.add_argument("--figures", default="upload,previews,e2e", help="which figures (e2e trains a model first)")
@@ -387,7 +409,7 @@ def main() -> None:
     if "upload" in wanted:
         big = write_big_tomogram(work / "big.mrc", int(args.size_gb * (1 << 30)))
         try:
-            figures.update(upload_figures(big, work, args.part_mb * MB, args.concurrency))
+            figures.update(upload_figures(big, work, args.part_mb * MB, args.concurrency, args.repeat))
         finally:
             big.unlink(missing_ok=True)
         print(json.dumps(figures), flush=True)
