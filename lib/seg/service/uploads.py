@@ -434,11 +434,16 @@ class UploadStore:
                     partial_bytes=received,
                 )
             offset = index * meta["part_size"]
-            prefix = self._prefix(upload_id)
-            with prefix.lock:  # the running check has read past this part: start it again (rare: a part resent)
-                if prefix.offset > offset:
-                    prefix.reset()
-                (folder / "parts" / str(index)).unlink(missing_ok=True)
+            prefix, held = self._prefix(upload_id), folder / "parts" / str(index)
+            # The running check reads only parts held in a row, so while this part is not held (its first sending:
+            # the usual case) it cannot pass this offset, and this writer, the part's only one, need not wait for
+            # the check (which holds the lock while it reads a part). A part sent again, or a check that has read
+            # past it (parts found damaged at complete), takes the lock: the check starts again from the start.
+            if held.exists() or prefix.offset > offset:
+                with prefix.lock:
+                    if prefix.offset > offset:
+                        prefix.reset()
+                    held.unlink(missing_ok=True)
             length = min(meta["part_size"], meta["size"] - offset)
             writer = PartWriter(folder, index, offset, length, declared, upload_id, start)
         except BaseException:
@@ -473,25 +478,20 @@ class UploadStore:
         upload_id, part_size, size = meta["upload_id"], meta["part_size"], meta["size"]
         folder = self.uploads / upload_id
         prefix = self._prefix(upload_id)
-        with prefix.lock:
-            fd = None
-            try:
-                while prefix.offset < size and (folder / "parts" / str(prefix.offset // part_size)).exists():
-                    if fd is None:
-                        fd = os.open(folder / "data.partial", os.O_RDONLY)
+        with open(folder / "data.partial", "rb", buffering=0) as data:
+            while True:
+                with prefix.lock:  # a part at a time: a part sent again waits for one part's check, not all
+                    if prefix.offset >= size or not (folder / "parts" / str(prefix.offset // part_size)).exists():
+                        return prefix
                     end = min(size, (prefix.offset // part_size + 1) * part_size)
                     while prefix.offset < end:
-                        block = os.pread(fd, min(READ_BYTES, end - prefix.offset), prefix.offset)
+                        block = os.pread(data.fileno(), min(READ_BYTES, end - prefix.offset), prefix.offset)
                         if not block:
                             raise OSError(f"data.partial ends at {prefix.offset} of {size} bytes")
                         prefix.hash.update(block)
                         if prefix.scan is not None:
                             prefix.scan.feed(prefix.offset, block)
                         prefix.offset += len(block)
-            finally:
-                if fd is not None:
-                    os.close(fd)
-        return prefix
 
     def complete(self, principal: Principal, upload_id: str) -> dict:
         """Check the whole SHA-256, validate the MRC, rename into place; refused files leave nothing behind."""
