@@ -13,7 +13,6 @@ raised, so it blocks nothing else. A flow or the command line calls ``run_popula
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from labpipe.calcium.schema import CalciumContext
@@ -78,31 +77,20 @@ def run_population(
     with worker_heartbeat(db):  # the reservations stay ours while this process lives and beats
         for done, (schema, name, restriction) in enumerate(steps, start=1):
             table = getattr(_namespace(db, schema), name)
-            restrictions = [r for r in (restriction, {"session_id": session} if session else None) if r]
-            query, started = table.key_source, time.monotonic()
-            for r in restrictions:
-                query = query & r
-            outcome = table.populate(
-                query.proj(),
-                reserve_jobs=True,
-                suppress_errors=True,
-                max_calls=max_calls,
-                make_kwargs=_make_kwargs(table, context),
-                display_progress=False,
-            )
+            query = _keys(table, restriction, session)
             label = f"{name}[{restriction['method']}]" if restriction and "method" in restriction else name
-            result.computed[label] = int(outcome.get("success_count", 0))
-            for item in outcome.get("error_list", []):
-                key, error = item if isinstance(item, tuple) else (item, "")
-                key = dict(key) if isinstance(key, dict) else {"key": str(key)}
-                result.errors.append(
-                    {"table": label, "key": {k: str(v) for k, v in key.items()}, "error": str(error)[:1000]}
-                )
-            result.remaining[label] = len(query.proj() - table.proj())
-            result.seconds[label] = round(time.monotonic() - started, 3)
+            result.populate(table, query, label=label, max_calls=max_calls, make_kwargs=_make_kwargs(table, context))
             if progress:
                 progress(done, len(steps))
     return result
+
+
+def _keys(table, restriction: dict | None, session: str | None):
+    """The table's key source under its step's restriction (a method) and, when given, one session."""
+    query = table.key_source
+    for r in (restriction, {"session_id": session} if session else None):
+        query = query & r if r else query
+    return query
 
 
 def population_status(db: LabDatabase, session: str | None = None) -> list[dict]:
@@ -111,9 +99,7 @@ def population_status(db: LabDatabase, session: str | None = None) -> list[dict]
     for population, steps in POPULATIONS.items():
         for schema, name, restriction in steps:
             table = getattr(_namespace(db, schema), name)
-            query = table.key_source
-            for r in (restriction, {"session_id": session} if session else None):
-                query = query & r if r else query
+            query = _keys(table, restriction, session)
             jobs = table.jobs & ({"session_id": session} if session else {})
             rows.append(
                 {

@@ -24,6 +24,26 @@ class PopulateResult:
     remaining: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per table, where a population's time goes
 
+    def populate(self, table, query, *, label: str | None = None, max_calls=None, make_kwargs=None) -> None:
+        """``table.populate(reserve_jobs=True)`` over ``query`` (its key source, restricted), errors recorded, not
+        raised; what it computed, the errors, the keys still to do and its wall time go under ``label`` (default:
+        the table's name). The one populate step of every population (ingest, calcium imaging)."""
+        label = label or table.__name__
+        started = time.monotonic()
+        outcome = table.populate(
+            query.proj(),
+            reserve_jobs=True,
+            suppress_errors=True,
+            max_calls=max_calls,
+            make_kwargs=make_kwargs or {},
+            display_progress=False,
+        )
+        self.computed[label] = int(outcome.get("success_count", 0))
+        for key, message in _errors(outcome):
+            self.errors.append({"table": label, "key": {k: str(v) for k, v in key.items()}, "error": message})
+        self.remaining[label] = len(query.proj() - table.proj())
+        self.seconds[label] = round(time.monotonic() - started, 3)
+
 
 def population_tables(db: LabDatabase, population: str | None = None) -> list:
     t = tables(db)
@@ -57,31 +77,13 @@ def run_population(
     if population not in POPULATIONS:
         raise ValueError(f"unknown population {population!r}; expected one of {sorted(POPULATIONS)}")
     result = PopulateResult(population)
-    restrictions = [{"session_id": session}] if session else []
     with worker_heartbeat(db):  # the reservations stay ours while this process lives and beats
         for table in population_tables(db, population):
-            _populate_table(table, restrictions, share, max_calls, result)
+            query = table.key_source & {"session_id": session} if session else table.key_source
+            result.populate(table, query, max_calls=max_calls, make_kwargs={"share": str(share)})
             if progress:
                 progress(len(result.computed), len(POPULATIONS[population]))
     return result
-
-
-def _populate_table(table, restrictions: list[dict], share: Path, max_calls: int | None, result: PopulateResult):
-    started = time.monotonic()
-    outcome = table.populate(
-        *restrictions,
-        reserve_jobs=True,
-        suppress_errors=True,
-        max_calls=max_calls,
-        make_kwargs={"share": str(share)},
-        display_progress=False,
-    )
-    result.computed[table.__name__] = int(outcome.get("success_count", 0))
-    for key, message in _errors(outcome):
-        result.errors.append({"table": table.__name__, "key": {k: str(v) for k, v in key.items()}, "error": message})
-    source = table.key_source & restrictions[0] if restrictions else table.key_source
-    result.remaining[table.__name__] = len(source - table.proj())
-    result.seconds[table.__name__] = round(time.monotonic() - started, 3)
 
 
 def _errors(outcome) -> list[tuple[dict, str]]:
