@@ -87,10 +87,17 @@ def train_denoiser(tiff_path: Path, settings: DenoiseSettings):
     data = np.stack(crops)
     device = device_of(settings.device, settings.cpu_threads)
     model = _n2v(settings, device)
-    inp, test = model.prepare_data(data, num_tst_ratio=0.2)
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # auto-denoise prints its progress
-        losses = model.train(inp, test, epochs=settings.steps, learning_rate=settings.learning_rate)
+    # auto-denoise draws its test frames and blind spots from numpy's global generator: seeded here (and put back
+    # after), or two trainings on the same stack differ, and so do the cells suite2p finds in the result
+    state = np.random.get_state()
+    np.random.seed(settings.seed)
+    try:
+        inp, test = model.prepare_data(data, num_tst_ratio=0.2)
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # it prints its progress
+            losses = model.train(inp, test, epochs=settings.steps, learning_rate=settings.learning_rate)
+    finally:
+        np.random.set_state(state)
     return model, float(np.min(losses["loss_tst"]))
 
 

@@ -173,8 +173,11 @@ def test_upload_cut_mid_way_resumes_from_the_widget_without_resending_parts(widg
     qtbot.waitUntil(lambda: widget.upload_result is not None, timeout=60_000)
     result = widget.upload_result
     # two parts are in flight when 4.5 parts' bytes have passed: 2 to 5 parts finished before the cut, and
-    # what reached the server of the parts in flight is kept: only the rest of them is sent
-    assert 2 <= result.held_at_start <= 5 and 0 < kept < 2 * PART
+    # what reached the server of the parts in flight is kept: only the rest of them is sent. It may be nothing:
+    # the cut resets the server's connection, and bytes the server had not read from its socket by then are
+    # dropped by the kernel (seen on a loaded host); keeping a cut part's bytes exactly is
+    # test_a_part_cut_mid_body_keeps_what_arrived_and_is_resumed_from_there (tests/lib/seg/service)
+    assert 2 <= result.held_at_start <= 5 and 0 <= kept < 2 * PART
     assert result.sent_bytes == size - result.held_at_start * PART - kept
     # on the wire: what was missing, and a request line with headers (under 1 KB) per part, init and complete
     assert proxy.sent - before < result.sent_bytes + 1024 * (result.sent_parts + 2)
