@@ -254,6 +254,7 @@ def decode_preview(message: dict) -> PreviewFrame:
 
 _FINGERPRINTS: dict[tuple, str] = {}
 _PART_DIGESTS: dict[tuple, list[str]] = {}
+_DIGESTING: dict[tuple, threading.Event] = {}  # files being read for their digests now: one reader each
 _FINGERPRINTS_LOCK = threading.Lock()
 
 
@@ -287,14 +288,34 @@ def forget_fingerprints() -> None:
 def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
     """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the next part read and
     the part checksums on other threads: file reads and both hashes release the GIL), remembered like
-    ``fingerprint``: the parts are then sent without being read for a checksum again."""
+    ``fingerprint``: the parts are then sent without being read for a checksum again. A file being read for them
+    already (the widget starts when a file is opened) is waited for, not read twice."""
     key = _file_key(path)
-    with _FINGERPRINTS_LOCK:
-        whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
-    if whole is not None and parts is not None:
-        if progress:
-            progress(key[1], key[1])
+    while True:
+        with _FINGERPRINTS_LOCK:
+            whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
+            known = whole is not None and parts is not None
+            reading = None if known else _DIGESTING.get((key, part_bytes))
+            if not known and reading is None:
+                _DIGESTING[(key, part_bytes)] = threading.Event()  # this thread reads it
+        if known:
+            if progress:
+                progress(key[1], key[1])
+            return whole, parts
+        if reading is None:
+            break
+        reading.wait()  # then its digests, or this thread's turn if that reading failed
+    try:
+        whole, parts = _read_digests(path, part_bytes, key[1], progress)
+        with _FINGERPRINTS_LOCK:
+            _FINGERPRINTS[key], _PART_DIGESTS[(key, part_bytes)] = whole, parts
         return whole, parts
+    finally:
+        with _FINGERPRINTS_LOCK:
+            _DIGESTING.pop((key, part_bytes)).set()
+
+
+def _read_digests(path: Path, part_bytes: int, size: int, progress: Progress | None) -> tuple[str, list[str]]:
     digest, futures, done = hashlib.sha256(), [], 0
     with open(path, "rb") as handle, ThreadPoolExecutor(2, thread_name_prefix="seg-digest") as pool:
         reading = pool.submit(handle.read, part_bytes)
@@ -306,12 +327,9 @@ def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) 
                 futures[-2].result()  # at most three parts in memory
             done += len(block)
             if progress:
-                progress(done, key[1])
+                progress(done, size)
         parts = [f.result() for f in futures]
-    whole = digest.hexdigest()
-    with _FINGERPRINTS_LOCK:
-        _FINGERPRINTS[key], _PART_DIGESTS[(key, part_bytes)] = whole, parts
-    return whole, parts
+    return digest.hexdigest(), parts
 
 
 def read_token(token_file: Path | None) -> str | None:

@@ -11,7 +11,9 @@ factor ``f`` holds voxel ``f*i`` at element ``i``, so it gets ``f`` times the sc
 mask is placed from its own MRC header, which the server copies from the tomogram's.
 
 Threads: every network call runs on a worker thread (``concurrent.futures``); results come back to the Qt thread
-through signals. Previews arriving faster than the canvas draws are dropped: only the newest is drawn.
+through signals. Previews arriving faster than the canvas draws are dropped: only the newest is drawn. A file is
+read for its fingerprint (SHA-256 and part checksums) on a thread of its own as soon as it is opened, so Upload
+sends at once (an upload pressed sooner waits for that reading rather than reading the file again).
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from labpipe.errors import LabpipeError
 from labpipe.seg.artifacts import voxel0_position, write_mask_nifti, write_mask_nrrd
-from labpipe.seg.client import DEFAULT_PART_BYTES, Backoff, JobOptions, SegmentationClient, artifact_urls, read_token
+from labpipe.seg.client import (
+    DEFAULT_PART_BYTES,
+    Backoff,
+    JobOptions,
+    SegmentationClient,
+    artifact_urls,
+    file_digests,
+    read_token,
+)
 from labpipe.seg.mrc import TomogramInfo, open_volume, read_header
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
@@ -91,6 +101,9 @@ class SegmentationWidget(QWidget):
         self.viewer = napari_viewer
         self.signals = _Signals()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labpipe-seg")
+        # an opened file is read for its fingerprint at once, while its metadata is looked at: Upload then sends
+        self.fingerprints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labpipe-seg-fingerprint")
+        self.fingerprinting: Future | None = None
         self.client: SegmentationClient | None = None
         self.info: TomogramInfo | None = None
         self.upload_result = None
@@ -224,6 +237,8 @@ class SegmentationWidget(QWidget):
         self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="gray")
         self.status_label.setText("opened; next: Upload")
         self._update_buttons()
+        # errors are the upload's to report (it reads the file again); a file changed meanwhile has another key
+        self.fingerprinting = self.fingerprints.submit(file_digests, Path(path), self.part_bytes)
         return info
 
     # -- network calls on worker threads --------------------------------------------------------------------
@@ -456,6 +471,7 @@ class SegmentationWidget(QWidget):
         if self.stream is not None:
             self.stream.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.fingerprints.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             self.client.close()
         self._volume.close()

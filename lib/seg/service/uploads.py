@@ -236,6 +236,7 @@ class UploadStore:
         self._prefixes_lock = threading.Lock()
         self._writing: dict[tuple[str, int], PartWriter | None] = {}  # parts being received now: one writer each
         self._checker = ThreadPoolExecutor(2, thread_name_prefix="upload-check")
+        self._checks_queued: set[str] = set()  # uploads with a running check waiting to start: one is enough
 
     # -------------------------------------------------------------------------------- records
 
@@ -456,7 +457,11 @@ class UploadStore:
     def finish_part(self, writer: PartWriter) -> dict:
         """Check and record a received part, then advance the running check past it (in the background)."""
         done = writer.finish()
-        self._checker.submit(self._advance_quietly, writer.upload_id)
+        with self._prefixes_lock:  # a check waiting to start reads this part too: parts arriving faster than the
+            queued = writer.upload_id in self._checks_queued  # check queue one check, not one each
+            self._checks_queued.add(writer.upload_id)
+        if not queued:
+            self._checker.submit(self._advance_quietly, writer.upload_id)
         return done
 
     def _prefix(self, upload_id: str) -> Prefix:
@@ -466,18 +471,24 @@ class UploadStore:
             return self._prefixes[upload_id]
 
     def _advance_quietly(self, upload_id: str) -> None:
+        with self._prefixes_lock:
+            self._checks_queued.discard(upload_id)
+            prefix = self._prefixes.get(upload_id)
+        if prefix is None:  # completed (complete read the rest itself) or discarded meanwhile
+            return
         try:
             meta = self._meta(upload_id)
             if meta is not None:
-                self._advance(meta)
+                self._advance(meta, prefix)
         except Exception as exc:  # complete() reads again what this missed
-            log.warning("upload %s: running check stopped: %s: %s", upload_id, type(exc).__name__, exc)
+            if self._prefixes.get(upload_id) is prefix:  # not when the upload ended under the check
+                log.warning("upload %s: running check stopped: %s: %s", upload_id, type(exc).__name__, exc)
 
-    def _advance(self, meta: dict) -> Prefix:
+    def _advance(self, meta: dict, prefix: Prefix | None = None) -> Prefix:
         """Read the held parts that follow the running check's prefix into its SHA-256 and MRC scan."""
         upload_id, part_size, size = meta["upload_id"], meta["part_size"], meta["size"]
         folder = self.uploads / upload_id
-        prefix = self._prefix(upload_id)
+        prefix = prefix or self._prefix(upload_id)
         with open(folder / "data.partial", "rb", buffering=0) as data:
             while True:
                 with prefix.lock:  # a part at a time: a part sent again waits for one part's check, not all

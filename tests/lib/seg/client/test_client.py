@@ -8,11 +8,14 @@ sends), so "resumes without resending finished parts" is measured in bytes on th
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +120,34 @@ def test_errors_carry_the_servers_code_and_hint(proxied, tomogram, tmp_path):
     with SegmentationClient(service.url, reader) as client, pytest.raises(ServiceError) as forbidden:
         client.upload(tomogram, part_bytes=PART)
     assert forbidden.value.code == "forbidden" and "submit" in forbidden.value.problem
+
+
+def test_a_file_read_for_its_digests_already_is_waited_for_not_read_twice(tomogram, monkeypatch):
+    """The widget reads an opened file's fingerprint at once; an upload started meanwhile waits for that reading."""
+    from labpipe.seg import client as seg_client
+
+    reads, first_part_read, real_read = [], threading.Event(), seg_client._read_digests
+
+    def slow_read(path, part_bytes, size, progress):
+        reads.append(path)
+
+        def slowly(done, total):
+            first_part_read.set()
+            time.sleep(0.05)  # 9 parts: ~0.45 s, long enough for the second caller to come while this one reads
+
+        return real_read(path, part_bytes, size, slowly)
+
+    monkeypatch.setattr(seg_client, "_read_digests", slow_read)
+    seg_client.forget_fingerprints()
+    with ThreadPoolExecutor(2) as pool:
+        opened = pool.submit(seg_client.file_digests, tomogram, PART)
+        assert first_part_read.wait(10)
+        waited = []
+        uploading = pool.submit(seg_client.file_digests, tomogram, PART, lambda done, total: waited.append(done))
+        assert opened.result(10) == uploading.result(10)
+    whole, parts = opened.result()
+    assert reads == [tomogram] and waited == [tomogram.stat().st_size]  # one reading; the waiter told it is done
+    assert whole == hashlib.sha256(tomogram.read_bytes()).hexdigest() and len(parts) == 9
 
 
 def test_a_preview_decodes_to_labels_with_their_scale():

@@ -71,8 +71,12 @@ def _world(layer, index) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_service, tmp_path):
+def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_service, tmp_path, monkeypatch):
     """The seed's happy path from the widget, with the preview stream cut once mid-job (it reconnects)."""
+    from labpipe.seg import client as seg_client
+
+    reads, real_read = [], seg_client._read_digests
+    monkeypatch.setattr(seg_client, "_read_digests", lambda path, *args: reads.append(path) or real_read(path, *args))
     path, _ = write_simulated(
         tmp_path / "TS_01.mrc", simulate_tomogram((48, 64, 64), seed=11), origin_xyz=(40, 80, 120)
     )
@@ -91,6 +95,8 @@ def test_open_upload_segment_preview_and_overlay_aligned(widget, qtbot, job_serv
     _click(qtbot, widget.upload_button)
     qtbot.waitUntil(lambda: widget.upload_result is not None, timeout=60_000)
     assert widget.progress.value() == 1000 and "uploaded" in widget.status_label.text()
+    # the fingerprint was read once, when the file was opened; the upload used it
+    assert widget.fingerprinting.done() and reads == [path]
 
     widget.model_combo.setCurrentText("tiny-test")
     widget.every_spin.setValue(1.0)

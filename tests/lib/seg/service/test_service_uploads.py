@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from labpipe.seg import checksums
@@ -202,6 +204,37 @@ def test_parts_damaged_on_the_server_disk_are_asked_for_again(start_service, tom
         assert damaged.json()["missing"] == [0, 2] and damaged.json()["retryable"] is True
         record = upload(client, tomogram_bytes)  # init resumes: parts 0 and 2 only
     assert (svc.settings.data / "files" / f"{record['file_id']}.mrc").read_bytes() == tomogram_bytes
+
+
+def test_a_running_check_behind_the_parts_is_queued_once_and_ends_quietly_after_complete(
+    start_service, tomogram_bytes, caplog
+):
+    """Parts faster than the running check (a fast link): one check waits, not one per part; complete reads the
+    rest itself, and the check that starts after it finds nothing to do (no warning, no state left)."""
+    svc = start_service()
+    store = svc.service.uploads
+    checker, release, submitted = store._checker, threading.Event(), []
+    checker.submit(release.wait), checker.submit(release.wait)  # both check threads busy: checks wait in line
+    real_submit = checker.submit
+
+    def counting_submit(fn, *args):
+        submitted.append(args)
+        return real_submit(fn, *args)
+
+    store._checker = SimpleNamespace(submit=counting_submit)
+    try:
+        with caplog.at_level("INFO", logger="labpipe.seg.service"), svc.client(svc.token()) as client:
+            record = upload(client, tomogram_bytes)  # six parts, all finished while the check waits
+            assert len(submitted) == 1, submitted
+            release.set()
+            real_submit(lambda: None).result(10)  # the waiting check has run by now (a FIFO of two threads)
+            time.sleep(0.2)
+    finally:
+        release.set()
+        store._checker = checker
+    assert record["state"] == "complete"
+    assert not [r for r in caplog.records if "running check stopped" in r.getMessage()]
+    assert store._prefixes == {} and store._checks_queued == set()
 
 
 def test_a_file_name_never_becomes_a_path(start_service, tomogram_bytes, tmp_path):
