@@ -469,7 +469,11 @@ class LogitAccumulator:
             inside.append(ok)
         grid = np.ix_(*index)
         weights = self.weights[grid]
-        labels = np.argmax(self.sums[(slice(None), *grid)], axis=0).astype(np.uint8)
+        sums = self.sums[(slice(None), *grid)]
+        # divided in float16 as write_labels (and nnU-Net) does: the rounding can tie two classes that the sums
+        # do not, and a preview must show the final labels, ties included
+        mean = np.divide(sums, weights, out=np.zeros_like(sums), where=weights > 0)
+        labels = np.argmax(mean, axis=0).astype(np.uint8)
         in_box = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
         pending = (weights == 0) & in_box
         labels[~in_box | pending] = 0
