@@ -20,7 +20,8 @@ import google_crc32c
 
 HEADERS = {"crc32c": "X-Part-CRC32C", "sha256": "X-Part-SHA256"}
 DEFAULT = "crc32c"
-_FORMS = {"crc32c": re.compile(r"[0-9a-f]{8}"), "sha256": re.compile(r"[0-9a-f]{64}")}
+DIGITS = {"crc32c": 8, "sha256": 64}  # hex digits of each algorithm's digest
+_FORMS = {algorithm: re.compile(f"[0-9a-f]{{{digits}}}") for algorithm, digits in DIGITS.items()}
 
 
 class PartHash:

@@ -87,13 +87,14 @@ def declared_checksums(headers) -> dict[str, str]:
             continue
         declared[algorithm] = checksums.well_formed(algorithm, value)
         if declared[algorithm] is None:
-            digits = 8 if algorithm == "crc32c" else 64
+            digits = checksums.DIGITS[algorithm]
             raise invalid(header, f"expected the part's {algorithm.upper()} as {digits} hex digits")
     if not declared:
         raise invalid(
             " or ".join(checksums.HEADERS.values()),
             "missing: every part needs its checksum",
-            "send X-Part-CRC32C (8 hex digits, big-endian) or X-Part-SHA256 (64 hex digits) of the whole part",
+            " or ".join(f"{h} ({checksums.DIGITS[a]} hex digits)" for a, h in checksums.HEADERS.items())
+            + " of the whole part (CRC32C big-endian)",
         )
     return declared
 
