@@ -482,8 +482,12 @@ class UploadStore:
             if meta is not None:
                 self._advance(meta, prefix)
         except Exception as exc:  # complete() reads again what this missed
-            if self._prefixes.get(upload_id) is prefix:  # not when the upload ended under the check
+            if not self._ended(upload_id):  # else completed or discarded under the check: nothing was missed
                 log.warning("upload %s: running check stopped: %s: %s", upload_id, type(exc).__name__, exc)
+
+    def _ended(self, upload_id: str) -> bool:
+        """Whether the upload became a file (or is becoming one: renamed, record not written yet) or was discarded."""
+        return (self.files / f"{upload_id}.mrc").exists() or not (self.uploads / upload_id / "upload.json").exists()
 
     def _advance(self, meta: dict, prefix: Prefix | None = None) -> Prefix:
         """Read the held parts that follow the running check's prefix into its SHA-256 and MRC scan."""

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from labpipe.seg import checksums
 from labpipe.seg.service.auth import Keys, mint_token, signed_path
+from labpipe.seg.service.uploads import Prefix
 
 from tests.lib.seg.service.conftest import PART, init, put_part, sha, upload
 
@@ -224,16 +225,28 @@ def test_a_running_check_behind_the_parts_is_queued_once_and_ends_quietly_after_
     store._checker = SimpleNamespace(submit=counting_submit)
     try:
         with caplog.at_level("INFO", logger="labpipe.seg.service"), svc.client(svc.token()) as client:
-            record = upload(client, tomogram_bytes)  # six parts, all finished while the check waits
+            view = init(client, tomogram_bytes).json()
+            for index in range(view["parts_total"]):  # all six finished while the check waits
+                assert put_part(client, view["upload_id"], tomogram_bytes, index).status_code == 200
             assert len(submitted) == 1, submitted
+            folder = svc.settings.data / "uploads" / view["upload_id"]
+            meta = (folder / "upload.json").read_text()
+            record = client.post(f"/v1/uploads/{view['upload_id']}/complete").json()
             release.set()
             real_submit(lambda: None).result(10)  # the waiting check has run by now (a FIFO of two threads)
             time.sleep(0.2)
+            # a check that began just before complete renamed the file (its folder not removed yet) finds no
+            # data.partial: it ends quietly too
+            folder.mkdir()
+            (folder / "upload.json").write_text(meta)
+            store._prefixes[view["upload_id"]] = Prefix(folder / "data.partial", streaming=True)
+            store._advance_quietly(view["upload_id"])
     finally:
         release.set()
         store._checker = checker
     assert record["state"] == "complete"
     assert not [r for r in caplog.records if "running check stopped" in r.getMessage()]
+    store._prefixes.pop(view["upload_id"])
     assert store._prefixes == {} and store._checks_queued == set()
 
 
