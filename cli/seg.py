@@ -165,7 +165,7 @@ def submit(
     Exit 1 when the job fails or is canceled. The token comes from --token-file or $LABPIPE_SEG_TOKEN.
     """
     from labpipe.cli.common import EXIT_FAILED, echo_json
-    from labpipe.seg.client import JobOptions, SegmentationClient, fingerprint, read_token
+    from labpipe.seg.client import JobOptions, SegmentationClient, file_digests, read_token
 
     if (file is None) == (server_path is None):
         typer.echo("error: give FILE or --server-path (one of them)", err=True)
@@ -176,10 +176,10 @@ def submit(
         if file is not None:
             progress, update = progress_bar(f"fingerprint {file.name}", unit="bytes")
             with progress:
-                digest = fingerprint(file, update)
+                file_digests(file, part_mb << 20, update)  # remembered: the upload does not read it again
             progress, update = progress_bar(f"upload {file.name}", unit="bytes")
             with progress:
-                upload = client.upload(file, part_bytes=part_mb << 20, progress=update, sha256=digest)
+                upload = client.upload(file, part_bytes=part_mb << 20, progress=update)
             report["upload"] = {k: v for k, v in vars(upload).items() if k != "metadata"}
             if not as_json:
                 typer.echo(

@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 from labpipe import optional
 from labpipe.errors import LabpipeError
-from labpipe.files import atomic_path, sha256_file
+from labpipe.files import atomic_path
 from labpipe.seg.checksums import DEFAULT as PART_CHECKSUM
 from labpipe.seg.checksums import HEADERS as PART_HEADERS
 from labpipe.seg.checksums import part_digest
@@ -252,10 +252,9 @@ def decode_preview(message: dict) -> PreviewFrame:
     )
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
-_PART_DIGESTS: dict[tuple, list[str]] = {}
+_DIGESTS: dict[tuple, tuple[str, list[str]]] = {}  # (file key, part size) -> (SHA-256, part CRC32Cs)
 _DIGESTING: dict[tuple, threading.Event] = {}  # files being read for their digests now: one reader each
-_FINGERPRINTS_LOCK = threading.Lock()
+_DIGESTS_LOCK = threading.Lock()
 
 
 def _file_key(path: Path) -> tuple:
@@ -263,56 +262,40 @@ def _file_key(path: Path) -> tuple:
     return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-def fingerprint(path: Path, progress: Progress | None = None) -> str:
-    """The file's SHA-256, remembered for this process while its size and mtime stay (a resume of a 10 GB
-    upload does not read the whole file again)."""
-    key = _file_key(path)
-    with _FINGERPRINTS_LOCK:
-        known = _FINGERPRINTS.get(key)
-    if known is None:
-        known = sha256_file(path, progress=progress)
-        with _FINGERPRINTS_LOCK:
-            _FINGERPRINTS[key] = known
-    elif progress:
-        progress(key[1], key[1])
-    return known
-
-
 def forget_fingerprints() -> None:
     """Forget the fingerprints remembered by this process: the next upload of any file reads it again."""
-    with _FINGERPRINTS_LOCK:
-        _FINGERPRINTS.clear()
-        _PART_DIGESTS.clear()
+    with _DIGESTS_LOCK:
+        _DIGESTS.clear()
 
 
 def file_digests(path: Path, part_bytes: int, progress: Progress | None = None) -> tuple[str, list[str]]:
-    """The file's SHA-256 and each ``part_bytes`` part's CRC32C, in one read of the file (the next part read and
-    the part checksums on other threads: file reads and both hashes release the GIL), remembered like
-    ``fingerprint``: the parts are then sent without being read for a checksum again. A file being read for them
-    already (the widget starts when a file is opened) is waited for, not read twice."""
-    key = _file_key(path)
+    """The file's SHA-256 (its fingerprint) and each ``part_bytes`` part's CRC32C, in one read of the file (the
+    next part read and the part checksums on other threads: file reads and both hashes release the GIL),
+    remembered for this process while the file's size and mtime stay: a resume of a 10 GB upload does not read
+    the whole file again, and the parts are sent without being read for a checksum again. A file being read for
+    them already (the widget starts when a file is opened) is waited for, not read twice."""
+    key = (_file_key(path), part_bytes)
     while True:
-        with _FINGERPRINTS_LOCK:
-            whole, parts = _FINGERPRINTS.get(key), _PART_DIGESTS.get((key, part_bytes))
-            known = whole is not None and parts is not None
-            reading = None if known else _DIGESTING.get((key, part_bytes))
+        with _DIGESTS_LOCK:
+            known = _DIGESTS.get(key)
+            reading = None if known else _DIGESTING.get(key)
             if not known and reading is None:
-                _DIGESTING[(key, part_bytes)] = threading.Event()  # this thread reads it
+                _DIGESTING[key] = threading.Event()  # this thread reads it
         if known:
             if progress:
-                progress(key[1], key[1])
-            return whole, parts
+                progress(key[0][1], key[0][1])
+            return known
         if reading is None:
             break
         reading.wait()  # then its digests, or this thread's turn if that reading failed
     try:
-        whole, parts = _read_digests(path, part_bytes, key[1], progress)
-        with _FINGERPRINTS_LOCK:
-            _FINGERPRINTS[key], _PART_DIGESTS[(key, part_bytes)] = whole, parts
-        return whole, parts
+        known = _read_digests(path, part_bytes, key[0][1], progress)
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = known
+        return known
     finally:
-        with _FINGERPRINTS_LOCK:
-            _DIGESTING.pop((key, part_bytes)).set()
+        with _DIGESTS_LOCK:
+            _DIGESTING.pop(key).set()
 
 
 def _read_digests(path: Path, part_bytes: int, size: int, progress: Progress | None) -> tuple[str, list[str]]:
@@ -426,7 +409,6 @@ class SegmentationClient:
         part_bytes: int = DEFAULT_PART_BYTES,
         progress: Progress | None = None,
         hash_progress: Progress | None = None,
-        sha256: str | None = None,
         concurrency: int = 2,
         cancel: threading.Event | None = None,
     ) -> Upload:
@@ -442,9 +424,7 @@ class SegmentationClient:
             raise ServiceError(path, "no such file", "give the path of a tomogram (.mrc)")
         size = path.stat().st_size
         clock = [time.perf_counter()]
-        digests = None
-        if sha256 is None:
-            sha256, digests = file_digests(path, part_bytes, hash_progress)
+        sha256, digests = file_digests(path, part_bytes, hash_progress)
         clock.append(time.perf_counter())
         body = {"filename": path.name, "size": size, "sha256": sha256, "part_size": part_bytes}
         session = self.request("POST", "/v1/uploads/init", json=body).json()

@@ -100,13 +100,9 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def rusage_cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user + system) of this process, or of its children waited for (``RUSAGE_CHILDREN``)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -116,13 +112,14 @@ def curl_upload(path: Path, work: Path) -> tuple[float, dict]:
     server = subprocess.Popen([sys.executable, "-c", PUT_SERVER, str(copy)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        server_cpu, curl_cpu = process_cpu_s(server.pid), children_cpu_s()
+        server_cpu, curl_cpu = process_cpu_s(server.pid), rusage_cpu_s(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         # no "Expect: 100-continue": http.server (HTTP/1.0) never answers it, and curl would wait 1 s before sending
         curl = ["curl", "-sS", "--fail", "-H", "Expect:", "--upload-file", str(path), "-o", "/dev/null"]
         subprocess.run([*curl, f"http://127.0.0.1:{port}/upload"], check=True)
         seconds = time.perf_counter() - started
-        cpu = {"client": children_cpu_s() - curl_cpu, "server": process_cpu_s(server.pid) - server_cpu}
+        curl_cpu = rusage_cpu_s(resource.RUSAGE_CHILDREN) - curl_cpu
+        cpu = {"client": curl_cpu, "server": process_cpu_s(server.pid) - server_cpu}
         assert copy.stat().st_size == path.stat().st_size
         return seconds, cpu
     finally:
@@ -214,11 +211,11 @@ def upload_rounds(big: Path, work: Path, part_bytes: int, concurrency: int, repe
         try:
             forget_fingerprints()
             with SegmentationClient(service.url, service.token, timeout=600) as client:
-                server_cpu, client_cpu = process_cpu_s(service.process.pid), own_cpu_s()
+                server_cpu, client_cpu = process_cpu_s(service.process.pid), rusage_cpu_s()
                 started = time.perf_counter()
                 upload = client.upload(big, part_bytes=part_bytes, concurrency=concurrency)
                 ours_runs.append(time.perf_counter() - started)
-                ours_cpu.append({"client": own_cpu_s() - client_cpu,
+                ours_cpu.append({"client": rusage_cpu_s() - client_cpu,
                                  "server": process_cpu_s(service.process.pid) - server_cpu})  # fmt: skip
             assert upload.sent_bytes == size and upload.metadata["shape_zyx"][1:] == [1024, 1024]
             phases.append(upload.seconds)
